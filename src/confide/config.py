@@ -1,0 +1,109 @@
+"""The job file (YAML) as validated pydantic models.
+
+A wrong field is a :class:`~confide.errors.ConfigError` whose message names the field, what was
+given and what was expected. Relative paths in a job file are read relative to the directory the
+command runs in.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from confide.errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BrainTumorTaskConfig(_Strict):
+    """The 3D brain-tumour segmentation task (BraTS regions WT, TC, ET)."""
+
+    name: Literal["brain_tumor"] = "brain_tumor"
+    model: Literal["segresnet", "unet"] = "segresnet"
+    init_filters: int = Field(default=8, ge=2, le=64, description="channels of the first level")
+    roi: tuple[int, int, int] = (32, 32, 32)
+    lr: float = Field(default=2e-3, gt=0, le=1)
+    batch_size: int = Field(default=2, ge=1, le=64)
+    augment: bool = True
+
+    @model_validator(mode="after")
+    def _roi_fits_the_network(self) -> BrainTumorTaskConfig:
+        for size in self.roi:
+            if size < 16 or size % 8:
+                raise ValueError(f"roi sides must be multiples of 8 and at least 16, got {list(self.roi)}")
+        return self
+
+
+class PhantomConfig(_Strict):
+    """Generate phantoms into ``data.root`` when it does not exist yet."""
+
+    sites: int = Field(default=4, ge=1, le=64)
+    cases: int = Field(default=20, ge=2, le=10_000, description="cases per site")
+
+
+class DataConfig(_Strict):
+    root: Path = Field(description="a folder holding one sub-folder of BraTS cases per site")
+    sites: list[str] = Field(default_factory=list, description="site folders to use; empty: all of them")
+    test_fraction: float = Field(default=0.25, gt=0, lt=1)
+    max_cases_per_site: int | None = Field(default=None, ge=2)
+    phantoms: PhantomConfig | None = None
+
+
+class FederationConfig(_Strict):
+    rounds: int = Field(default=10, ge=1, le=100_000)
+    local_steps: int = Field(default=10, ge=1, le=1_000_000)
+    min_sites: int = Field(default=1, ge=1, description="quorum: fewest accepted updates that close a round")
+    strategy: Literal["fedavg"] = "fedavg"
+
+
+class ReportConfig(_Strict):
+    out: Path = Path("runs/job")
+    plots: bool = True
+
+
+class JobConfig(_Strict):
+    name: str = Field(default="job", min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")
+    seed: int = Field(default=0, ge=0)
+    task: BrainTumorTaskConfig = BrainTumorTaskConfig()
+    data: DataConfig
+    federation: FederationConfig = FederationConfig()
+    compare: list[Literal["local", "pooled"]] = Field(
+        default_factory=list, description="baselines trained with the same budget of local steps"
+    )
+    report: ReportConfig = ReportConfig()
+
+
+def _describe(error: Any) -> str:
+    where = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    given = error.get("input")
+    shown = "" if isinstance(given, dict) else f" (got {given!r})"
+    return f"{where}: {error['msg']}{shown}"
+
+
+def parse_job(document: Any, *, source: str = "job") -> JobConfig:
+    """Validate a job given as a mapping (for example parsed YAML)."""
+    if not isinstance(document, dict):
+        raise ConfigError(f"{source}: expected a mapping of job fields, got {type(document).__name__}")
+    try:
+        return JobConfig.model_validate(document)
+    except ValidationError as exc:
+        lines = "\n  ".join(_describe(e) for e in exc.errors())
+        raise ConfigError(f"{source} is invalid:\n  {lines}") from None
+
+
+def load_job(path: Path) -> JobConfig:
+    """Read and validate a job file."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read job file {path}: {exc.strerror or exc}") from None
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"job file {path} is not valid YAML: {exc}") from None
+    return parse_job(document, source=f"job file {path}")

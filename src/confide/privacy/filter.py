@@ -1,0 +1,52 @@
+"""The privacy filter protocol and the chain that runs filters on an update before it leaves a site.
+
+The chain is ordered and fails closed: if any filter raises, the update is blocked with a
+:class:`~confide.errors.PrivacyError` that names the filter; nothing unfiltered is returned.
+Each filter's name is recorded in the update's ``meta`` (``filters``), in the order they ran.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Protocol
+
+import numpy as np
+
+from confide.errors import PrivacyError
+from confide.records import TrainRes
+
+
+class Filter(Protocol):
+    """Transforms an outgoing update. Must check its arguments in ``__init__`` and raise on any doubt."""
+
+    name: str
+
+    def apply(self, res: TrainRes, rng: np.random.Generator) -> TrainRes: ...
+
+
+class FilterChain:
+    """Runs filters in order on an outgoing update and records which ran."""
+
+    def __init__(self, filters: Sequence[Filter] = ()) -> None:
+        for item in filters:
+            if not isinstance(getattr(item, "name", None), str) or not callable(getattr(item, "apply", None)):
+                raise PrivacyError(f"{item!r} is not a privacy filter (needs a name and an apply method)")
+        self.filters = tuple(filters)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(f.name for f in self.filters)
+
+    def apply(self, res: TrainRes, rng: np.random.Generator) -> TrainRes:
+        current = res
+        for item in self.filters:
+            try:
+                out = item.apply(current, rng)
+            except Exception as exc:
+                raise PrivacyError(f"privacy filter {item.name!r} failed, update blocked: {exc}") from exc
+            if not isinstance(out, TrainRes):
+                raise PrivacyError(f"privacy filter {item.name!r} returned {type(out).__name__}, update blocked")
+            current = out
+        history = ",".join(self.names)
+        return replace(current, meta={**current.meta, "filters": history})

@@ -1,0 +1,156 @@
+"""Typed, frozen records that cross a boundary between the server, the sites and the wire.
+
+No torch and no grpc here: a record holds numpy arrays and plain scalars only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Literal
+
+import numpy as np
+
+Scalar = bool | int | float | str
+Config = Mapping[str, Scalar]
+Metrics = Mapping[str, float]
+
+
+def _frozen_mapping(values: Mapping[str, Scalar] | None) -> Mapping[str, Scalar]:
+    return MappingProxyType(dict(values or {}))
+
+
+@dataclass(frozen=True, eq=False)
+class Arrays:
+    """An ordered, read-only mapping of name -> numpy array (a model's parameters or an update)."""
+
+    items_: tuple[tuple[str, np.ndarray], ...]
+
+    @classmethod
+    def from_dict(cls, arrays: Mapping[str, np.ndarray], *, copy: bool = False) -> Arrays:
+        items: list[tuple[str, np.ndarray]] = []
+        for name, value in arrays.items():
+            if not isinstance(name, str) or not name:
+                raise TypeError(f"array names must be non-empty strings, got {name!r}")
+            arr = np.array(value, copy=True) if copy else np.asarray(value).view()
+            arr.flags.writeable = False
+            items.append((name, arr))
+        names = [n for n, _ in items]
+        if len(set(names)) != len(names):
+            raise ValueError("array names must be unique")
+        return cls(tuple(items))
+
+    def __len__(self) -> int:
+        return len(self.items_)
+
+    def __iter__(self) -> Iterator[str]:
+        return (name for name, _ in self.items_)
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        for key, value in self.items_:
+            if key == name:
+                return value
+        raise KeyError(name)
+
+    def __contains__(self, name: object) -> bool:
+        return any(key == name for key, _ in self.items_)
+
+    def items(self) -> tuple[tuple[str, np.ndarray], ...]:
+        return self.items_
+
+    def names(self) -> tuple[str, ...]:
+        return tuple(name for name, _ in self.items_)
+
+    def values(self) -> tuple[np.ndarray, ...]:
+        return tuple(value for _, value in self.items_)
+
+    def to_dict(self) -> dict[str, np.ndarray]:
+        return dict(self.items_)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(int(v.nbytes) for _, v in self.items_)
+
+    def same_layout(self, other: Arrays) -> bool:
+        """True when both hold the same names, shapes and dtypes in the same order."""
+        if self.names() != other.names():
+            return False
+        return all(
+            a.shape == b.shape and a.dtype == b.dtype for a, b in zip(self.values(), other.values(), strict=True)
+        )
+
+    def allclose(self, other: Arrays, *, atol: float = 0.0, rtol: float = 0.0) -> bool:
+        return self.same_layout(other) and all(
+            np.allclose(a, b, atol=atol, rtol=rtol) for a, b in zip(self.values(), other.values(), strict=True)
+        )
+
+
+@dataclass(frozen=True)
+class TrainIns:
+    """The server's instruction to train: start from ``arrays`` with ``config``."""
+
+    round: int
+    arrays: Arrays
+    config: Config = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "config", _frozen_mapping(self.config))
+
+
+@dataclass(frozen=True)
+class TrainRes:
+    """A site's answer to :class:`TrainIns`: the update (trained minus received) and what it cost.
+
+    ``meta`` records what happened to the update on its way out (for example the privacy filters
+    that ran); it is carried on the wire with the update.
+    """
+
+    round: int
+    update: Arrays
+    num_examples: int
+    metrics: Metrics = field(default_factory=dict)
+    meta: Config = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.num_examples < 0:
+            raise ValueError("num_examples must be >= 0")
+        object.__setattr__(self, "metrics", MappingProxyType({k: float(v) for k, v in self.metrics.items()}))
+        object.__setattr__(self, "meta", _frozen_mapping(self.meta))
+
+
+@dataclass(frozen=True)
+class EvalIns:
+    """The server's instruction to evaluate ``arrays`` on the site's held-out data."""
+
+    round: int
+    arrays: Arrays
+    config: Config = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "config", _frozen_mapping(self.config))
+
+
+@dataclass(frozen=True)
+class EvalRes:
+    """A site's evaluation of the model it was sent."""
+
+    round: int
+    num_examples: int
+    loss: float
+    metrics: Metrics = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "metrics", MappingProxyType({k: float(v) for k, v in self.metrics.items()}))
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A site's refusal or failure to answer an instruction, with its reason (never a stack trace)."""
+
+    round: int
+    reason: str
+    kind: Literal["error", "refused"] = "error"
+
+
+Record = TrainIns | TrainRes | EvalIns | EvalRes | Failure

@@ -1,0 +1,193 @@
+"""Records <-> bytes: the only module that knows Confide's wire format.
+
+A message is one safetensors buffer. Its tensors are the record's arrays; its ``__metadata__``
+holds one entry, ``confide``, a JSON document checked against a pydantic schema (the record's
+kind, round, scalars and the order of the arrays). Nothing is ever unpickled: safetensors holds
+raw numbers only, and the JSON can name no class.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from typing import Annotated, Any, Literal, TypeVar
+
+import numpy as np
+import safetensors.numpy
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from confide.errors import PayloadError, PayloadTooLarge
+from confide.records import Arrays, EvalIns, EvalRes, Failure, Record, TrainIns, TrainRes
+
+WIRE_VERSION = 1
+DEFAULT_MAX_BYTES = 4 * 1024**3
+MAX_HEADER_BYTES = 16 * 1024**2
+ALLOWED_DTYPES = frozenset(
+    np.dtype(t) for t in ("float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "bool")
+)
+
+ScalarValue = bool | int | float | str
+Name = Annotated[str, Field(min_length=1, max_length=512)]
+
+
+class _Header(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, ser_json_inf_nan="constants")
+
+    v: Literal[1]
+    kind: Literal["train_ins", "train_res", "eval_ins", "eval_res", "failure"]
+    round: int = Field(ge=0)
+    names: list[Name] = Field(default_factory=list, max_length=1_000_000)
+    shapes: list[list[int]] = Field(default_factory=list, max_length=1_000_000)
+    config: dict[Name, ScalarValue] = Field(default_factory=dict)
+    num_examples: int = Field(default=0, ge=0)
+    metrics: dict[Name, float] = Field(default_factory=dict)
+    meta: dict[Name, ScalarValue] = Field(default_factory=dict)
+    loss: float = 0.0
+    reason: str = ""
+    failure_kind: Literal["error", "refused"] = "error"
+
+
+_KIND = {TrainIns: "train_ins", TrainRes: "train_res", EvalIns: "eval_ins", EvalRes: "eval_res", Failure: "failure"}
+
+
+def encode(record: Record) -> bytes:
+    """Encode a record into bytes."""
+    arrays: Arrays | None = None
+    fields: dict[str, Any] = {"v": WIRE_VERSION, "kind": _KIND[type(record)], "round": record.round}
+    if isinstance(record, TrainIns | EvalIns):
+        arrays = record.arrays
+        fields["config"] = dict(record.config)
+    elif isinstance(record, TrainRes):
+        arrays = record.update
+        fields.update(num_examples=record.num_examples, metrics=dict(record.metrics), meta=dict(record.meta))
+    elif isinstance(record, EvalRes):
+        fields.update(num_examples=record.num_examples, loss=record.loss, metrics=dict(record.metrics))
+    else:
+        fields.update(reason=record.reason, failure_kind=record.kind)
+    tensors: dict[str, np.ndarray] = {}
+    if arrays is not None:
+        fields["names"] = list(arrays.names())
+        fields["shapes"] = [list(value.shape) for value in arrays.values()]
+        for name, value in arrays.items():
+            if value.dtype not in ALLOWED_DTYPES:
+                raise PayloadError(f"array {name!r} has dtype {value.dtype}, which the wire format does not carry")
+            tensors[name] = np.ascontiguousarray(value)
+    header = _Header(**fields)
+    return bytes(safetensors.numpy.save(tensors, metadata={"confide": header.model_dump_json()}))
+
+
+R = TypeVar("R", TrainIns, TrainRes, EvalIns, EvalRes, Failure)
+
+
+def decode(data: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> Record:
+    """Decode bytes into a record, refusing anything malformed, oversized or inconsistent."""
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise PayloadError(f"payload must be bytes, got {type(data).__name__}")
+    if len(data) > max_bytes:
+        raise PayloadTooLarge(f"payload of {len(data)} bytes exceeds the limit of {max_bytes} bytes")
+    header = _read_header(bytes(data[: 8 + MAX_HEADER_BYTES]))
+    try:
+        loaded = safetensors.numpy.load(bytes(data))
+    except Exception as exc:  # safetensors raises its own error types for any malformed buffer
+        raise PayloadError(f"payload is not a valid safetensors buffer: {exc}") from exc
+    if set(loaded) != set(header.names) or len(loaded) != len(header.names):
+        raise PayloadError("payload arrays do not match the names its header lists")
+    for name, value in loaded.items():
+        if value.dtype not in ALLOWED_DTYPES:
+            raise PayloadError(f"array {name!r} has dtype {value.dtype}, which is not allowed")
+    if len(header.shapes) != len(header.names):
+        raise PayloadError("payload header lists a different number of shapes and names")
+    arrays = Arrays.from_dict(_reshaped(loaded, header.names, header.shapes))
+    return _build(header, arrays)
+
+
+def _reshaped(loaded: dict[str, np.ndarray], names: list[str], shapes: list[list[int]]) -> dict[str, np.ndarray]:
+    """Arrays in the recorded order and shapes (safetensors stores a 0-d array as shape (1,))."""
+    out: dict[str, np.ndarray] = {}
+    for name, shape in zip(names, shapes, strict=True):
+        value = loaded[name]
+        if tuple(shape) != value.shape:
+            if int(np.prod(shape)) != value.size:
+                raise PayloadError(f"array {name!r} holds {value.size} values, its header says shape {shape}")
+            value = value.reshape(shape)
+        out[name] = value
+    return out
+
+
+def decode_as(data: bytes, kind: type[R], *, max_bytes: int = DEFAULT_MAX_BYTES) -> R:
+    """Decode bytes and check that they hold a record of the expected type."""
+    record = decode(data, max_bytes=max_bytes)
+    if not isinstance(record, kind):
+        raise PayloadError(f"expected a {kind.__name__} message, got {type(record).__name__}")
+    return record
+
+
+def _read_header(data: bytes) -> _Header:
+    if len(data) < 8:
+        raise PayloadError(f"payload of {len(data)} bytes is too short to hold a header")
+    (length,) = struct.unpack("<Q", data[:8])
+    if length > MAX_HEADER_BYTES:
+        raise PayloadError(f"payload header claims {length} bytes, more than the limit of {MAX_HEADER_BYTES}")
+    if 8 + length > len(data):
+        raise PayloadError(f"payload is truncated: header claims {length} bytes, {len(data) - 8} present")
+    try:
+        document = json.loads(data[8 : 8 + length])
+        meta = document["__metadata__"]["confide"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise PayloadError("payload header is not a Confide message (no confide metadata)") from exc
+    try:
+        return _Header.model_validate_json(meta)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'header'}: {e['msg']}" for e in exc.errors()[:5])
+        raise PayloadError(f"payload header is invalid: {problems}") from exc
+
+
+def _build(header: _Header, arrays: Arrays) -> Record:
+    if header.kind == "train_ins":
+        return TrainIns(round=header.round, arrays=arrays, config=header.config)
+    if header.kind == "eval_ins":
+        return EvalIns(round=header.round, arrays=arrays, config=header.config)
+    if header.kind == "train_res":
+        return TrainRes(
+            round=header.round,
+            update=arrays,
+            num_examples=header.num_examples,
+            metrics=header.metrics,
+            meta=header.meta,
+        )
+    if len(arrays):
+        raise PayloadError(f"a {header.kind} message carries no arrays, this one has {len(arrays)}")
+    if header.kind == "eval_res":
+        return EvalRes(round=header.round, num_examples=header.num_examples, loss=header.loss, metrics=header.metrics)
+    return Failure(round=header.round, reason=header.reason, kind=header.failure_kind)
+
+
+def encode_arrays(arrays: Arrays) -> bytes:
+    """Arrays alone (for checkpoints and model files): safetensors with the array order recorded."""
+    order = json.dumps([[name, list(value.shape)] for name, value in arrays.items()])
+    tensors = {name: np.ascontiguousarray(value) for name, value in arrays.items()}
+    return bytes(safetensors.numpy.save(tensors, metadata={"confide_order": order}))
+
+
+def decode_arrays(data: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> Arrays:
+    """Inverse of :func:`encode_arrays`."""
+    if len(data) > max_bytes:
+        raise PayloadTooLarge(f"array file of {len(data)} bytes exceeds the limit of {max_bytes} bytes")
+    if len(data) < 8:
+        raise PayloadError("array file is too short to hold a header")
+    (length,) = struct.unpack("<Q", data[:8])
+    if length > MAX_HEADER_BYTES or 8 + length > len(data):
+        raise PayloadError("array file is truncated or its header length is invalid")
+    try:
+        order = json.loads(json.loads(data[8 : 8 + length])["__metadata__"]["confide_order"])
+        loaded = safetensors.numpy.load(bytes(data))
+    except Exception as exc:
+        raise PayloadError(f"array file is not a Confide safetensors file: {exc}") from exc
+    try:
+        names = [str(name) for name, _ in order]
+        shapes = [[int(n) for n in shape] for _, shape in order]
+    except (TypeError, ValueError) as exc:
+        raise PayloadError("array file's recorded order is malformed") from exc
+    if sorted(names) != sorted(loaded):
+        raise PayloadError("array file's recorded order does not match its arrays")
+    return Arrays.from_dict(_reshaped(loaded, names, shapes))

@@ -1,0 +1,40 @@
+"""Checks every update must pass before it is aggregated. Pure functions."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from confide.errors import UpdateRejected
+from confide.records import Arrays, TrainRes
+
+
+def check_update(site: str, res: TrainRes, global_arrays: Arrays, *, max_norm: float | None = None) -> None:
+    """Raise :class:`UpdateRejected` unless ``res`` fits the global model and is finite (and bounded)."""
+    update = res.update
+    expected, got = global_arrays.names(), update.names()
+    if expected != got:
+        missing = sorted(set(expected) - set(got))
+        extra = sorted(set(got) - set(expected))
+        detail = []
+        if missing:
+            detail.append(f"missing {missing[:5]}")
+        if extra:
+            detail.append(f"unexpected {extra[:5]}")
+        if not detail:
+            detail.append("arrays in a different order")
+        raise UpdateRejected(site, "array names do not match the global model: " + ", ".join(detail))
+    squared = 0.0
+    for name, value in update.items():
+        ref = global_arrays[name]
+        if value.shape != ref.shape:
+            raise UpdateRejected(site, f"array {name!r} has shape {value.shape}, expected {ref.shape}")
+        if value.dtype != ref.dtype:
+            raise UpdateRejected(site, f"array {name!r} has dtype {value.dtype}, expected {ref.dtype}")
+        if np.issubdtype(value.dtype, np.floating):
+            if not np.isfinite(value).all():
+                raise UpdateRejected(site, f"array {name!r} holds NaN or infinite values")
+            squared += float(np.dot(value.ravel().astype(np.float64), value.ravel().astype(np.float64)))
+    if max_norm is not None and squared**0.5 > max_norm:
+        raise UpdateRejected(site, f"update norm {squared**0.5:.4g} exceeds the bound {max_norm:.4g}")
+    if res.num_examples <= 0:
+        raise UpdateRejected(site, "update reports no training examples")

@@ -1,0 +1,193 @@
+"""The server's rounds: configure, exchange, check, aggregate, evaluate, checkpoint."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from confide import serde
+from confide.errors import ConfideError, RoundFailed
+from confide.records import Arrays, EvalIns, EvalRes, Failure, TrainRes
+from confide.server import checkpoint
+from confide.server.checks import check_update
+from confide.strategies.base import Strategy
+from confide.transport.base import Transport
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RoundResult:
+    round: int
+    sites: tuple[str, ...]
+    failures: Mapping[str, str]
+    train_metrics: Mapping[str, float]
+    eval_metrics: Mapping[str, Mapping[str, float]]
+    seconds: float
+    site_seconds: float = 0.0
+
+    @property
+    def coordination_seconds(self) -> float:
+        """Round time not spent inside sites' tasks (serialising, transport, checks, aggregation)."""
+        return max(self.seconds - self.site_seconds, 0.0)
+
+
+@dataclass
+class _Tally:
+    failures: dict[str, str] = field(default_factory=dict)
+    site_seconds: float = 0.0
+
+
+@dataclass
+class History:
+    rounds: list[RoundResult] = field(default_factory=list)
+
+
+class RoundEvents(Protocol):
+    """Hooks for progress displays and reports."""
+
+    def round_started(self, round: int, sites: list[str]) -> None: ...
+    def site_finished(self, round: int, site: str, ok: bool, detail: str) -> None: ...
+    def round_finished(self, result: RoundResult, global_arrays: Arrays) -> None: ...
+
+
+class NoEvents:
+    def round_started(self, round: int, sites: list[str]) -> None:
+        pass
+
+    def site_finished(self, round: int, site: str, ok: bool, detail: str) -> None:
+        pass
+
+    def round_finished(self, result: RoundResult, global_arrays: Arrays) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    rounds: int
+    min_sites: int = 1
+    evaluate_every: int = 0
+    deadline_s: float | None = None
+    max_update_norm: float | None = None
+    checkpoint_dir: Path | None = None
+
+
+class ServerLoop:
+    def __init__(
+        self,
+        strategy: Strategy,
+        transport: Transport,
+        initial: Arrays,
+        config: LoopConfig,
+        events: RoundEvents | None = None,
+    ) -> None:
+        self.strategy = strategy
+        self.transport = transport
+        self.global_arrays = initial
+        self.config = config
+        self.events = events or NoEvents()
+        self.history = History()
+        self.start_round = 1
+        if config.checkpoint_dir is not None:
+            found = checkpoint.load_latest(config.checkpoint_dir)
+            if found is not None:
+                if not found.arrays.same_layout(initial):
+                    raise ConfideError(f"checkpoint in {config.checkpoint_dir} does not fit this job's model")
+                self.global_arrays = found.arrays
+                self.start_round = found.round + 1
+                log.info("resuming after round %d from %s", found.round, config.checkpoint_dir)
+
+    def run(self) -> History:
+        for rnd in range(self.start_round, self.config.rounds + 1):
+            self.run_round(rnd)
+        return self.history
+
+    def run_round(self, rnd: int) -> RoundResult:
+        t0 = time.perf_counter()
+        sites = self.transport.sites()
+        if len(sites) < self.config.min_sites:
+            raise RoundFailed(
+                f"round {rnd}: {len(sites)} site(s) connected, the quorum is {self.config.min_sites}"
+            )
+        self.events.round_started(rnd, sites)
+        instructions = self.strategy.configure(rnd, self.global_arrays, sites)
+        encoded: dict[str, bytes] = {}
+        cache: dict[int, bytes] = {}
+        for site, ins in instructions.items():  # one encoding per distinct instruction, not per site
+            encoded[site] = cache.setdefault(id(ins), serde.encode(ins))
+        tally = _Tally()
+        accepted = self.strategy.aggregate(rnd, self.global_arrays, self._accepted(rnd, encoded, tally))
+        if len(accepted.sites) < self.config.min_sites:
+            raise RoundFailed(
+                f"round {rnd}: {len(accepted.sites)} update(s) accepted, the quorum is {self.config.min_sites}; "
+                f"failures: {tally.failures}"
+            )
+        self.global_arrays = accepted.arrays
+        eval_metrics: dict[str, Mapping[str, float]] = {}
+        if self.config.evaluate_every and rnd % self.config.evaluate_every == 0:
+            eval_metrics = self._evaluate(rnd, tally)
+        result = RoundResult(
+            round=rnd,
+            sites=accepted.sites,
+            failures=tally.failures,
+            train_metrics=dict(accepted.metrics),
+            eval_metrics=eval_metrics,
+            seconds=time.perf_counter() - t0,
+            site_seconds=tally.site_seconds,
+        )
+        if self.config.checkpoint_dir is not None:
+            checkpoint.save(self.config.checkpoint_dir, rnd, self.global_arrays, {"metrics": dict(result.train_metrics)})
+        self.history.rounds.append(result)
+        self.events.round_finished(result, self.global_arrays)
+        return result
+
+    def _accepted(self, rnd: int, encoded: Mapping[str, bytes], tally: _Tally) -> Iterator[tuple[str, TrainRes]]:
+        for reply in self.transport.exchange(encoded, self.config.deadline_s):
+            outcome = self._reason(rnd, reply.site, reply.payload, reply.error)
+            if isinstance(outcome, str):
+                tally.failures[reply.site] = outcome
+                log.warning("round %d: %s", rnd, outcome)
+                self.events.site_finished(rnd, reply.site, False, outcome)
+                continue
+            tally.site_seconds += float(outcome.meta.get("task_seconds", reply.seconds))
+            self.events.site_finished(rnd, reply.site, True, f"loss {outcome.metrics.get('loss', float('nan')):.4f}")
+            yield reply.site, outcome
+
+    def _reason(self, rnd: int, site: str, payload: bytes | None, error: str | None) -> TrainRes | str:
+        if payload is None:
+            return f"site {site}: {error}"
+        try:
+            record = serde.decode(payload)
+        except ConfideError as exc:
+            return f"site {site}: undecodable reply: {exc}"
+        if isinstance(record, Failure):
+            return f"site {site} {'refused' if record.kind == 'refused' else 'failed'}: {record.reason}"
+        if not isinstance(record, TrainRes):
+            return f"site {site}: expected a training result, got {type(record).__name__}"
+        if record.round != rnd:
+            return f"site {site}: result for round {record.round} arrived in round {rnd}; discarded"
+        try:
+            check_update(site, record, self.global_arrays, max_norm=self.config.max_update_norm)
+        except ConfideError as exc:
+            return str(exc)
+        return record
+
+    def _evaluate(self, rnd: int, tally: _Tally) -> dict[str, Mapping[str, float]]:
+        payload = serde.encode(EvalIns(round=rnd, arrays=self.global_arrays))
+        sites = self.transport.sites()
+        out: dict[str, Mapping[str, float]] = {}
+        for reply in self.transport.exchange(dict.fromkeys(sites, payload), self.config.deadline_s):
+            tally.site_seconds += reply.seconds
+            if reply.payload is None:
+                continue
+            try:
+                record = serde.decode(reply.payload)
+            except ConfideError:
+                continue
+            if isinstance(record, EvalRes):
+                out[reply.site] = {"loss": record.loss, **record.metrics}
+        return out

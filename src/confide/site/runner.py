@@ -1,0 +1,70 @@
+"""The site runner: instruction -> task -> privacy chain -> serde. The privacy boundary of a site.
+
+Whatever goes wrong inside a site (an undecodable instruction, a task that fails, a privacy
+filter that refuses) becomes a :class:`~confide.records.Failure` message with a reason. An
+update only leaves through the privacy chain; if the chain fails, nothing but the reason leaves.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import replace
+
+import numpy as np
+
+from confide import serde
+from confide.errors import ConfideError, PrivacyError
+from confide.privacy.filter import FilterChain
+from confide.records import EvalIns, Failure, Record, TrainIns, TrainRes
+from confide.tasks.base import Task
+
+log = logging.getLogger(__name__)
+
+
+class SiteRunner:
+    """Serves one site: decodes instructions, runs its task, filters the update, encodes the answer."""
+
+    def __init__(
+        self,
+        name: str,
+        task: Task,
+        *,
+        chain: FilterChain | None = None,
+        seed: int = 0,
+        max_bytes: int = serde.DEFAULT_MAX_BYTES,
+    ) -> None:
+        self.name = name
+        self.task = task
+        self.chain = chain or FilterChain()
+        self.max_bytes = max_bytes
+        self._rng = np.random.default_rng(np.random.SeedSequence([seed, *name.encode()]))
+
+    def handle(self, payload: bytes) -> bytes:
+        return serde.encode(self.answer(payload))
+
+    def answer(self, payload: bytes) -> Record:
+        try:
+            instruction = serde.decode(payload, max_bytes=self.max_bytes)
+        except ConfideError as exc:
+            log.warning("site %s: refused an instruction it could not decode: %s", self.name, exc)
+            return Failure(round=0, reason=f"site {self.name} could not decode the instruction: {exc}")
+        if not isinstance(instruction, TrainIns | EvalIns):
+            return Failure(round=instruction.round, reason=f"site {self.name} cannot act on a {type(instruction).__name__}")
+        try:
+            if isinstance(instruction, TrainIns):
+                return self._train(instruction)
+            return self.task.evaluate(instruction.arrays, instruction.config, instruction.round)
+        except PrivacyError as exc:
+            log.warning("site %s: update blocked: %s", self.name, exc)
+            return Failure(round=instruction.round, reason=str(exc), kind="refused")
+        except Exception as exc:  # the reason goes back to the server; the trace stays in the site's log
+            log.exception("site %s: task failed in round %d", self.name, instruction.round)
+            return Failure(round=instruction.round, reason=f"site {self.name}: {type(exc).__name__}: {exc}")
+
+    def _train(self, instruction: TrainIns) -> TrainRes:
+        t0 = time.perf_counter()
+        res = self.task.train(instruction.arrays, instruction.config, instruction.round)
+        task_seconds = time.perf_counter() - t0
+        filtered = self.chain.apply(res, self._rng)
+        return replace(filtered, meta={**filtered.meta, "task_seconds": task_seconds})

@@ -1,0 +1,78 @@
+"""Pure aggregation math on :class:`~confide.records.Arrays`.
+
+Accumulation is streaming: :func:`accumulate` folds one update at a time into a running sum, so
+the server holds one accumulator, not one copy per site.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+
+from confide.records import Arrays
+
+
+def _acc_dtype(dtype: np.dtype) -> np.dtype:
+    return dtype if np.issubdtype(dtype, np.floating) else np.dtype(np.float64)
+
+
+def zeros_like(arrays: Arrays) -> dict[str, np.ndarray]:
+    """A writable accumulator with one zero buffer per array."""
+    return {name: np.zeros(value.shape, dtype=_acc_dtype(value.dtype)) for name, value in arrays.items()}
+
+
+def accumulate(acc: dict[str, np.ndarray], update: Arrays, weight: float) -> None:
+    """Add ``weight * update`` into ``acc`` in place (no temporary copy of the model)."""
+    for name, value in update.items():
+        target = acc[name]
+        if weight == 1.0:
+            np.add(target, value, out=target, casting="unsafe")
+        else:
+            target += np.asarray(value, dtype=target.dtype) * target.dtype.type(weight)
+
+
+def scale(acc: dict[str, np.ndarray], factor: float) -> None:
+    """Multiply every buffer of ``acc`` by ``factor`` in place."""
+    for value in acc.values():
+        value *= value.dtype.type(factor)
+
+
+def apply_delta(base: Arrays, delta: Mapping[str, np.ndarray]) -> Arrays:
+    """``base + delta``, keeping each array's dtype (integer buffers are rounded)."""
+    out: dict[str, np.ndarray] = {}
+    for name, value in base.items():
+        step = delta[name]
+        if np.issubdtype(value.dtype, np.floating):
+            out[name] = (value + step).astype(value.dtype, copy=False)
+        else:
+            out[name] = np.rint(value + step).astype(value.dtype)
+    return Arrays.from_dict(out)
+
+
+def weighted_mean(updates: Iterable[tuple[Arrays, float]]) -> dict[str, np.ndarray]:
+    """Reference weighted mean of updates: ``sum(w_i * u_i) / sum(w_i)``."""
+    acc: dict[str, np.ndarray] | None = None
+    total = 0.0
+    for update, weight in updates:
+        if weight < 0:
+            raise ValueError(f"weights must be >= 0, got {weight}")
+        if acc is None:
+            acc = zeros_like(update)
+        accumulate(acc, update, weight)
+        total += weight
+    if acc is None or total <= 0:
+        raise ValueError("weighted_mean needs at least one update with positive weight")
+    scale(acc, 1.0 / total)
+    return acc
+
+
+def weighted_metrics(items: Iterable[tuple[Mapping[str, float], float]]) -> dict[str, float]:
+    """Weighted mean of each metric over the results that report it."""
+    sums: dict[str, float] = {}
+    weights: dict[str, float] = {}
+    for metrics, weight in items:
+        for key, value in metrics.items():
+            sums[key] = sums.get(key, 0.0) + float(value) * weight
+            weights[key] = weights.get(key, 0.0) + weight
+    return {key: sums[key] / weights[key] for key in sums if weights[key] > 0}

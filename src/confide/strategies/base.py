@@ -1,0 +1,34 @@
+"""The strategy interface: configure a round, then aggregate its results."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from confide.records import Arrays, TrainIns, TrainRes
+
+
+@dataclass(frozen=True)
+class Aggregate:
+    """What a strategy produced from one round's accepted updates."""
+
+    arrays: Arrays
+    sites: tuple[str, ...]
+    num_examples: int
+    metrics: Mapping[str, float] = field(default_factory=dict)
+
+
+class Strategy(Protocol):
+    """Decides what each site does in a round and how their updates become the next global model."""
+
+    name: str
+
+    def configure(self, round: int, global_arrays: Arrays, sites: Sequence[str]) -> dict[str, TrainIns]:
+        """The instruction each selected site receives this round."""
+        ...
+
+    def aggregate(self, round: int, global_arrays: Arrays, results: Iterable[tuple[str, TrainRes]]) -> Aggregate:
+        """Fold results into the next global model. ``results`` may be a generator: consume it once,
+        folding each result as it arrives, so memory does not grow with the number of sites."""
+        ...

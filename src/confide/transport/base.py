@@ -1,0 +1,34 @@
+"""The transport interface: deliver each site its instruction and hand back replies as they arrive."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One site's reply: its encoded answer, or why none came."""
+
+    site: str
+    payload: bytes | None
+    error: str | None = None
+    seconds: float = 0.0
+
+
+class Transport(Protocol):
+    """Server side of a federation's transport. Sites dial out; the server only answers."""
+
+    def sites(self) -> list[str]:
+        """Names of the sites connected now."""
+        ...
+
+    def exchange(self, messages: Mapping[str, bytes], deadline_s: float | None = None) -> Iterator[Reply]:
+        """Send each named site its message and yield replies in the order they arrive.
+
+        A site that fails, disconnects or misses the deadline yields a reply with ``error`` set.
+        """
+        ...
+
+    def close(self) -> None: ...

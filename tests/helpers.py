@@ -1,0 +1,39 @@
+"""Small fakes shared by tests: a numpy-only task whose behaviour is known exactly."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from confide.records import Arrays, Config, EvalRes, TrainRes
+
+
+def arrays(**values: list[float] | float) -> Arrays:
+    return Arrays.from_dict({k: np.asarray(v, dtype=np.float32) for k, v in values.items()})
+
+
+class QuadraticTask:
+    """Local objective ||w - target||^2; each step moves w a fraction ``lr`` towards the target."""
+
+    def __init__(self, target: Arrays, examples: int, *, fail: bool = False, nan: bool = False) -> None:
+        self.target, self.examples, self.fail, self.nan = target, examples, fail, nan
+
+    def train(self, arrays: Arrays, config: Config, round: int) -> TrainRes:
+        if self.fail:
+            raise RuntimeError("disk full")
+        lr = float(config.get("lr", 0.5))
+        steps = int(config.get("local_steps", 1))
+        update = {}
+        for name, w in arrays.items():
+            current = w.astype(np.float64)
+            for _ in range(steps):
+                current = current - lr * (current - self.target[name])
+            delta = (current - w).astype(w.dtype)
+            if self.nan:
+                delta = np.full_like(delta, np.nan)
+            update[name] = delta
+        loss = float(sum(np.sum((arrays[n] - self.target[n]) ** 2) for n in arrays))
+        return TrainRes(round=round, update=Arrays.from_dict(update), num_examples=self.examples, metrics={"loss": loss})
+
+    def evaluate(self, arrays: Arrays, config: Config, round: int) -> EvalRes:
+        loss = float(sum(np.sum((arrays[n] - self.target[n]) ** 2) for n in arrays))
+        return EvalRes(round=round, num_examples=self.examples, loss=loss, metrics={"distance": loss**0.5})

@@ -1,0 +1,147 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from confide import serde
+from confide.errors import ConfideError, RoundFailed
+from confide.records import Arrays, TrainRes
+from confide.server import checkpoint
+from confide.server.checks import check_update
+from confide.server.loop import LoopConfig, ServerLoop
+from confide.sim import simulate
+from confide.site.runner import SiteRunner
+from confide.strategies import FedAvg
+from confide.transport.inmemory import InMemoryTransport
+from tests.helpers import QuadraticTask, arrays
+
+TARGETS = {"a": arrays(w=[2.0, 0.0]), "b": arrays(w=[0.0, 2.0]), "c": arrays(w=[1.0, 1.0])}
+
+
+def _tasks(**overrides: QuadraticTask) -> dict[str, QuadraticTask]:
+    tasks = {name: QuadraticTask(t, examples=10) for name, t in TARGETS.items()}
+    tasks.update(overrides)
+    return tasks
+
+
+def test_federation_converges_to_the_weighted_optimum() -> None:
+    # equal weights: the optimum of the summed objectives is the mean target [1, 1]
+    result = simulate(FedAvg({"lr": 0.5, "local_steps": 1}), _tasks(), arrays(w=[0.0, 0.0]), LoopConfig(rounds=30))
+
+    np.testing.assert_allclose(result.arrays["w"], [1.0, 1.0], atol=1e-4)
+    losses = [r.train_metrics["loss"] for r in result.history.rounds]
+    assert losses[-1] < losses[0]
+
+
+def test_a_failing_site_is_dropped_and_the_round_completes() -> None:
+    tasks = _tasks(b=QuadraticTask(TARGETS["b"], 10, fail=True))
+
+    result = simulate(FedAvg(), tasks, arrays(w=[0.0, 0.0]), LoopConfig(rounds=1, min_sites=2))
+
+    rnd = result.history.rounds[0]
+    assert rnd.sites == ("a", "c")
+    assert "disk full" in rnd.failures["b"]
+
+
+def test_a_nan_update_is_rejected_with_its_reason() -> None:
+    tasks = _tasks(c=QuadraticTask(TARGETS["c"], 10, nan=True))
+
+    result = simulate(FedAvg(), tasks, arrays(w=[0.0, 0.0]), LoopConfig(rounds=1))
+
+    rnd = result.history.rounds[0]
+    assert "NaN" in rnd.failures["c"] and rnd.sites == ("a", "b")
+    assert np.isfinite(result.arrays["w"]).all()
+
+
+def test_quorum_not_met_fails_the_round_and_keeps_the_model() -> None:
+    tasks = _tasks(a=QuadraticTask(TARGETS["a"], 10, fail=True), b=QuadraticTask(TARGETS["b"], 10, fail=True))
+    transport = InMemoryTransport({n: SiteRunner(n, t) for n, t in tasks.items()})
+    start = arrays(w=[0.0, 0.0])
+    loop = ServerLoop(FedAvg(), transport, start, LoopConfig(rounds=1, min_sites=2))
+
+    with pytest.raises(RoundFailed, match="quorum is 2"):
+        loop.run()
+    assert loop.global_arrays is start
+
+
+def test_disconnected_site_is_reported() -> None:
+    transport = InMemoryTransport({n: SiteRunner(n, t) for n, t in _tasks().items()})
+    transport.disconnect("b")
+    loop = ServerLoop(FedAvg(), transport, arrays(w=[0.0, 0.0]), LoopConfig(rounds=1, min_sites=3))
+
+    with pytest.raises(RoundFailed, match="2 site"):
+        loop.run()
+
+
+def test_federated_evaluation_collects_every_site() -> None:
+    result = simulate(FedAvg(), _tasks(), arrays(w=[0.0, 0.0]), LoopConfig(rounds=2, evaluate_every=2))
+
+    assert result.history.rounds[0].eval_metrics == {}
+    assert set(result.history.rounds[1].eval_metrics) == {"a", "b", "c"}
+
+
+def test_checkpoint_resumes_after_the_last_round(tmp_path: Path) -> None:
+    config = LoopConfig(rounds=3, checkpoint_dir=tmp_path)
+    first = simulate(FedAvg(), _tasks(), arrays(w=[0.0, 0.0]), LoopConfig(rounds=2, checkpoint_dir=tmp_path))
+
+    resumed = ServerLoop(FedAvg(), InMemoryTransport({}), arrays(w=[0.0, 0.0]), config)
+
+    assert resumed.start_round == 3
+    assert resumed.global_arrays.allclose(first.arrays)
+    assert checkpoint.load_latest(tmp_path).round == 2  # type: ignore[union-attr]
+
+
+def test_checkpoint_of_another_model_is_refused(tmp_path: Path) -> None:
+    checkpoint.save(tmp_path, 1, arrays(w=[0.0, 0.0, 0.0]), {})
+
+    with pytest.raises(ConfideError, match="does not fit"):
+        ServerLoop(FedAvg(), InMemoryTransport({}), arrays(w=[0.0, 0.0]), LoopConfig(rounds=2, checkpoint_dir=tmp_path))
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
+    checkpoint.save(tmp_path, 1, arrays(w=[0.0]), {})
+    next(tmp_path.glob("*.safetensors")).write_bytes(b"garbage")
+
+    with pytest.raises(ConfideError, match="cannot be read"):
+        checkpoint.load_latest(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("update", "reason"),
+    [
+        (Arrays.from_dict({"w": np.zeros(3, np.float32)}), "shape"),
+        (Arrays.from_dict({"w": np.zeros(2, np.float64)}), "dtype"),
+        (Arrays.from_dict({"v": np.zeros(2, np.float32)}), "missing"),
+        (Arrays.from_dict({"w": np.array([np.inf, 0], np.float32)}), "NaN or infinite"),
+        (Arrays.from_dict({"w": np.array([30.0, 40.0], np.float32)}), "norm 50"),
+    ],
+)
+def test_check_update_names_what_is_wrong(update: Arrays, reason: str) -> None:
+    res = TrainRes(round=1, update=update, num_examples=1)
+
+    with pytest.raises(ConfideError, match=reason):
+        check_update("site-x", res, arrays(w=[0.0, 0.0]), max_norm=10.0)
+
+
+def test_garbage_reply_is_a_failure_not_a_crash() -> None:
+    class Garbage:
+        def handle(self, payload: bytes) -> bytes:
+            return b"\x00" * 20
+
+    runners = {n: SiteRunner(n, t) for n, t in _tasks().items()}
+    transport = InMemoryTransport({**runners, "evil": Garbage()})
+    loop = ServerLoop(FedAvg(), transport, arrays(w=[0.0, 0.0]), LoopConfig(rounds=1))
+
+    rnd = loop.run_round(1)
+
+    assert "undecodable" in rnd.failures["evil"] and len(rnd.sites) == 3
+
+
+def test_site_answers_garbage_instruction_with_a_failure() -> None:
+    runner = SiteRunner("a", QuadraticTask(TARGETS["a"], 1))
+
+    reply = serde.decode(runner.handle(b"not a message"))
+
+    assert type(reply).__name__ == "Failure" and "could not decode" in reply.reason  # type: ignore[union-attr]

@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from confide.config import load_job, parse_job
+from confide.errors import ConfigError
+
+
+def test_minimal_job_gets_defaults() -> None:
+    job = parse_job({"data": {"root": "x"}})
+
+    assert job.federation.strategy == "fedavg" and job.task.roi == (32, 32, 32)
+
+
+@pytest.mark.parametrize(
+    ("document", "named"),
+    [
+        ({"data": {"root": "x"}, "federation": {"rounds": 0}}, "federation.rounds"),
+        ({"data": {"root": "x"}, "federaton": {}}, "federaton"),
+        ({"data": {"root": "x"}, "task": {"roi": [30, 32, 32]}}, "multiples of 8"),
+        ({"data": {"root": "x"}, "task": {"model": "resnet"}}, "task.model"),
+        ({"data": {"root": "x"}, "compare": ["central"]}, "compare.0"),
+        ({}, "data"),
+    ],
+)
+def test_bad_field_is_named(document: dict[str, object], named: str) -> None:
+    with pytest.raises(ConfigError, match=named.replace(".", r"\.")):
+        parse_job(document)
+
+
+def test_job_file_errors_name_the_file(tmp_path: Path) -> None:
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("data: [unclosed")
+    not_mapping = tmp_path / "list.yaml"
+    not_mapping.write_text("- 1\n- 2\n")
+
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_job(bad_yaml)
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        load_job(not_mapping)
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_job(tmp_path / "missing.yaml")
+
+
+def test_example_jobs_are_valid() -> None:
+    jobs = sorted((Path(__file__).resolve().parents[1] / "jobs").glob("*.yaml"))
+
+    assert jobs, "jobs/ should hold example job files"
+    for path in jobs:
+        assert load_job(path).name

@@ -1,0 +1,127 @@
+from __future__ import annotations
+
+import json
+import math
+import struct
+
+import numpy as np
+import pytest
+
+from confide import serde
+from confide.errors import PayloadError, PayloadTooLarge
+from confide.records import Arrays, EvalIns, EvalRes, Failure, TrainIns, TrainRes
+
+
+def _arrays() -> Arrays:
+    rng = np.random.default_rng(0)
+    return Arrays.from_dict(
+        {
+            "z.weight": rng.normal(size=(3, 4)).astype(np.float32),
+            "a.bias": rng.normal(size=4).astype(np.float64),
+            "count": np.array(7, dtype=np.int64),
+            "mask": np.array([True, False]),
+        }
+    )
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        TrainIns(round=3, arrays=_arrays(), config={"lr": 0.01, "local_steps": 5, "name": "x", "flag": True}),
+        TrainRes(round=3, update=_arrays(), num_examples=12, metrics={"loss": 0.5}, meta={"filters": "a,b"}),
+        EvalIns(round=2, arrays=_arrays()),
+        EvalRes(round=2, num_examples=4, loss=0.25, metrics={"dice_wt": 0.9}),
+        Failure(round=5, reason="budget spent", kind="refused"),
+    ],
+)
+def test_round_trip_preserves_every_field(record: object) -> None:
+    decoded = serde.decode(serde.encode(record))  # type: ignore[arg-type]
+
+    assert type(decoded) is type(record)
+    for field in ("round", "config", "num_examples", "metrics", "meta", "loss", "reason", "kind"):
+        if hasattr(record, field):
+            assert getattr(decoded, field) == getattr(record, field)
+    for attr in ("arrays", "update"):
+        if hasattr(record, attr):
+            original, back = getattr(record, attr), getattr(decoded, attr)
+            assert back.names() == original.names()  # order survives although safetensors sorts
+            assert back.allclose(original)
+            assert all(a.dtype == b.dtype for a, b in zip(back.values(), original.values(), strict=True))
+
+
+def test_nan_metric_survives_the_wire() -> None:
+    res = TrainRes(round=1, update=Arrays.from_dict({}), num_examples=1, metrics={"loss": float("nan")})
+
+    back = serde.decode_as(serde.encode(res), TrainRes)
+
+    assert math.isnan(back.metrics["loss"])
+
+
+def test_truncated_payload_is_a_payload_error() -> None:
+    data = serde.encode(TrainIns(round=1, arrays=_arrays()))
+
+    for cut in (0, 4, 9, len(data) // 2, len(data) - 1):
+        with pytest.raises(PayloadError):
+            serde.decode(data[:cut])
+
+
+def test_corrupt_header_is_a_payload_error() -> None:
+    data = bytearray(serde.encode(TrainIns(round=1, arrays=_arrays())))
+    data[10:20] = b"\xff" * 10
+
+    with pytest.raises(PayloadError):
+        serde.decode(bytes(data))
+
+
+def test_oversized_payload_is_refused_before_parsing() -> None:
+    data = serde.encode(TrainIns(round=1, arrays=_arrays()))
+
+    with pytest.raises(PayloadTooLarge, match="exceeds the limit"):
+        serde.decode(data, max_bytes=len(data) - 1)
+
+
+def test_huge_claimed_header_is_refused() -> None:
+    with pytest.raises(PayloadError, match="header claims"):
+        serde.decode(struct.pack("<Q", 2**40) + b"{}")
+
+
+def _forge(header: dict[str, object], tensors: dict[str, np.ndarray] | None = None) -> bytes:
+    import safetensors.numpy
+
+    return bytes(safetensors.numpy.save(tensors or {}, metadata={"confide": json.dumps(header)}))
+
+
+def test_unknown_kind_or_field_is_refused() -> None:
+    with pytest.raises(PayloadError, match="kind"):
+        serde.decode(_forge({"v": 1, "kind": "os.system", "round": 1}))
+    with pytest.raises(PayloadError, match="not permitted"):
+        serde.decode(_forge({"v": 1, "kind": "failure", "round": 1, "__class__": "x"}))
+
+
+def test_names_must_match_the_arrays() -> None:
+    header = {"v": 1, "kind": "train_ins", "round": 1, "names": ["a", "b"]}
+
+    with pytest.raises(PayloadError, match="do not match"):
+        serde.decode(_forge(header, {"a": np.ones(1, np.float32)}))
+
+
+def test_safetensors_without_confide_metadata_is_refused() -> None:
+    import safetensors.numpy
+
+    with pytest.raises(PayloadError, match="not a Confide message"):
+        serde.decode(bytes(safetensors.numpy.save({"a": np.ones(1)})))
+
+
+def test_decode_as_checks_the_kind() -> None:
+    data = serde.encode(Failure(round=1, reason="x"))
+
+    with pytest.raises(PayloadError, match="expected a TrainRes"):
+        serde.decode_as(data, TrainRes)
+
+
+def test_arrays_file_round_trip_and_corruption() -> None:
+    data = serde.encode_arrays(_arrays())
+
+    assert serde.decode_arrays(data).allclose(_arrays())
+    with pytest.raises(PayloadError):
+        serde.decode_arrays(data[: len(data) // 3])
