@@ -1,0 +1,93 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from confide.config import BrainTumorTaskConfig
+from confide.errors import DataError, TaskError
+from confide.tasks.brain_tumor import BrainTumorTask, SegData, initial_arrays
+from confide.tasks.torch_io import load_arrays
+
+
+def _blobs(n: int, seed: int, size: int = 16) -> SegData:
+    """Bright cubes in the FLAIR channel mark the tumour: a signal a small network learns in a few steps."""
+    rng = np.random.default_rng(seed)
+    images = rng.normal(0, 0.3, size=(n, 4, size, size, size)).astype(np.float32)
+    regions = np.zeros((n, 3, size, size, size), bool)
+    for i in range(n):
+        c = rng.integers(4, size - 8, size=3)
+        sl = tuple(slice(int(x), int(x) + 5) for x in c)
+        images[(i, 3, *sl)] += 2.0
+        for r in range(3):
+            regions[(i, r, *sl)] = True
+    return SegData(images=images, regions=regions, case_ids=tuple(f"c{i}" for i in range(n)))
+
+
+CONFIG = BrainTumorTaskConfig(roi=(16, 16, 16), init_filters=4, lr=0.01, augment=False)
+
+
+def test_initial_model_is_deterministic_per_seed() -> None:
+    assert initial_arrays(CONFIG, 1).allclose(initial_arrays(CONFIG, 1))
+    assert not initial_arrays(CONFIG, 1).allclose(initial_arrays(CONFIG, 2))
+
+
+def test_unet_variant_builds() -> None:
+    arrays = initial_arrays(CONFIG.model_copy(update={"model": "unet"}), 0)
+
+    assert len(arrays) > 0
+
+
+def test_training_returns_an_update_that_lowers_the_loss() -> None:
+    task = BrainTumorTask(CONFIG, _blobs(6, 0), _blobs(3, 1), site="a", seed=0)
+    start = initial_arrays(CONFIG, 0)
+
+    first = task.train(start, {"local_steps": 15}, round=1)
+
+    assert first.update.same_layout(start) and first.num_examples == 6
+    assert any(np.abs(v).max() > 0 for v in first.update.values())
+    assert first.metrics["loss_last"] < first.metrics["loss"]  # later steps lower than the running mean
+
+
+def test_evaluate_reports_region_dice_in_range() -> None:
+    task = BrainTumorTask(CONFIG, None, _blobs(3, 1), site="a")
+
+    res = task.evaluate(initial_arrays(CONFIG, 0), {}, round=1)
+
+    assert res.num_examples == 3
+    assert set(res.metrics) == {"dice_wt", "dice_tc", "dice_et", "dice_mean"}
+    assert all(0.0 <= v <= 1.0 for v in res.metrics.values())
+
+
+def test_nan_input_fails_loudly() -> None:
+    data = _blobs(2, 0)
+    data.images[0, 0, 0, 0, 0] = np.nan
+    task = BrainTumorTask(CONFIG, data, None, site="a")
+
+    with pytest.raises(TaskError, match=r"(?i)nan"):
+        task.train(initial_arrays(CONFIG, 0), {"local_steps": 2, "batch_size": 2}, round=1)
+
+
+def test_site_without_data_says_so() -> None:
+    task = BrainTumorTask(CONFIG, None, None, site="empty")
+
+    with pytest.raises(TaskError, match="no training cases"):
+        task.train(initial_arrays(CONFIG, 0), {}, round=1)
+    with pytest.raises(TaskError, match="no test cases"):
+        task.evaluate(initial_arrays(CONFIG, 0), {}, round=1)
+
+
+def test_arrays_of_another_model_are_refused() -> None:
+    task = BrainTumorTask(CONFIG, None, None, site="a")
+    other = initial_arrays(CONFIG.model_copy(update={"init_filters": 8}), 0)
+
+    with pytest.raises(TaskError, match="shape"):
+        load_arrays(task.model, other)
+
+
+def test_segdata_checks_shapes() -> None:
+    with pytest.raises(DataError):
+        SegData(
+            images=np.zeros((2, 3, 4, 4, 4), np.float32),
+            regions=np.zeros((2, 3, 4, 4, 4), bool),
+            case_ids=("a", "b"),
+        )
