@@ -32,7 +32,9 @@ class QuadraticTask:
                 delta = np.full_like(delta, np.nan)
             update[name] = delta
         loss = float(sum(np.sum((arrays[n] - self.target[n]) ** 2) for n in arrays))
-        return TrainRes(round=round, update=Arrays.from_dict(update), num_examples=self.examples, metrics={"loss": loss})
+        return TrainRes(
+            round=round, update=Arrays.from_dict(update), num_examples=self.examples, metrics={"loss": loss}
+        )
 
     def evaluate(self, arrays: Arrays, config: Config, round: int) -> EvalRes:
         loss = float(sum(np.sum((arrays[n] - self.target[n]) ** 2) for n in arrays))

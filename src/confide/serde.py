@@ -47,7 +47,13 @@ class _Header(BaseModel):
     failure_kind: Literal["error", "refused"] = "error"
 
 
-_KIND = {TrainIns: "train_ins", TrainRes: "train_res", EvalIns: "eval_ins", EvalRes: "eval_res", Failure: "failure"}
+_KIND = {
+    TrainIns: "train_ins",
+    TrainRes: "train_res",
+    EvalIns: "eval_ins",
+    EvalRes: "eval_res",
+    Failure: "failure",
+}
 
 
 def encode(record: Record) -> bytes:

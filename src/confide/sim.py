@@ -34,9 +34,7 @@ def simulate(
     seed: int = 0,
 ) -> SimResult:
     """Run a whole federation of ``tasks`` (one per site) for ``config.rounds`` rounds."""
-    runners = {
-        name: SiteRunner(name, task, chain=(chains or {}).get(name), seed=seed) for name, task in tasks.items()
-    }
+    runners = {name: SiteRunner(name, task, chain=(chains or {}).get(name), seed=seed) for name, task in tasks.items()}
     transport = InMemoryTransport(runners)
     loop = ServerLoop(strategy, transport, initial, config, events)
     history = loop.run()

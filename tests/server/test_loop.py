@@ -97,7 +97,12 @@ def test_checkpoint_of_another_model_is_refused(tmp_path: Path) -> None:
     checkpoint.save(tmp_path, 1, arrays(w=[0.0, 0.0, 0.0]), {})
 
     with pytest.raises(ConfideError, match="does not fit"):
-        ServerLoop(FedAvg(), InMemoryTransport({}), arrays(w=[0.0, 0.0]), LoopConfig(rounds=2, checkpoint_dir=tmp_path))
+        ServerLoop(
+            FedAvg(),
+            InMemoryTransport({}),
+            arrays(w=[0.0, 0.0]),
+            LoopConfig(rounds=2, checkpoint_dir=tmp_path),
+        )
 
 
 def test_corrupt_checkpoint_is_a_clear_error(tmp_path: Path) -> None:

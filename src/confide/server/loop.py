@@ -110,9 +110,7 @@ class ServerLoop:
         t0 = time.perf_counter()
         sites = self.transport.sites()
         if len(sites) < self.config.min_sites:
-            raise RoundFailed(
-                f"round {rnd}: {len(sites)} site(s) connected, the quorum is {self.config.min_sites}"
-            )
+            raise RoundFailed(f"round {rnd}: {len(sites)} site(s) connected, the quorum is {self.config.min_sites}")
         self.events.round_started(rnd, sites)
         instructions = self.strategy.configure(rnd, self.global_arrays, sites)
         encoded: dict[str, bytes] = {}
@@ -140,7 +138,9 @@ class ServerLoop:
             site_seconds=tally.site_seconds,
         )
         if self.config.checkpoint_dir is not None:
-            checkpoint.save(self.config.checkpoint_dir, rnd, self.global_arrays, {"metrics": dict(result.train_metrics)})
+            checkpoint.save(
+                self.config.checkpoint_dir, rnd, self.global_arrays, {"metrics": dict(result.train_metrics)}
+            )
         self.history.rounds.append(result)
         self.events.round_finished(result, self.global_arrays)
         return result

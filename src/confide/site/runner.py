@@ -50,7 +50,10 @@ class SiteRunner:
             log.warning("site %s: refused an instruction it could not decode: %s", self.name, exc)
             return Failure(round=0, reason=f"site {self.name} could not decode the instruction: {exc}")
         if not isinstance(instruction, TrainIns | EvalIns):
-            return Failure(round=instruction.round, reason=f"site {self.name} cannot act on a {type(instruction).__name__}")
+            return Failure(
+                round=instruction.round,
+                reason=f"site {self.name} cannot act on a {type(instruction).__name__}",
+            )
         try:
             if isinstance(instruction, TrainIns):
                 return self._train(instruction)
