@@ -18,6 +18,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="Confide: fed
 data_app = typer.Typer(no_args_is_help=True, help="Generate and inspect data.")
 app.add_typer(data_app, name="data")
 console = Console()
+if not console.is_terminal:  # logs and CI: wide enough that the result table is never cut
+    console = Console(width=max(console.width, 130))
 
 
 def _fail(exc: ConfideError) -> None:

@@ -59,8 +59,8 @@ def heatmap(cross: Mapping[str, Mapping[str, Mapping[str, float]]], out: Path) -
     models = list(cross)
     sites = list(next(iter(cross.values())))
     grid = np.array([[cross[m][s]["dice_mean"] for s in sites] for m in models])
-    fig, ax = plt.subplots(figsize=(1.3 * len(sites) + 3, 0.5 * len(models) + 1.8))
-    image = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis")
+    fig, ax = plt.subplots(figsize=(1.1 * len(sites) + 3.5, 0.5 * len(models) + 1.6))
+    image = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", aspect="auto")
     ax.set_xticks(range(len(sites)), sites)
     ax.set_yticks(range(len(models)), models)
     for i in range(len(models)):
