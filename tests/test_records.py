@@ -50,3 +50,10 @@ def test_records_freeze_their_mappings() -> None:
     assert res.metrics["loss"] == 1.0 and isinstance(res.metrics["loss"], float)
     with pytest.raises(ValueError):
         TrainRes(round=1, update=Arrays.from_dict({}), num_examples=-1)
+
+
+def test_arrays_refuse_duplicate_names() -> None:
+    one = np.ones(1, np.float32)
+
+    with pytest.raises(ValueError, match="unique"):
+        Arrays((("w", one), ("w", one)))

@@ -51,6 +51,9 @@ class DataConfig(_Strict):
     sites: list[str] = Field(default_factory=list, description="site folders to use; empty: all of them")
     test_fraction: float = Field(default=0.25, gt=0, lt=1)
     max_cases_per_site: int | None = Field(default=None, ge=2)
+    on_bad_case: Literal["skip", "stop"] = Field(
+        default="skip", description="a case that cannot be read: skip it and list it in the report, or stop the job"
+    )
     phantoms: PhantomConfig | None = None
 
 

@@ -120,6 +120,7 @@ def prepare_data(job: JobConfig, display: ProgressDisplay) -> list[SiteCases]:
                 test_fraction=job.data.test_fraction,
                 seed=job.seed,
                 max_cases=job.data.max_cases_per_site,
+                on_bad_case=job.data.on_bad_case,
                 on_case=lambda site, case: display.status(f"{site} {case}"),
             )
         )

@@ -26,6 +26,12 @@ class Arrays:
     """An ordered, read-only mapping of name -> numpy array (a model's parameters or an update)."""
 
     items_: tuple[tuple[str, np.ndarray], ...]
+    _index: Mapping[str, np.ndarray] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_index", dict(self.items_))
+        if len(self._index) != len(self.items_):
+            raise ValueError("array names must be unique")
 
     @classmethod
     def from_dict(cls, arrays: Mapping[str, np.ndarray], *, copy: bool = False) -> Arrays:
@@ -36,9 +42,6 @@ class Arrays:
             arr = np.array(value, copy=True) if copy else np.asarray(value).view()
             arr.flags.writeable = False
             items.append((name, arr))
-        names = [n for n, _ in items]
-        if len(set(names)) != len(names):
-            raise ValueError("array names must be unique")
         return cls(tuple(items))
 
     def __len__(self) -> int:
@@ -48,13 +51,10 @@ class Arrays:
         return (name for name, _ in self.items_)
 
     def __getitem__(self, name: str) -> np.ndarray:
-        for key, value in self.items_:
-            if key == name:
-                return value
-        raise KeyError(name)
+        return self._index[name]
 
     def __contains__(self, name: object) -> bool:
-        return any(key == name for key, _ in self.items_)
+        return name in self._index
 
     def items(self) -> tuple[tuple[str, np.ndarray], ...]:
         return self.items_

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -58,10 +59,12 @@ def load_site(
     test_fraction: float,
     seed: int,
     max_cases: int | None = None,
+    on_bad_case: Literal["skip", "stop"] = "skip",
     on_case: Callable[[str, str], None] | None = None,
 ) -> SiteCases:
-    """Discover, prepare and split one site's cases. Unusable cases are skipped and listed."""
-    cases, problems = discover_cases(folder, require_seg=True, on_problem="skip")
+    """Discover, prepare and split one site's cases. Unusable cases are skipped and listed, or stop the
+    job with a :class:`CaseError` naming the case when ``on_bad_case`` is ``"stop"``."""
+    cases, problems = discover_cases(folder, require_seg=True, on_problem="skip" if on_bad_case == "skip" else "raise")
     if max_cases is not None:
         cases = cases[:max_cases]
     prepared: list[PreparedCase] = []
@@ -70,6 +73,8 @@ def load_site(
         try:
             prepared.append(prepare_case(case, config))
         except CaseError as exc:
+            if on_bad_case == "stop":
+                raise
             skipped.append(CaseProblem(case_id=case.case_id, folder=case.folder, reason=exc.reason))
         if on_case is not None:
             on_case(folder.name, case.case_id)

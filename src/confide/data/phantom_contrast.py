@@ -162,15 +162,15 @@ _BASE_PROFILES: tuple[SiteProfile, ...] = (
         enhancement=0.3,
         contrast_gamma=(1.25, 1.25, 0.85, 1.15),
     ),
-    # A busy hospital with fast, noisy protocols and every kind of tumour.
+    # A busy hospital with fast, noisy protocols that sees tumours early: small to medium, mostly high grade.
     SiteProfile(
         name="site-4",
         modality_gain=(750.0, 800.0, 1400.0, 1000.0),
         bias_strength=0.10,
         noise_sigma=0.10,
         voxel_size=(2.0, 2.0, 2.0),
-        radius_mm=(10.0, 26.0),
-        high_grade_fraction=0.5,
+        radius_mm=(10.0, 18.0),
+        high_grade_fraction=0.8,
         enhancement=0.7,
         contrast_gamma=(1.0, 1.0, 1.1, 0.9),
     ),

@@ -33,7 +33,9 @@ def check_update(site: str, res: TrainRes, global_arrays: Arrays, *, max_norm: f
         if np.issubdtype(value.dtype, np.floating):
             if not np.isfinite(value).all():
                 raise UpdateRejected(site, f"array {name!r} holds NaN or infinite values")
-            squared += float(np.dot(value.ravel().astype(np.float64), value.ravel().astype(np.float64)))
+            if max_norm is not None:
+                flat = value.ravel()
+                squared += float(np.vdot(flat, flat))
     if max_norm is not None and squared**0.5 > max_norm:
         raise UpdateRejected(site, f"update norm {squared**0.5:.4g} exceeds the bound {max_norm:.4g}")
     if res.num_examples <= 0:
