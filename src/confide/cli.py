@@ -111,6 +111,102 @@ def phantoms(
         _fail(exc)
 
 
+@app.command("provision")
+def provision_cmd(
+    federation: Annotated[Path, typer.Argument(help="federation file (YAML): name, server host/port, sites")],
+    out: Annotated[Path, typer.Option(help="folder for the CA, the server kit and one kit per site")],
+) -> None:
+    """Create a federation's CA, server certificate and one start-up kit per site."""
+    from confide.provision import load_federation, provision
+
+    try:
+        provision(load_federation(federation), out)
+        console.print(f"federation provisioned in {out}: server kit {out / 'server'}, site kits under {out / 'sites'}")
+        console.print(f"keep {out / 'ca'} offline; hand each hospital its own folder under sites/")
+    except ConfideError as exc:
+        _fail(exc)
+
+
+@app.command("add-site")
+def add_site_cmd(
+    name: Annotated[str, typer.Argument(help="the new site's name")],
+    out: Annotated[Path, typer.Option(help="the federation folder made by `confide provision`")],
+) -> None:
+    """Add a site to a provisioned federation: a new kit signed by its CA."""
+    from confide.provision import add_site
+
+    try:
+        console.print(f"kit for {name}: {add_site(out, name)}")
+    except ConfideError as exc:
+        _fail(exc)
+
+
+@app.command("revoke-site")
+def revoke_site_cmd(
+    name: Annotated[str, typer.Argument(help="the site to revoke")],
+    out: Annotated[Path, typer.Option(help="the federation folder made by `confide provision`")],
+    reason: Annotated[str, typer.Option(help="recorded in the manifest")] = "",
+) -> None:
+    """Revoke a site's certificate; copy server/revoked.json to the server, which re-reads it."""
+    from confide.provision import revoke_site
+
+    try:
+        path = revoke_site(out, name, reason)
+        console.print(f"{name} revoked; the server refuses it once it has {path}")
+    except ConfideError as exc:
+        _fail(exc)
+
+
+@app.command()
+def server(
+    job_file: Annotated[Path, typer.Argument(help="job file (YAML)")],
+    kit: Annotated[Path, typer.Option(help="the server kit (server.yaml, certificates, key)")],
+    resume: Annotated[bool, typer.Option(help="continue from the last completed round's checkpoint")] = False,
+    port: Annotated[int | None, typer.Option(help="override the kit's port")] = None,
+    wait: Annotated[float, typer.Option(help="seconds to wait for the quorum of sites to join")] = 600.0,
+) -> None:
+    """Serve a job to the federation's sites over gRPC with mutual TLS (sites dial in)."""
+    from confide.deploy import serve
+    from confide.tasks.brain_tumor import initial_arrays
+
+    try:
+        job = load_job(job_file)
+        final = serve(
+            kit,
+            job,
+            initial=lambda j: initial_arrays(j.task, j.seed),
+            resume=resume,
+            port=port,
+            wait_s=wait,
+            on_listen=lambda p: console.print(f"listening on port {p}; waiting for {job.federation.min_sites} site(s)"),
+        )
+        console.print(f"done: final global model {final}")
+    except ConfideError as exc:
+        _fail(exc)
+
+
+@app.command()
+def site(
+    kit: Annotated[Path, typer.Option(help="this site's kit (site.yaml, certificate, key, CA)")],
+    data: Annotated[Path, typer.Option(help="this site's own folder of BraTS cases")],
+    server_address: Annotated[str | None, typer.Option("--server", help="override the kit's host:port")] = None,
+) -> None:
+    """Run this hospital's side of a federation: dial out, train on local data, send filtered updates."""
+    from confide.deploy import run_site
+    from confide.experiment import site_task
+    from confide.site.runner import SiteRunner
+
+    def runner(name: str, job: JobConfig) -> SiteRunner:
+        console.print(f"site {name}: preparing the cases in {data} for job {job.name}")
+        return SiteRunner(name, site_task(job, data, name), seed=job.seed)
+
+    try:
+        answered = run_site(kit, runner, address=server_address)
+        console.print(f"job done: answered {answered} instruction(s)")
+    except ConfideError as exc:
+        _fail(exc)
+
+
 def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:

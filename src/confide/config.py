@@ -61,6 +61,9 @@ class FederationConfig(_Strict):
     rounds: int = Field(default=10, ge=1, le=100_000)
     local_steps: int = Field(default=10, ge=1, le=1_000_000)
     min_sites: int = Field(default=1, ge=1, description="quorum: fewest accepted updates that close a round")
+    round_deadline_s: float | None = Field(
+        default=None, gt=0, description="deployment: a site that has not answered by then is dropped from the round"
+    )
     strategy: Literal["fedavg"] = "fedavg"
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from confide.config import JobConfig
 from confide.data.federation import SiteCases, load_site, site_folders
@@ -183,3 +184,20 @@ def run_job(job: JobConfig, display: ProgressDisplay) -> JobResult:
     seconds = {"data": t_data, "total": time.perf_counter() - t0}
     seconds.update({f"train:{run.name}": run.seconds for run in runs})
     return JobResult(job=job, sites=tuple(sites), runs=tuple(runs), cross=cross, seconds=seconds)
+
+
+def site_task(job: JobConfig, folder: Path, name: str, display: ProgressDisplay | None = None) -> BrainTumorTask:
+    """One hospital's task in a real deployment: its own cases only, split as in simulation."""
+    site = load_site(
+        folder,
+        PreprocessConfig(roi=job.task.roi),
+        test_fraction=job.data.test_fraction,
+        seed=job.seed,
+        max_cases=job.data.max_cases_per_site,
+        on_bad_case=job.data.on_bad_case,
+    )
+    for problem in site.problems:
+        (display.console.print if display else print)(f"skipped case {problem.case_id}: {problem.reason}")
+    return BrainTumorTask(
+        job.task, SegData.from_cases(site.train), SegData.from_cases(site.test), site=name, seed=job.seed
+    )

@@ -1,0 +1,171 @@
+"""Running a job as a real federation: the server process and the site processes, from their kits.
+
+``confide server --kit KIT JOB.yaml`` serves the job to sites that dial in with certificates from the same
+federation; ``confide site --kit KIT --data DIR`` runs one hospital's side, reading only its own data folder.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from confide import serde
+from confide.config import JobConfig, parse_job
+from confide.errors import ConfigError, RoundFailed
+from confide.provision_kit import load_revoked
+from confide.server import checkpoint
+from confide.server.loop import LoopConfig, RoundEvents, ServerLoop
+from confide.strategies import FedAvg
+from confide.transport.grpc_client import SiteClient
+from confide.transport.grpc_server import FederationService, ServiceConfig, read_kit_file, start_server
+from confide.transport.inmemory import Endpoint
+
+log = logging.getLogger(__name__)
+
+
+def read_kit_config(kit: Path, name: str, required: tuple[str, ...]) -> dict[str, Any]:
+    path = kit / name
+    try:
+        document = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"kit file {path} cannot be read: {exc}") from None
+    if not isinstance(document, dict) or any(key not in document for key in required):
+        raise ConfigError(f"kit file {path} must hold the fields {list(required)}")
+    return document
+
+
+def train_config(job: JobConfig, *, batch_size: int | None = None) -> dict[str, float | int]:
+    """What every site is told to do in a round (the same in simulation and deployment)."""
+    return {
+        "local_steps": job.federation.local_steps,
+        "lr": job.task.lr,
+        "batch_size": batch_size or job.task.batch_size,
+    }
+
+
+class _RevocationList:
+    """The server's list of revoked serial numbers, re-read when its file changes."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._mtime = -1.0
+        self._serials: frozenset[int] = frozenset()
+
+    def __call__(self) -> frozenset[int]:
+        try:
+            mtime = self.path.stat().st_mtime
+        except FileNotFoundError:
+            return self._serials
+        if mtime != self._mtime:
+            self._serials = load_revoked(self.path)
+            self._mtime = mtime
+        return self._serials
+
+
+def serve(
+    kit: Path,
+    job: JobConfig,
+    *,
+    initial: Callable[[JobConfig], Any],
+    resume: bool = False,
+    port: int | None = None,
+    wait_s: float = 300.0,
+    events: RoundEvents | None = None,
+    on_listen: Callable[[int], None] | None = None,
+) -> Path:
+    """Serve ``job`` to the federation's sites; return the path of the final global model."""
+    cfg = read_kit_config(kit, "server.yaml", ("federation", "port", "certificate", "private_key", "ca"))
+    ckpt_dir = job.report.out / "checkpoints"
+    found = checkpoint.load_latest(ckpt_dir)
+    if found is not None and not resume:
+        raise ConfigError(
+            f"{ckpt_dir} holds a checkpoint of round {found.round}: pass --resume to continue it, "
+            "or choose another report.out"
+        )
+    ca = read_kit_file(kit, cfg["ca"])
+    service = FederationService(
+        ca,
+        ServiceConfig(
+            job=json.loads(job.model_dump_json()),
+            revoked=_RevocationList(kit / str(cfg.get("revocation_list", "revoked.json"))),
+        ),
+    )
+    server, bound = start_server(
+        service,
+        port=int(cfg["port"] if port is None else port),
+        key_pem=read_kit_file(kit, cfg["private_key"]),
+        cert_pem=read_kit_file(kit, cfg["certificate"]),
+    )
+    if on_listen is not None:
+        on_listen(bound)
+    try:
+        need = job.federation.min_sites
+        present = service.wait_for_sites(need, wait_s)
+        if len(present) < need:
+            raise RoundFailed(f"only {len(present)} of the {need} sites needed joined within {wait_s:.0f} s: {present}")
+        loop = ServerLoop(
+            FedAvg(train_config(job)),
+            service,
+            initial(job),
+            LoopConfig(
+                rounds=job.federation.rounds,
+                min_sites=need,
+                deadline_s=job.federation.round_deadline_s,
+                checkpoint_dir=ckpt_dir,
+            ),
+            events,
+        )
+        history = loop.run()
+        job.report.out.mkdir(parents=True, exist_ok=True)
+        final = job.report.out / "global.safetensors"
+        final.write_bytes(serde.encode_arrays(loop.global_arrays))
+        rounds = [
+            {
+                "round": r.round,
+                "sites": list(r.sites),
+                "failures": dict(r.failures),
+                "metrics": dict(r.train_metrics),
+                "seconds": r.seconds,
+                "coordination_seconds": r.coordination_seconds,
+            }
+            for r in history.rounds
+        ]
+        (job.report.out / "rounds.json").write_text(json.dumps(rounds, indent=1))
+        return final
+    finally:
+        service.close()
+        time.sleep(min(service.config.poll_s, 2.0))  # let waiting sites hear "done"
+        server.stop(grace=1.0)
+
+
+def run_site(
+    kit: Path,
+    make_runner: Callable[[str, JobConfig], Endpoint],
+    *,
+    address: str | None = None,
+    give_up_after_s: float = 600.0,
+) -> int:
+    """Run this site's side until the server says the job is done; return the instructions answered.
+
+    ``address`` overrides the server address of the kit (host:port)."""
+    cfg = read_kit_config(kit, "site.yaml", ("site", "server", "certificate", "private_key", "ca"))
+
+    def endpoint(job_document: dict[str, Any]) -> Endpoint:
+        job = parse_job(job_document, source="job sent by the server")
+        return make_runner(str(cfg["site"]), job)
+
+    client = SiteClient(
+        address or str(cfg["server"]),
+        give_up_after_s=give_up_after_s,
+        key_pem=read_kit_file(kit, cfg["private_key"]),
+        cert_pem=read_kit_file(kit, cfg["certificate"]),
+        ca_pem=read_kit_file(kit, cfg["ca"]),
+        make_endpoint=endpoint,
+    )
+    return client.run()

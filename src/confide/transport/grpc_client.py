@@ -1,0 +1,124 @@
+"""The site side of a real deployment: dial out to the server, pull instructions, push answers.
+
+The site never listens: hospitals allow outbound connections only. A dropped connection or a
+restarting server is retried with back-off; heartbeats go on in a thread while the site trains.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+
+from confide.errors import ConfideError, TransportError
+from confide.transport import framing
+from confide.transport.grpc_server import GRPC_OPTIONS, SERVICE
+from confide.transport.inmemory import Endpoint
+
+log = logging.getLogger(__name__)
+
+_RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED}
+
+
+class SiteClient:
+    """Runs one site against a federation server until the server says the job is done."""
+
+    def __init__(
+        self,
+        address: str,
+        *,
+        key_pem: bytes,
+        cert_pem: bytes,
+        ca_pem: bytes,
+        make_endpoint: Callable[[dict[str, Any]], Endpoint],
+        give_up_after_s: float = 600.0,
+        push_attempts: int = 3,
+    ) -> None:
+        self.address = address
+        self.make_endpoint = make_endpoint
+        self.give_up_after_s = give_up_after_s
+        self.push_attempts = push_attempts
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=ca_pem, private_key=key_pem, certificate_chain=cert_pem
+        )
+        self._channel = grpc.secure_channel(address, credentials, options=GRPC_OPTIONS)
+        self._join = self._channel.unary_unary(f"/{SERVICE}/Join")
+        self._heartbeat = self._channel.unary_unary(f"/{SERVICE}/Heartbeat")
+        self._pull = self._channel.unary_stream(f"/{SERVICE}/Pull")
+        self._push = self._channel.stream_unary(f"/{SERVICE}/Push")
+        self._stop = threading.Event()
+        self.name = ""
+        self.answered = 0
+
+    def _call(self, what: str, fn: Callable[[], Any]) -> Any:
+        """Call ``fn``, retrying while the server is unreachable, for at most give_up_after_s."""
+        start = time.monotonic()
+        delay = 0.2
+        while True:
+            try:
+                return fn()
+            except grpc.RpcError as exc:
+                code = exc.code()
+                if code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
+                    raise TransportError(f"server refused this site's identity: {exc.details()}") from None
+                if code not in _RETRYABLE or time.monotonic() - start > self.give_up_after_s:
+                    raise TransportError(f"{what} failed: {code.name}: {exc.details()}") from None
+                log.info("%s: server unreachable (%s), retrying in %.1f s", what, code.name, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def _beat(self, every_s: float) -> None:
+        while not self._stop.wait(every_s):
+            try:
+                self._heartbeat(b"{}", timeout=every_s)
+            except grpc.RpcError as exc:
+                log.debug("heartbeat failed: %s", exc.code().name)
+
+    def run(self) -> int:
+        """Serve until the server says done; return the number of instructions answered."""
+        hello = json.loads(self._call("join", lambda: self._join(b"{}", timeout=30)))
+        self.name = str(hello["site"])
+        endpoint = self.make_endpoint(hello["job"])
+        beat = threading.Thread(target=self._beat, args=(float(hello.get("heartbeat_s", 5.0)),), daemon=True)
+        beat.start()
+        try:
+            while True:
+                frames = self._call("pull", lambda: list(self._pull(b"{}", timeout=60)))
+                header = framing.parse_header(frames[0]) if frames else {"wait": True}
+                if header.get("done"):
+                    log.info("site %s: the server says the job is done", self.name)
+                    return self.answered
+                if header.get("wait"):
+                    continue
+                try:
+                    transfer = framing.reassemble(frames, max_bytes=framing_limit())
+                except ConfideError as exc:
+                    log.warning("site %s: instruction transfer broken (%s); pulling it again", self.name, exc)
+                    continue
+                answer = endpoint.handle(transfer.payload)
+                self._deliver(str(transfer.header["task"]), answer)
+        finally:
+            self._stop.set()
+            self._channel.close()
+
+    def _deliver(self, task_id: str, answer: bytes) -> None:
+        for attempt in range(1, self.push_attempts + 1):
+            reply = json.loads(
+                self._call("push", lambda: self._push(framing.frames(answer, task=task_id), timeout=600))
+            )
+            if reply.get("ok"):
+                self.answered += 1
+                return
+            log.warning("site %s: server did not take the answer (%s), attempt %d", self.name, reply, attempt)
+            if not reply.get("retry"):
+                return
+        log.error("site %s: answer to %s could not be delivered after %d attempts", self.name, task_id, attempt)
+
+
+def framing_limit() -> int:
+    return 4 * 1024**3

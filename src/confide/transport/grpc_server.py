@@ -1,0 +1,265 @@
+"""The server side of a real deployment: gRPC with mutual TLS; sites dial out, the server only answers.
+
+No protobuf: the service passes raw bytes (Confide's own serde payloads, framed by
+:mod:`confide.transport.framing`). Four methods under ``/confide.v1.Federation/``:
+
+- ``Join``: a site announces itself and receives the job it is to run;
+- ``Pull``: long poll for the site's next instruction (streamed in chunks), or "wait", or "done";
+- ``Push``: the site streams its answer to an instruction; the server acknowledges or says why not;
+- ``Heartbeat``: liveness, separate from task traffic, sent while a site trains.
+
+A site's identity is the common name of its verified client certificate, never a name in a message.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from concurrent import futures
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from confide.errors import ConfideError
+from confide.provision import IdentityError, site_identity
+from confide.transport import framing
+from confide.transport.base import Reply
+
+log = logging.getLogger(__name__)
+
+SERVICE = "confide.v1.Federation"
+GRPC_OPTIONS = [
+    ("grpc.max_receive_message_length", framing.CHUNK_BYTES + 4096),
+    ("grpc.max_send_message_length", framing.CHUNK_BYTES + 4096),
+    ("grpc.keepalive_time_ms", 20_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+]
+
+
+@dataclass
+class _Site:
+    name: str
+    last_seen: float
+    task: tuple[str, bytes] | None = None
+
+
+@dataclass
+class ServiceConfig:
+    job: Mapping[str, Any]
+    heartbeat_s: float = 5.0
+    site_timeout_s: float = 30.0
+    poll_s: float = 5.0
+    max_bytes: int = 4 * 1024**3
+    max_inflight: int = 2  # transfers reassembled at once: server memory does not grow with the number of sites
+    revoked: Callable[[], Collection[int]] = field(default=lambda: frozenset())
+
+
+class FederationService:
+    """Sites' mailboxes and replies; the server loop sees it through the Transport interface."""
+
+    def __init__(self, ca_pem: bytes, config: ServiceConfig) -> None:
+        self.ca_pem = ca_pem
+        self.config = config
+        self._sites: dict[str, _Site] = {}
+        self._lock = threading.Condition()
+        self._replies: queue.Queue[tuple[str, str, bytes]] = queue.Queue(maxsize=config.max_inflight)
+        self._inflight = threading.BoundedSemaphore(config.max_inflight)
+        self._expected: dict[str, str] = {}
+        self._done = False
+
+    # -- Transport -----------------------------------------------------------------------------
+    def sites(self) -> list[str]:
+        now = time.monotonic()
+        with self._lock:
+            return sorted(s.name for s in self._sites.values() if now - s.last_seen <= self.config.site_timeout_s)
+
+    def wait_for_sites(
+        self, count: int, timeout_s: float, on_wait: Callable[[list[str]], None] | None = None
+    ) -> list[str]:
+        """Block until ``count`` sites are connected or ``timeout_s`` passes; return who is there."""
+        end = time.monotonic() + timeout_s
+        while True:
+            present = self.sites()
+            if len(present) >= count or time.monotonic() >= end:
+                return present
+            if on_wait is not None:
+                on_wait(present)
+            with self._lock:
+                self._lock.wait(timeout=1.0)
+
+    def exchange(self, messages: Mapping[str, bytes], deadline_s: float | None = None) -> Iterator[Reply]:
+        batch = uuid.uuid4().hex[:12]
+        pending: dict[str, str] = {}
+        sent_at: dict[str, float] = {}
+        connected = set(self.sites())
+        with self._lock:
+            for site, payload in messages.items():
+                if site not in connected:
+                    continue
+                task_id = f"{batch}-{site}"
+                self._sites[site].task = (task_id, payload)
+                self._expected[task_id] = site
+                pending[task_id] = site
+                sent_at[task_id] = time.monotonic()
+            self._lock.notify_all()
+        for site in messages:
+            if site not in connected:
+                yield Reply(site=site, payload=None, error="site is not connected")
+        end = None if deadline_s is None else time.monotonic() + deadline_s
+        try:
+            while pending:
+                wait = 1.0 if end is None else max(0.0, min(1.0, end - time.monotonic()))
+                try:
+                    task_id, site, payload = self._replies.get(timeout=wait)
+                except queue.Empty:
+                    yield from self._expire(pending, end)
+                    continue
+                if pending.pop(task_id, None) is None:
+                    continue
+                yield Reply(site=site, payload=payload, seconds=time.monotonic() - sent_at[task_id])
+        finally:
+            with self._lock:
+                for task_id, site in pending.items():
+                    self._close_task(task_id, site)
+
+    def _expire(self, pending: dict[str, str], end: float | None) -> Iterator[Reply]:
+        now = time.monotonic()
+        for task_id, site in list(pending.items()):
+            with self._lock:
+                seen = self._sites[site].last_seen
+            if end is not None and now >= end:
+                reason = "round deadline passed before its answer arrived"
+            elif now - seen > self.config.site_timeout_s:
+                reason = f"site stopped answering (no heartbeat for {now - seen:.0f} s)"
+            else:
+                continue
+            del pending[task_id]
+            with self._lock:
+                self._close_task(task_id, site)
+            yield Reply(site=site, payload=None, error=reason)
+
+    def _close_task(self, task_id: str, site: str) -> None:
+        self._expected.pop(task_id, None)
+        state = self._sites.get(site)
+        if state is not None and state.task is not None and state.task[0] == task_id:
+            state.task = None
+
+    def close(self) -> None:
+        """The job is over: every site's next pull answers "done"."""
+        with self._lock:
+            self._done = True
+            self._lock.notify_all()
+
+    # -- gRPC handlers -------------------------------------------------------------------------
+    def _identify(self, context: grpc.ServicerContext) -> str:
+        auth = context.auth_context()
+        certs = auth.get("x509_pem_cert") or []
+        if not certs:
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "no client certificate")
+        try:
+            return site_identity(certs[0], self.ca_pem, revoked=self.config.revoked())
+        except IdentityError as exc:
+            log.warning("refused a connection from %s: %s", context.peer(), exc)
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+        raise AssertionError("unreachable")
+
+    def _seen(self, name: str) -> _Site:
+        with self._lock:
+            state = self._sites.get(name)
+            if state is None:
+                state = self._sites[name] = _Site(name=name, last_seen=time.monotonic())
+                log.info("site %s joined", name)
+            state.last_seen = time.monotonic()
+            self._lock.notify_all()
+            return state
+
+    def join(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+        name = self._identify(context)
+        self._seen(name)
+        return json.dumps({"site": name, "job": self.config.job, "heartbeat_s": self.config.heartbeat_s}).encode()
+
+    def heartbeat(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+        name = self._identify(context)
+        self._seen(name)
+        return b"{}"
+
+    def pull(self, request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
+        name = self._identify(context)
+        state = self._seen(name)
+        end = time.monotonic() + self.config.poll_s
+        with self._lock:
+            while state.task is None and not self._done and time.monotonic() < end:
+                self._lock.wait(timeout=max(0.0, end - time.monotonic()))
+            task, done = state.task, self._done
+        state.last_seen = time.monotonic()
+        if task is not None:
+            yield from framing.frames(task[1], task=task[0])
+        elif done:
+            yield framing.control(done=True)
+        else:
+            yield framing.control(wait=True)
+
+    def push(self, request_iterator: Iterable[bytes], context: grpc.ServicerContext) -> bytes:
+        name = self._identify(context)
+        self._seen(name)
+        # Only a few transfers are read at once; the others wait here, their streams held back by
+        # HTTP/2 flow control, so the server never holds one payload per site.
+        with self._inflight:
+            return self._take(name, request_iterator)
+
+    def _take(self, name: str, request_iterator: Iterable[bytes]) -> bytes:
+        try:
+            transfer = framing.reassemble(request_iterator, max_bytes=self.config.max_bytes)
+        except ConfideError as exc:
+            log.warning("site %s: transfer refused: %s", name, exc)
+            return json.dumps({"ok": False, "retry": True, "reason": str(exc)}).encode()
+        task_id = str(transfer.header.get("task", ""))
+        with self._lock:
+            expected = self._expected.get(task_id)
+            if expected is None:
+                log.info("site %s: result for %s arrived after its round closed; discarded", name, task_id)
+                return json.dumps({"ok": False, "retry": False, "reason": "round already closed"}).encode()
+            if expected != name:
+                log.warning("site %s pushed a result for a task of site %s; refused", name, expected)
+                return json.dumps({"ok": False, "retry": False, "reason": "not your task"}).encode()
+            self._close_task(task_id, name)
+        self._replies.put((task_id, name, transfer.payload))  # waits while the aggregator folds earlier ones
+        return b'{"ok": true}'
+
+
+def start_server(
+    service: FederationService, *, port: int, key_pem: bytes, cert_pem: bytes, host: str = "[::]"
+) -> tuple[grpc.Server, int]:
+    """Start serving on ``host:port`` with mutual TLS (client certificates required)."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=64), options=GRPC_OPTIONS)
+    handlers = {
+        "Join": grpc.unary_unary_rpc_method_handler(service.join),
+        "Heartbeat": grpc.unary_unary_rpc_method_handler(service.heartbeat),
+        "Pull": grpc.unary_stream_rpc_method_handler(service.pull),
+        "Push": grpc.stream_unary_rpc_method_handler(service.push),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    credentials = grpc.ssl_server_credentials(
+        [(key_pem, cert_pem)], root_certificates=service.ca_pem, require_client_auth=True
+    )
+    bound = server.add_secure_port(f"{host}:{port}", credentials)
+    if bound == 0:
+        raise ConfideError(f"cannot listen on {host}:{port} (port in use or not allowed)")
+    server.start()
+    return server, bound
+
+
+def read_kit_file(kit: Path, name: str) -> bytes:
+    path = kit / name
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ConfideError(f"kit file {path} cannot be read: {exc.strerror or exc}") from None

@@ -1,0 +1,129 @@
+"""A federation over real gRPC with mutual TLS on 127.0.0.1, server and sites in threads of this process."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from confide.config import JobConfig, parse_job
+from confide.deploy import run_site, serve
+from confide.errors import TransportError
+from confide.provision import parse_federation, provision, revoke_site
+from confide.server.loop import LoopConfig
+from confide.sim import simulate
+from confide.site.runner import SiteRunner
+from confide.strategies import FedAvg
+from tests.helpers import QuadraticTask, arrays
+
+TARGETS = {"site-1": arrays(w=[2.0, 0.0]), "site-2": arrays(w=[0.0, 2.0]), "site-3": arrays(w=[1.0, 4.0])}
+SITES = list(TARGETS)
+
+
+def _federation(out: Path, name: str = "fed") -> Path:
+    spec = parse_federation({"name": name, "server": {"host": "127.0.0.1", "port": 8443}, "sites": SITES})
+    provision(spec, out)
+    return out
+
+
+def _job(tmp_path: Path, rounds: int = 3) -> JobConfig:
+    return parse_job(
+        {
+            "data": {"root": str(tmp_path)},
+            "task": {"lr": 0.5},
+            "federation": {"rounds": rounds, "local_steps": 1, "min_sites": 3},
+            "report": {"out": str(tmp_path / "report")},
+        }
+    )
+
+
+def _runner(name: str, job: JobConfig) -> SiteRunner:
+    return SiteRunner(name, QuadraticTask(TARGETS[name], examples=10), seed=job.seed)
+
+
+def _start(kit_root: Path, job: JobConfig) -> tuple[threading.Thread, dict[str, object], threading.Event]:
+    result: dict[str, object] = {}
+    listening = threading.Event()
+
+    def on_listen(port: int) -> None:
+        result["port"] = port
+        listening.set()
+
+    def target() -> None:
+        try:
+            result["final"] = serve(
+                kit_root / "server", job, initial=lambda _: arrays(w=[0.0, 0.0]), port=0, wait_s=30, on_listen=on_listen
+            )
+        except Exception as exc:  # reported to the test
+            result["error"] = exc
+            listening.set()
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    assert listening.wait(10)
+    return thread, result, listening
+
+
+def _site(kit_root: Path, name: str, port: int, out: dict[str, object], give_up: float = 20.0) -> threading.Thread:
+    def target() -> None:
+        try:
+            out[name] = run_site(
+                kit_root / "sites" / name, _runner, address=f"localhost:{port}", give_up_after_s=give_up
+            )
+        except Exception as exc:
+            out[name] = exc
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_three_sites_over_mutual_tls_reach_the_simulators_model(tmp_path: Path) -> None:
+    from confide import serde
+
+    kits = _federation(tmp_path / "kits")
+    job = _job(tmp_path)
+    server, result, _ = _start(kits, job)
+    answers: dict[str, object] = {}
+
+    threads = [_site(kits, name, int(result["port"]), answers) for name in SITES]  # type: ignore[call-overload]
+    server.join(60)
+    for t in threads:
+        t.join(30)
+
+    assert "error" not in result, result.get("error")
+    final = serde.decode_arrays(Path(str(result["final"])).read_bytes())
+    expected = simulate(
+        FedAvg({"local_steps": 1, "lr": 0.5}),
+        {n: QuadraticTask(t, examples=10) for n, t in TARGETS.items()},
+        arrays(w=[0.0, 0.0]),
+        LoopConfig(rounds=3),
+    ).arrays
+    np.testing.assert_allclose(final["w"], expected["w"], rtol=1e-6)
+    assert answers == dict.fromkeys(SITES, 3)
+
+
+def test_a_site_from_another_federation_cannot_connect(tmp_path: Path) -> None:
+    kits = _federation(tmp_path / "kits")
+    foreign = _federation(tmp_path / "foreign", name="other")
+    job = _job(tmp_path, rounds=1)
+    _server, result, _ = _start(kits, job)
+    answers: dict[str, object] = {}
+
+    _site(foreign, "site-1", int(result["port"]), answers, give_up=2.0).join(30)  # type: ignore[call-overload]
+
+    assert isinstance(answers["site-1"], TransportError)
+
+
+def test_a_revoked_site_is_refused_by_name(tmp_path: Path) -> None:
+    kits = _federation(tmp_path / "kits")
+    revoke_site(kits, "site-2", "laptop stolen")
+    job = _job(tmp_path, rounds=1)
+    _server, result, _ = _start(kits, job)
+    answers: dict[str, object] = {}
+
+    _site(kits, "site-2", int(result["port"]), answers, give_up=2.0).join(30)  # type: ignore[call-overload]
+
+    error = answers["site-2"]
+    assert isinstance(error, TransportError) and "revoked" in str(error)
