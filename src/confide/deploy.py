@@ -125,17 +125,7 @@ def serve(
         job.report.out.mkdir(parents=True, exist_ok=True)
         final = job.report.out / "global.safetensors"
         final.write_bytes(serde.encode_arrays(loop.global_arrays))
-        rounds = [
-            {
-                "round": r.round,
-                "sites": list(r.sites),
-                "failures": dict(r.failures),
-                "metrics": dict(r.train_metrics),
-                "seconds": r.seconds,
-                "coordination_seconds": r.coordination_seconds,
-            }
-            for r in history.rounds
-        ]
+        rounds = [{**r.to_dict(), "coordination_seconds": r.coordination_seconds} for r in history.rounds]
         (job.report.out / "rounds.json").write_text(json.dumps(rounds, indent=1))
         return final
     finally:

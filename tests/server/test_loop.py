@@ -150,3 +150,14 @@ def test_site_answers_garbage_instruction_with_a_failure() -> None:
     reply = serde.decode(runner.handle(b"not a message"))
 
     assert type(reply).__name__ == "Failure" and "could not decode" in reply.reason  # type: ignore[union-attr]
+
+
+def test_resumed_loop_keeps_the_history_of_earlier_rounds(tmp_path: Path) -> None:
+    simulate(FedAvg(), _tasks(), arrays(w=[0.0, 0.0]), LoopConfig(rounds=2, checkpoint_dir=tmp_path))
+    transport = InMemoryTransport({n: SiteRunner(n, t) for n, t in _tasks().items()})
+
+    loop = ServerLoop(FedAvg(), transport, arrays(w=[0.0, 0.0]), LoopConfig(rounds=3, checkpoint_dir=tmp_path))
+    history = loop.run()
+
+    assert [r.round for r in history.rounds] == [1, 2, 3]
+    assert history.rounds[0].sites == ("a", "b", "c")

@@ -7,7 +7,7 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from confide import serde
 from confide.errors import ConfideError, RoundFailed
@@ -29,6 +29,29 @@ class RoundResult:
     eval_metrics: Mapping[str, Mapping[str, float]]
     seconds: float
     site_seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "round": self.round,
+            "sites": list(self.sites),
+            "failures": dict(self.failures),
+            "train_metrics": dict(self.train_metrics),
+            "eval_metrics": {site: dict(m) for site, m in self.eval_metrics.items()},
+            "seconds": self.seconds,
+            "site_seconds": self.site_seconds,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RoundResult:
+        return cls(
+            round=int(data["round"]),
+            sites=tuple(data["sites"]),
+            failures=dict(data["failures"]),
+            train_metrics=dict(data["train_metrics"]),
+            eval_metrics=dict(data["eval_metrics"]),
+            seconds=float(data["seconds"]),
+            site_seconds=float(data.get("site_seconds", 0.0)),
+        )
 
     @property
     def coordination_seconds(self) -> float:
@@ -99,6 +122,7 @@ class ServerLoop:
                     raise ConfideError(f"checkpoint in {config.checkpoint_dir} does not fit this job's model")
                 self.global_arrays = found.arrays
                 self.start_round = found.round + 1
+                self.history.rounds = [RoundResult.from_dict(r) for r in found.state.get("history", [])]
                 log.info("resuming after round %d from %s", found.round, config.checkpoint_dir)
 
     def run(self) -> History:
@@ -137,11 +161,10 @@ class ServerLoop:
             seconds=time.perf_counter() - t0,
             site_seconds=tally.site_seconds,
         )
-        if self.config.checkpoint_dir is not None:
-            checkpoint.save(
-                self.config.checkpoint_dir, rnd, self.global_arrays, {"metrics": dict(result.train_metrics)}
-            )
         self.history.rounds.append(result)
+        if self.config.checkpoint_dir is not None:
+            history = [r.to_dict() for r in self.history.rounds]
+            checkpoint.save(self.config.checkpoint_dir, rnd, self.global_arrays, {"history": history})
         self.events.round_finished(result, self.global_arrays)
         return result
 

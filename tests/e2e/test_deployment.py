@@ -1,0 +1,127 @@
+"""A real federation: one server process and three site processes over gRPC with mutual TLS on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from confide.data.phantoms import write_federation
+from confide.provision import parse_federation, provision
+
+pytestmark = pytest.mark.slow
+CLI = [sys.executable, "-m", "confide.cli"]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+SITES = ["site-1", "site-2", "site-3"]
+
+
+def _setup(tmp_path: Path, rounds: int, local_steps: int) -> tuple[Path, Path, Path]:
+    kits = tmp_path / "kits"
+    provision(parse_federation({"name": "e2e", "server": {"host": "localhost", "port": 8443}, "sites": SITES}), kits)
+    data = tmp_path / "data"
+    write_federation(data, sites=3, cases=3, seed=0)
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        "name: e2e\n"
+        "task: {roi: [16, 16, 16], init_filters: 4, batch_size: 1}\n"
+        f"data: {{root: {data}, test_fraction: 0.34}}\n"
+        f"federation: {{rounds: {rounds}, local_steps: {local_steps}, min_sites: 3, round_deadline_s: 120}}\n"
+        f"report: {{out: {tmp_path / 'report'}}}\n"
+    )
+    return kits, data, job
+
+
+def _server(job: Path, kits: Path, port: int, *extra: str) -> subprocess.Popen[str]:
+    command = [*CLI, "server", str(job), "--kit", str(kits / "server"), "--port", str(port), "--wait", "120", *extra]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _sites(kits: Path, data: Path, port: int) -> list[subprocess.Popen[str]]:
+    return [
+        subprocess.Popen(
+            [*CLI, "site", "--kit", str(kits / "sites" / s), "--data", str(data / s), "--server", f"localhost:{port}"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for s in SITES
+    ]
+
+
+def test_server_and_three_site_processes_complete_the_job(tmp_path: Path) -> None:
+    kits, data, job = _setup(tmp_path, rounds=2, local_steps=1)
+    port = _free_port()
+    server = _server(job, kits, port)
+    clients = _sites(kits, data, port)
+    try:
+        server_out, _ = server.communicate(timeout=240)
+        client_outs = [c.communicate(timeout=60)[0] for c in clients]
+    finally:
+        for process in (server, *clients):
+            process.kill()
+
+    assert server.returncode == 0, server_out
+    assert all(c.returncode == 0 for c in clients), client_outs
+    rounds = json.loads((tmp_path / "report" / "rounds.json").read_text())
+    assert [r["round"] for r in rounds] == [1, 2]
+    assert all(sorted(r["sites"]) == SITES and not r["failures"] for r in rounds)
+    assert (tmp_path / "report" / "global.safetensors").stat().st_size > 0
+    assert (tmp_path / "report" / "checkpoints" / "latest.json").exists()
+    assert all("answered 2 instruction" in out for out in client_outs)  # two rounds, no evaluation
+
+
+def test_server_killed_with_sigkill_resumes_and_sites_rejoin(tmp_path: Path) -> None:
+    kits, data, job = _setup(tmp_path, rounds=4, local_steps=2)
+    port = _free_port()
+    pointer = tmp_path / "report" / "checkpoints" / "latest.json"
+    server = _server(job, kits, port)
+    clients = _sites(kits, data, port)
+    try:
+        deadline = time.monotonic() + 180
+        while not pointer.exists() and time.monotonic() < deadline and server.poll() is None:
+            time.sleep(0.2)
+        server.kill()  # SIGKILL: no clean-up, no last checkpoint
+        server.wait(10)
+        killed_after = json.loads(pointer.read_text())["round"]
+        resumed = _server(job, kits, port, "--resume")
+        resumed_out, _ = resumed.communicate(timeout=240)
+        client_outs = [c.communicate(timeout=60)[0] for c in clients]
+    finally:
+        for process in (server, *clients):
+            process.kill()
+
+    assert 1 <= killed_after < 4
+    assert resumed.returncode == 0, resumed_out
+    assert all(c.returncode == 0 for c in clients), client_outs
+    rounds = json.loads((tmp_path / "report" / "rounds.json").read_text())
+    assert [r["round"] for r in rounds] == [1, 2, 3, 4]  # nothing lost, nothing repeated
+    assert all(sorted(r["sites"]) == SITES for r in rounds)
+
+
+def test_server_refuses_to_overwrite_a_checkpoint_without_resume(tmp_path: Path) -> None:
+    from confide.records import Arrays
+    from confide.server import checkpoint
+
+    kits, _data, job = _setup(tmp_path, rounds=2, local_steps=1)
+    checkpoint.save(tmp_path / "report" / "checkpoints", 1, Arrays.from_dict({}), {"history": []})
+
+    result = subprocess.run(
+        [*CLI, "server", str(job), "--kit", str(kits / "server"), "--port", str(_free_port())],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert result.returncode == 2 and "--resume" in result.stdout
