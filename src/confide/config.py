@@ -64,6 +64,12 @@ class FederationConfig(_Strict):
     round_deadline_s: float | None = Field(
         default=None, gt=0, description="deployment: a site that has not answered by then is dropped from the round"
     )
+    start_sites: int | None = Field(
+        default=None, ge=1, description="deployment: sites to wait for before round 1 (default: min_sites)"
+    )
+    site_timeout_s: float = Field(
+        default=30.0, ge=1, description="deployment: a site silent this long (no heartbeat) is dropped from the round"
+    )
     strategy: Literal["fedavg"] = "fedavg"
 
 

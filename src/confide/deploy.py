@@ -93,6 +93,8 @@ def serve(
         ca,
         ServiceConfig(
             job=json.loads(job.model_dump_json()),
+            site_timeout_s=job.federation.site_timeout_s,
+            heartbeat_s=min(5.0, job.federation.site_timeout_s / 3),
             revoked=_RevocationList(kit / str(cfg.get("revocation_list", "revoked.json"))),
         ),
     )
@@ -106,9 +108,10 @@ def serve(
         on_listen(bound)
     try:
         need = job.federation.min_sites
-        present = service.wait_for_sites(need, wait_s)
-        if len(present) < need:
-            raise RoundFailed(f"only {len(present)} of the {need} sites needed joined within {wait_s:.0f} s: {present}")
+        start = max(need, job.federation.start_sites or need)
+        present = service.wait_for_sites(start, wait_s)
+        if len(present) < start:
+            raise RoundFailed(f"only {len(present)} of the {start} sites needed joined within {wait_s:.0f} s: {present}")
         loop = ServerLoop(
             FedAvg(train_config(job)),
             service,

@@ -27,7 +27,7 @@ def _free_port() -> int:
 SITES = ["site-1", "site-2", "site-3"]
 
 
-def _setup(tmp_path: Path, rounds: int, local_steps: int) -> tuple[Path, Path, Path]:
+def _setup(tmp_path: Path, rounds: int, local_steps: int, extra: str = "") -> tuple[Path, Path, Path]:
     kits = tmp_path / "kits"
     provision(parse_federation({"name": "e2e", "server": {"host": "localhost", "port": 8443}, "sites": SITES}), kits)
     data = tmp_path / "data"
@@ -37,7 +37,7 @@ def _setup(tmp_path: Path, rounds: int, local_steps: int) -> tuple[Path, Path, P
         "name: e2e\n"
         "task: {roi: [16, 16, 16], init_filters: 4, batch_size: 1}\n"
         f"data: {{root: {data}, test_fraction: 0.34}}\n"
-        f"federation: {{rounds: {rounds}, local_steps: {local_steps}, min_sites: 3, round_deadline_s: 120}}\n"
+        f"federation: {{rounds: {rounds}, local_steps: {local_steps}, round_deadline_s: 120, {extra or 'min_sites: 3'}}}\n"
         f"report: {{out: {tmp_path / 'report'}}}\n"
     )
     return kits, data, job
@@ -125,3 +125,30 @@ def test_server_refuses_to_overwrite_a_checkpoint_without_resume(tmp_path: Path)
     )
 
     assert result.returncode == 2 and "--resume" in result.stdout
+
+
+def test_a_site_killed_mid_run_is_dropped_and_the_quorum_carries_on(tmp_path: Path) -> None:
+    kits, data, job = _setup(tmp_path, rounds=4, local_steps=3, extra="min_sites: 2, site_timeout_s: 3")
+    port = _free_port()
+    pointer = tmp_path / "report" / "checkpoints" / "latest.json"
+    server = _server(job, kits, port)
+    clients = _sites(kits, data, port)
+    try:
+        deadline = time.monotonic() + 180
+        while not pointer.exists() and time.monotonic() < deadline and server.poll() is None:
+            time.sleep(0.1)
+        clients[2].kill()  # site-3 dies without a word
+        server_out, _ = server.communicate(timeout=240)
+        survivors = [c.communicate(timeout=60)[0] for c in clients[:2]]
+    finally:
+        for process in (server, *clients):
+            process.kill()
+
+    assert server.returncode == 0, server_out
+    assert all(c.returncode == 0 for c in clients[:2]), survivors
+    rounds = json.loads((tmp_path / "report" / "rounds.json").read_text())
+    assert [r["round"] for r in rounds] == [1, 2, 3, 4]
+    assert sorted(rounds[0]["sites"]) == SITES
+    assert sorted(rounds[-1]["sites"]) == ["site-1", "site-2"]
+    later = [r for r in rounds[1:] if "site-3" not in r["sites"]]
+    assert later, "site-3 should have been dropped after it was killed"

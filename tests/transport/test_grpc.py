@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from confide.config import JobConfig, parse_job
 from confide.deploy import run_site, serve
 from confide.errors import TransportError
 from confide.provision import parse_federation, provision, revoke_site
+from confide.records import Arrays, Config, TrainRes
 from confide.server.loop import LoopConfig
 from confide.sim import simulate
 from confide.site.runner import SiteRunner
@@ -127,3 +129,39 @@ def test_a_revoked_site_is_refused_by_name(tmp_path: Path) -> None:
 
     error = answers["site-2"]
     assert isinstance(error, TransportError) and "revoked" in str(error)
+
+
+class WrongShape(QuadraticTask):
+    def train(self, arrays: Arrays, config: Config, round: int) -> TrainRes:
+        super().train(arrays, config, round)
+        return TrainRes(round=round, update=Arrays.from_dict({"w": np.zeros(5, np.float32)}), num_examples=10)
+
+
+def test_nan_and_wrong_shape_updates_are_rejected_while_the_rest_aggregate(tmp_path: Path) -> None:
+    from confide import serde
+
+    kits = _federation(tmp_path / "kits")
+    job = _job(tmp_path, rounds=1)
+    bad = {"site-2": QuadraticTask(TARGETS["site-2"], 10, nan=True), "site-3": WrongShape(TARGETS["site-3"], 10)}
+
+    def runner(name: str, job: JobConfig) -> SiteRunner:
+        return SiteRunner(name, bad.get(name) or QuadraticTask(TARGETS[name], examples=10), seed=job.seed)
+
+    job = job.model_copy(update={"federation": job.federation.model_copy(update={"min_sites": 1, "start_sites": 3})})
+    server, result, _ = _start(kits, job)
+    answers: dict[str, object] = {}
+    for name in SITES:
+        threading.Thread(
+            target=lambda n=name: answers.setdefault(
+                n, run_site(kits / "sites" / n, runner, address=f"localhost:{result['port']}", give_up_after_s=20)
+            ),
+            daemon=True,
+        ).start()
+    server.join(60)
+
+    rounds = json.loads((tmp_path / "report" / "rounds.json").read_text())
+    assert rounds[0]["sites"] == ["site-1"]
+    assert "NaN" in rounds[0]["failures"]["site-2"]
+    assert "shape" in rounds[0]["failures"]["site-3"]
+    final = serde.decode_arrays(Path(str(result["final"])).read_bytes())
+    np.testing.assert_allclose(final["w"], [1.0, 0.0])  # only site-1's step: 0 + 0.5 * (2 - 0)
