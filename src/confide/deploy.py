@@ -111,7 +111,9 @@ def serve(
         start = max(need, job.federation.start_sites or need)
         present = service.wait_for_sites(start, wait_s)
         if len(present) < start:
-            raise RoundFailed(f"only {len(present)} of the {start} sites needed joined within {wait_s:.0f} s: {present}")
+            raise RoundFailed(
+                f"only {len(present)} of the {start} sites needed joined within {wait_s:.0f} s: {present}"
+            )
         loop = ServerLoop(
             FedAvg(train_config(job)),
             service,

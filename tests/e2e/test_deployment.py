@@ -37,7 +37,8 @@ def _setup(tmp_path: Path, rounds: int, local_steps: int, extra: str = "") -> tu
         "name: e2e\n"
         "task: {roi: [16, 16, 16], init_filters: 4, batch_size: 1}\n"
         f"data: {{root: {data}, test_fraction: 0.34}}\n"
-        f"federation: {{rounds: {rounds}, local_steps: {local_steps}, round_deadline_s: 120, {extra or 'min_sites: 3'}}}\n"
+        f"federation: {{rounds: {rounds}, local_steps: {local_steps}, round_deadline_s: 120, "
+        f"{extra or 'min_sites: 3'}}}\n"
         f"report: {{out: {tmp_path / 'report'}}}\n"
     )
     return kits, data, job
