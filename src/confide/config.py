@@ -8,7 +8,7 @@ command runs in.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -90,32 +90,45 @@ class JobConfig(_Strict):
     report: ReportConfig = ReportConfig()
 
 
-def _describe(error: Any) -> str:
+def describe(error: Any) -> str:
+    """One pydantic error as ``field.path: message (got value)``."""
     where = ".".join(str(part) for part in error["loc"]) or "(top level)"
     given = error.get("input")
     shown = "" if isinstance(given, dict) else f" (got {given!r})"
     return f"{where}: {error['msg']}{shown}"
 
 
+M = TypeVar("M", bound=BaseModel)
+
+
+def validate_document(document: Any, model: type[M], *, source: str, what: str) -> M:
+    """Validate a mapping (for example parsed YAML) against ``model``; errors name every bad field."""
+    if not isinstance(document, dict):
+        raise ConfigError(f"{source}: expected a mapping of {what} fields, got {type(document).__name__}")
+    try:
+        return model.model_validate(document)
+    except ValidationError as exc:
+        lines = "\n  ".join(describe(e) for e in exc.errors())
+        raise ConfigError(f"{source} is invalid:\n  {lines}") from None
+
+
+def read_yaml(path: Path, what: str) -> Any:
+    """Parse a YAML file, turning every failure into a ConfigError that names the file."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} file {path}: {exc.strerror or exc}") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{what} file {path} is not valid YAML: {exc}") from None
+
+
 def parse_job(document: Any, *, source: str = "job") -> JobConfig:
     """Validate a job given as a mapping (for example parsed YAML)."""
-    if not isinstance(document, dict):
-        raise ConfigError(f"{source}: expected a mapping of job fields, got {type(document).__name__}")
-    try:
-        return JobConfig.model_validate(document)
-    except ValidationError as exc:
-        lines = "\n  ".join(_describe(e) for e in exc.errors())
-        raise ConfigError(f"{source} is invalid:\n  {lines}") from None
+    return validate_document(document, JobConfig, source=source, what="job")
 
 
 def load_job(path: Path) -> JobConfig:
     """Read and validate a job file."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read job file {path}: {exc.strerror or exc}") from None
-    try:
-        document = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"job file {path} is not valid YAML: {exc}") from None
-    return parse_job(document, source=f"job file {path}")
+    return parse_job(read_yaml(path, "job"), source=f"job file {path}")

@@ -43,12 +43,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
-import yaml
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
+from confide.config import read_yaml, validate_document
 from confide.errors import ConfideError, ConfigError
 from confide.provision_kit import (
     CLIENT_AUTH,
@@ -58,7 +58,6 @@ from confide.provision_kit import (
     SiteRecord,
     build_ca,
     cert_pem,
-    describe,
     grpc_target,
     issue,
     key_pem,
@@ -143,26 +142,12 @@ class ProvisionResult:
 
 def parse_federation(document: Any, *, source: str = "federation") -> FederationSpec:
     """Validate a federation given as a mapping (for example parsed YAML)."""
-    if not isinstance(document, dict):
-        raise ConfigError(f"{source}: expected a mapping of federation fields, got {type(document).__name__}")
-    try:
-        return FederationSpec.model_validate(document)
-    except ValidationError as exc:
-        lines = "\n  ".join(describe(e) for e in exc.errors())
-        raise ConfigError(f"{source} is invalid:\n  {lines}") from None
+    return validate_document(document, FederationSpec, source=source, what="federation")
 
 
 def load_federation(path: Path) -> FederationSpec:
     """Read and validate a federation file."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read federation file {path}: {exc.strerror or exc}") from None
-    try:
-        document = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"federation file {path} is not valid YAML: {exc}") from None
-    return parse_federation(document, source=f"federation file {path}")
+    return parse_federation(read_yaml(path, "federation"), source=f"federation file {path}")
 
 
 # ------------------------------------------------------------------------------------------- helpers

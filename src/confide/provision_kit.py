@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from confide.config import describe
 from confide.errors import ConfigError
 
 #: Certificates start this much before the moment they are issued, so that a peer whose clock runs a
@@ -235,14 +236,6 @@ def build_crl(
 
 
 # ------------------------------------------------------------------------------ manifest and lists
-
-
-def describe(error: Any) -> str:
-    """One pydantic error as ``field.path: message (got value)``."""
-    where = ".".join(str(part) for part in error["loc"]) or "(top level)"
-    given = error.get("input")
-    shown = "" if isinstance(given, dict) else f" (got {given!r})"
-    return f"{where}: {error['msg']}{shown}"
 
 
 def grpc_target(host: str, port: int) -> str:

@@ -129,7 +129,7 @@ def test_server_refuses_to_overwrite_a_checkpoint_without_resume(tmp_path: Path)
 
 
 def test_a_site_killed_mid_run_is_dropped_and_the_quorum_carries_on(tmp_path: Path) -> None:
-    kits, data, job = _setup(tmp_path, rounds=4, local_steps=3, extra="min_sites: 2, site_timeout_s: 3")
+    kits, data, job = _setup(tmp_path, rounds=4, local_steps=3, extra="min_sites: 2, start_sites: 3, site_timeout_s: 3")
     port = _free_port()
     pointer = tmp_path / "report" / "checkpoints" / "latest.json"
     server = _server(job, kits, port)
