@@ -70,7 +70,8 @@ class FederationConfig(_Strict):
     site_timeout_s: float = Field(
         default=30.0, ge=1, description="deployment: a site silent this long (no heartbeat) is dropped from the round"
     )
-    strategy: Literal["fedavg"] = "fedavg"
+    strategy: Literal["fedavg", "median", "trimmed_mean"] = "fedavg"
+    trim_fraction: float = Field(default=0.2, ge=0, lt=0.5, description="trimmed_mean: share cut at each end")
 
 
 class ReportConfig(_Strict):
@@ -88,6 +89,14 @@ class JobConfig(_Strict):
         default_factory=list, description="baselines trained with the same budget of local steps"
     )
     report: ReportConfig = ReportConfig()
+
+    def train_config(self, *, batch_size: int | None = None) -> dict[str, float | int]:
+        """What every site is told to do in a round (the same in simulation and deployment)."""
+        return {
+            "local_steps": self.federation.local_steps,
+            "lr": self.task.lr,
+            "batch_size": batch_size or self.task.batch_size,
+        }
 
 
 def describe(error: Any) -> str:

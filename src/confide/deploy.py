@@ -21,7 +21,7 @@ from confide.errors import ConfigError, RoundFailed
 from confide.provision_kit import load_revoked
 from confide.server import checkpoint
 from confide.server.loop import LoopConfig, RoundEvents, ServerLoop
-from confide.strategies import FedAvg
+from confide.strategies import make_strategy
 from confide.transport.grpc_client import SiteClient
 from confide.transport.grpc_server import FederationService, ServiceConfig, read_kit_file, start_server
 from confide.transport.inmemory import Endpoint
@@ -38,15 +38,6 @@ def read_kit_config(kit: Path, name: str, required: tuple[str, ...]) -> dict[str
     if not isinstance(document, dict) or any(key not in document for key in required):
         raise ConfigError(f"kit file {path} must hold the fields {list(required)}")
     return document
-
-
-def train_config(job: JobConfig, *, batch_size: int | None = None) -> dict[str, float | int]:
-    """What every site is told to do in a round (the same in simulation and deployment)."""
-    return {
-        "local_steps": job.federation.local_steps,
-        "lr": job.task.lr,
-        "batch_size": batch_size or job.task.batch_size,
-    }
 
 
 class _RevocationList:
@@ -115,7 +106,7 @@ def serve(
                 f"only {len(present)} of the {start} sites needed joined within {wait_s:.0f} s: {present}"
             )
         loop = ServerLoop(
-            FedAvg(train_config(job)),
+            make_strategy(job.federation.strategy, job.train_config(), trim_fraction=job.federation.trim_fraction),
             service,
             initial(job),
             LoopConfig(

@@ -26,7 +26,7 @@ from confide.records import Arrays
 from confide.report.progress import ProgressDisplay
 from confide.server.loop import LoopConfig, RoundResult
 from confide.sim import simulate
-from confide.strategies import FedAvg
+from confide.strategies import make_strategy
 from confide.tasks.brain_tumor import BrainTumorTask, SegData, initial_arrays
 from confide.tasks.seg_metrics import REGIONS
 
@@ -142,7 +142,11 @@ def _train_run(
     t0 = time.perf_counter()
     tasks = {site: BrainTumorTask(job.task, train[site], None, site=site, seed=job.seed) for site in run.sites}
     batch = job.task.batch_size * (n_sites if run.kind == "pooled" else 1)
-    strategy = FedAvg({"local_steps": job.federation.local_steps, "lr": job.task.lr, "batch_size": batch})
+    strategy = make_strategy(
+        job.federation.strategy,
+        job.train_config(batch_size=batch),
+        trim_fraction=job.federation.trim_fraction,
+    )
     every = max(1, job.federation.rounds // 5)
     recorder = _Recorder(run, display, evaluator, every)
     loop = LoopConfig(rounds=job.federation.rounds, min_sites=min(job.federation.min_sites, len(tasks)))

@@ -6,7 +6,7 @@ the server holds one accumulator, not one copy per site.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -76,3 +76,28 @@ def weighted_metrics(items: Iterable[tuple[Mapping[str, float], float]]) -> dict
             sums[key] = sums.get(key, 0.0) + float(value) * weight
             weights[key] = weights.get(key, 0.0) + weight
     return {key: sums[key] / weights[key] for key in sums if weights[key] > 0}
+
+
+def coordinate_median(updates: Sequence[Arrays]) -> dict[str, np.ndarray]:
+    """Coordinate-wise median of updates (robust to a minority of arbitrary updates)."""
+    if not updates:
+        raise ValueError("coordinate_median needs at least one update")
+    return {
+        name: np.median(np.stack([u[name] for u in updates]), axis=0).astype(_acc_dtype(first.dtype))
+        for name, first in updates[0].items()
+    }
+
+
+def trimmed_mean(updates: Sequence[Arrays], trim_fraction: float) -> dict[str, np.ndarray]:
+    """Coordinate-wise mean after dropping the ``floor(trim_fraction * n)`` largest and smallest values."""
+    if not updates:
+        raise ValueError("trimmed_mean needs at least one update")
+    if not 0.0 <= trim_fraction < 0.5:
+        raise ValueError(f"trim_fraction must be in [0, 0.5), got {trim_fraction}")
+    cut = int(np.floor(trim_fraction * len(updates)))
+    out: dict[str, np.ndarray] = {}
+    for name, first in updates[0].items():
+        stacked = np.sort(np.stack([u[name] for u in updates]), axis=0)
+        kept = stacked[cut : len(updates) - cut]
+        out[name] = kept.mean(axis=0).astype(_acc_dtype(first.dtype))
+    return out

@@ -1,0 +1,58 @@
+"""Robust aggregation: coordinate-wise median and trimmed mean of the sites' updates.
+
+Both tolerate a minority of arbitrary (faulty or hostile) updates that pass the server's checks. Unlike FedAvg
+they need every update of the round at once, so the server holds one update per site: memory grows with the
+number of sites. Updates are not weighted by examples (a weight is something a hostile site could inflate).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from functools import partial
+from types import MappingProxyType
+
+import numpy as np
+
+from confide.errors import RoundFailed
+from confide.records import Arrays, Scalar, TrainIns, TrainRes
+from confide.strategies.aggregate import apply_delta, coordinate_median, trimmed_mean, weighted_metrics
+from confide.strategies.base import Aggregate
+
+Combine = Callable[[Sequence[Arrays]], dict[str, np.ndarray]]
+
+
+class RobustAggregation:
+    """Every site trains from the global model; the next model adds ``combine`` of all the round's updates."""
+
+    def __init__(self, name: str, combine: Combine, train_config: Mapping[str, Scalar] | None = None) -> None:
+        self.name = name
+        self.combine = combine
+        self.train_config = MappingProxyType(dict(train_config or {}))
+
+    def configure(self, round: int, global_arrays: Arrays, sites: Sequence[str]) -> dict[str, TrainIns]:
+        instruction = TrainIns(round=round, arrays=global_arrays, config=self.train_config)
+        return {site: instruction for site in sites}
+
+    def aggregate(self, round: int, global_arrays: Arrays, results: Iterable[tuple[str, TrainRes]]) -> Aggregate:
+        kept = list(results)
+        if not kept:
+            raise RoundFailed(f"round {round}: no update to aggregate")
+        delta = self.combine([res.update for _, res in kept])
+        return Aggregate(
+            arrays=apply_delta(global_arrays, delta),
+            sites=tuple(site for site, _ in kept),
+            num_examples=sum(res.num_examples for _, res in kept),
+            metrics=weighted_metrics((res.metrics, float(res.num_examples)) for _, res in kept),
+        )
+
+
+def fed_median(train_config: Mapping[str, Scalar] | None = None) -> RobustAggregation:
+    return RobustAggregation("median", coordinate_median, train_config)
+
+
+def fed_trimmed_mean(
+    train_config: Mapping[str, Scalar] | None = None, *, trim_fraction: float = 0.2
+) -> RobustAggregation:
+    if not 0.0 <= trim_fraction < 0.5:
+        raise ValueError(f"trim_fraction must be in [0, 0.5), got {trim_fraction}")
+    return RobustAggregation("trimmed_mean", partial(trimmed_mean, trim_fraction=trim_fraction), train_config)

@@ -1,0 +1,67 @@
+"""Malformed bytes never crash a decoder: every failure is a PayloadError, never another exception."""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from confide import serde
+from confide.errors import PayloadError
+from confide.records import Arrays, TrainRes
+from confide.transport import framing
+
+VALID = serde.encode(
+    TrainRes(
+        round=2,
+        update=Arrays.from_dict({"a": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.ones(4, np.int64)}),
+        num_examples=5,
+        metrics={"loss": 0.5},
+    )
+)
+FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def _decodes_or_refuses(data: bytes) -> None:
+    with contextlib.suppress(PayloadError):
+        serde.decode(data, max_bytes=1 << 20)
+
+
+@FUZZ
+@given(st.binary(max_size=2048))
+def test_random_bytes_are_refused_cleanly(data: bytes) -> None:
+    _decodes_or_refuses(data)
+
+
+@FUZZ
+@given(st.lists(st.tuples(st.integers(0, len(VALID) - 1), st.integers(0, 255)), min_size=1, max_size=8))
+def test_mutated_messages_are_refused_or_decode(mutations: list[tuple[int, int]]) -> None:
+    data = bytearray(VALID)
+    for index, value in mutations:
+        data[index] = value
+
+    _decodes_or_refuses(bytes(data))
+
+
+@FUZZ
+@given(st.integers(0, len(VALID)), st.binary(max_size=64))
+def test_truncated_or_padded_messages_are_refused_or_decode(cut: int, tail: bytes) -> None:
+    _decodes_or_refuses(VALID[:cut] + tail)
+
+
+@FUZZ
+@given(st.lists(st.binary(max_size=64), max_size=6))
+def test_random_frame_streams_are_refused_cleanly(frames: list[bytes]) -> None:
+    with contextlib.suppress(PayloadError):
+        framing.reassemble(frames, max_bytes=1 << 16)
+
+
+def test_a_corrupted_chunk_fails_the_digest() -> None:
+    frames = list(framing.frames(VALID, task="t1"))
+    frames[1] = frames[1][:-1] + bytes([frames[1][-1] ^ 1])
+
+    with pytest.raises(PayloadError, match="digest"):
+        framing.reassemble(frames, max_bytes=1 << 20)
