@@ -64,6 +64,10 @@ class FederationConfig(_Strict):
     round_deadline_s: float | None = Field(
         default=None, gt=0, description="deployment: a site that has not answered by then is dropped from the round"
     )
+    quorum_retries: int = Field(
+        default=3, ge=0, le=1000, description="deployment: times a round that misses its quorum is tried again"
+    )
+    retry_wait_s: float = Field(default=30.0, ge=0, description="deployment: wait for sites before such a retry")
     start_sites: int | None = Field(
         default=None, ge=1, description="deployment: sites to wait for before round 1 (default: min_sites)"
     )

@@ -114,6 +114,8 @@ def serve(
                 min_sites=need,
                 deadline_s=job.federation.round_deadline_s,
                 checkpoint_dir=ckpt_dir,
+                quorum_retries=job.federation.quorum_retries,
+                retry_wait_s=job.federation.retry_wait_s,
             ),
             events,
         )

@@ -52,17 +52,20 @@ from confide.config import read_yaml, validate_document
 from confide.errors import ConfideError, ConfigError
 from confide.provision_kit import (
     CLIENT_AUTH,
+    CRL,
+    MANIFEST,
+    REVOKED,
     SERVER_AUTH,
     Manifest,
     PrivateKey,
     SiteRecord,
     build_ca,
-    cert_pem,
     grpc_target,
     issue,
     key_pem,
     load_ca,
     load_manifest,
+    load_revoked,
     make_private_dir,
     save_manifest,
     serial_hex,
@@ -72,10 +75,22 @@ from confide.provision_kit import (
     write_revocation,
     write_yaml,
 )
+from confide.provision_kit import cert_pem as pem_of
 
-MANIFEST = "federation.json"
-REVOKED = "revoked.json"
-CRL = "crl.pem"
+__all__ = [
+    "FederationSpec",
+    "IdentityError",
+    "ProvisionResult",
+    "ServerSpec",
+    "add_site",
+    "load_federation",
+    "load_revoked",
+    "parse_federation",
+    "provision",
+    "revoke_site",
+    "site_identity",
+]
+
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # starts alphanumeric: never ".", "..", a hidden folder or an option
 _LABEL = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 
@@ -188,8 +203,8 @@ def _write_site_kit(
         days=manifest.validity_days,
     )
     write_private(kit / "site.key", key_pem(key))
-    write_public(kit / "site.crt", cert_pem(cert))
-    write_public(kit / "ca.crt", cert_pem(ca_cert))
+    write_public(kit / "site.crt", pem_of(cert))
+    write_public(kit / "ca.crt", pem_of(ca_cert))
     write_yaml(
         kit / "site.yaml",
         {
@@ -228,7 +243,7 @@ def provision(spec: FederationSpec, out: Path, *, now: datetime | None = None) -
         ca_key, ca_cert = build_ca(spec.name, when, spec.validity_days)
         make_private_dir(out / "ca")
         write_private(out / "ca" / "ca.key", key_pem(ca_key))
-        write_public(out / "ca" / "ca.crt", cert_pem(ca_cert))
+        write_public(out / "ca" / "ca.crt", pem_of(ca_cert))
 
         server = out / "server"
         make_private_dir(server)
@@ -243,8 +258,8 @@ def provision(spec: FederationSpec, out: Path, *, now: datetime | None = None) -
             days=spec.validity_days,
         )
         write_private(server / "server.key", key_pem(server_key))
-        write_public(server / "server.crt", cert_pem(server_cert))
-        write_public(server / "ca.crt", cert_pem(ca_cert))
+        write_public(server / "server.crt", pem_of(server_cert))
+        write_public(server / "ca.crt", pem_of(ca_cert))
         write_yaml(
             server / "server.yaml",
             {

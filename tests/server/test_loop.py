@@ -7,7 +7,7 @@ import pytest
 
 from confide import serde
 from confide.errors import ConfideError, RoundFailed
-from confide.records import Arrays, TrainRes
+from confide.records import Arrays, Config, TrainRes
 from confide.server import checkpoint
 from confide.server.checks import check_update
 from confide.server.loop import LoopConfig, ServerLoop
@@ -161,3 +161,42 @@ def test_resumed_loop_keeps_the_history_of_earlier_rounds(tmp_path: Path) -> Non
 
     assert [r.round for r in history.rounds] == [1, 2, 3]
     assert history.rounds[0].sites == ("a", "b", "c")
+
+
+def test_a_rejected_site_is_told_why_and_a_failing_one_is_not() -> None:
+    runners = {
+        "a": SiteRunner("a", QuadraticTask(TARGETS["a"], 10)),
+        "b": SiteRunner("b", QuadraticTask(TARGETS["b"], 10, nan=True)),
+        "c": SiteRunner("c", QuadraticTask(TARGETS["c"], 10, fail=True)),
+    }
+    loop = ServerLoop(FedAvg(), InMemoryTransport(runners), arrays(w=[0.0, 0.0]), LoopConfig(rounds=1))
+
+    loop.run()
+
+    assert len(runners["b"].notices) == 1 and "NaN" in runners["b"].notices[0]
+    assert runners["a"].notices == [] and runners["c"].notices == []  # c failed on its own: it knows why
+
+
+class FlakyOnce(QuadraticTask):
+    """Fails its first call (a site that hiccups), then works."""
+
+    def __init__(self, target: Arrays) -> None:
+        super().__init__(target, examples=10)
+        self.calls = 0
+
+    def train(self, arrays: Arrays, config: Config, round: int) -> TrainRes:
+        self.calls += 1
+        if self.calls == 1:
+            raise RuntimeError("network share not mounted yet")
+        return super().train(arrays, config, round)
+
+
+def test_a_round_missing_its_quorum_is_retried_and_then_completes() -> None:
+    tasks = {**_tasks(), "b": FlakyOnce(TARGETS["b"])}
+    transport = InMemoryTransport({n: SiteRunner(n, t) for n, t in tasks.items()})
+    config = LoopConfig(rounds=2, min_sites=3, quorum_retries=1, retry_wait_s=0.0)
+
+    history = ServerLoop(FedAvg(), transport, arrays(w=[0.0, 0.0]), config).run()
+
+    assert [r.round for r in history.rounds] == [1, 2]
+    assert all(len(r.sites) == 3 for r in history.rounds)

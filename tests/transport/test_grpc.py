@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from confide.config import JobConfig, parse_job
 from confide.deploy import run_site, serve
@@ -137,7 +139,9 @@ class WrongShape(QuadraticTask):
         return TrainRes(round=round, update=Arrays.from_dict({"w": np.zeros(5, np.float32)}), num_examples=10)
 
 
-def test_nan_and_wrong_shape_updates_are_rejected_while_the_rest_aggregate(tmp_path: Path) -> None:
+def test_nan_and_wrong_shape_updates_are_rejected_while_the_rest_aggregate(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     from confide import serde
 
     kits = _federation(tmp_path / "kits")
@@ -158,6 +162,7 @@ def test_nan_and_wrong_shape_updates_are_rejected_while_the_rest_aggregate(tmp_p
             daemon=True,
         ).start()
     server.join(60)
+    time.sleep(0.5)
 
     rounds = json.loads((tmp_path / "report" / "rounds.json").read_text())
     assert rounds[0]["sites"] == ["site-1"]
@@ -165,3 +170,6 @@ def test_nan_and_wrong_shape_updates_are_rejected_while_the_rest_aggregate(tmp_p
     assert "shape" in rounds[0]["failures"]["site-3"]
     final = serde.decode_arrays(Path(str(result["final"])).read_bytes())
     np.testing.assert_allclose(final["w"], [1.0, 0.0])  # only site-1's step: 0 + 0.5 * (2 - 0)
+    told = [r.getMessage() for r in caplog.records if "the server says" in r.getMessage()]
+    assert any("site-2" in m and "NaN" in m for m in told), told  # the rejected sites hear why
+    assert any("site-3" in m and "shape" in m for m in told), told

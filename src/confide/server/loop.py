@@ -59,6 +59,14 @@ class RoundResult:
         return max(self.seconds - self.site_seconds, 0.0)
 
 
+@dataclass(frozen=True)
+class Rejection:
+    """Why a reply was not aggregated; ``tell_site`` when the site should hear it (its update was refused)."""
+
+    reason: str
+    tell_site: bool = True
+
+
 @dataclass
 class _Tally:
     failures: dict[str, str] = field(default_factory=dict)
@@ -97,6 +105,8 @@ class LoopConfig:
     deadline_s: float | None = None
     max_update_norm: float | None = None
     checkpoint_dir: Path | None = None
+    quorum_retries: int = 0
+    retry_wait_s: float = 30.0
 
 
 class ServerLoop:
@@ -127,8 +137,31 @@ class ServerLoop:
 
     def run(self) -> History:
         for rnd in range(self.start_round, self.config.rounds + 1):
-            self.run_round(rnd)
+            self._run_with_retries(rnd)
         return self.history
+
+    def _run_with_retries(self, rnd: int) -> RoundResult:
+        """A round that misses its quorum is retried after waiting for sites; the model is kept meanwhile."""
+        attempt = 0
+        while True:
+            try:
+                return self.run_round(rnd)
+            except RoundFailed as exc:
+                attempt += 1
+                if attempt > self.config.quorum_retries:
+                    raise
+                log.warning(
+                    "%s; waiting up to %.0f s for sites, then retrying (attempt %d of %d)",
+                    exc,
+                    self.config.retry_wait_s,
+                    attempt,
+                    self.config.quorum_retries,
+                )
+                wait = getattr(self.transport, "wait_for_sites", None)
+                if callable(wait):
+                    wait(self.config.min_sites, self.config.retry_wait_s)
+                else:
+                    time.sleep(self.config.retry_wait_s)
 
     def run_round(self, rnd: int) -> RoundResult:
         t0 = time.perf_counter()
@@ -171,32 +204,35 @@ class ServerLoop:
     def _accepted(self, rnd: int, encoded: Mapping[str, bytes], tally: _Tally) -> Iterator[tuple[str, TrainRes]]:
         for reply in self.transport.exchange(encoded, self.config.deadline_s):
             outcome = self._reason(rnd, reply.site, reply.payload, reply.error)
-            if isinstance(outcome, str):
-                tally.failures[reply.site] = outcome
-                log.warning("round %d: %s", rnd, outcome)
-                self.events.site_finished(rnd, reply.site, False, outcome)
+            if isinstance(outcome, Rejection):
+                tally.failures[reply.site] = outcome.reason
+                log.warning("round %d: %s", rnd, outcome.reason)
+                if outcome.tell_site:
+                    self.transport.notify(reply.site, f"round {rnd}: {outcome.reason}")
+                self.events.site_finished(rnd, reply.site, False, outcome.reason)
                 continue
             tally.site_seconds += float(outcome.meta.get("task_seconds", reply.seconds))
             self.events.site_finished(rnd, reply.site, True, f"loss {outcome.metrics.get('loss', float('nan')):.4f}")
             yield reply.site, outcome
 
-    def _reason(self, rnd: int, site: str, payload: bytes | None, error: str | None) -> TrainRes | str:
+    def _reason(self, rnd: int, site: str, payload: bytes | None, error: str | None) -> TrainRes | Rejection:
         if payload is None:
-            return f"site {site}: {error}"
+            return Rejection(f"site {site}: {error}", tell_site=False)
         try:
             record = serde.decode(payload)
         except ConfideError as exc:
-            return f"site {site}: undecodable reply: {exc}"
+            return Rejection(f"site {site}: undecodable reply: {exc}")
         if isinstance(record, Failure):
-            return f"site {site} {'refused' if record.kind == 'refused' else 'failed'}: {record.reason}"
+            verb = "refused" if record.kind == "refused" else "failed"
+            return Rejection(f"site {site} {verb}: {record.reason}", tell_site=False)
         if not isinstance(record, TrainRes):
-            return f"site {site}: expected a training result, got {type(record).__name__}"
+            return Rejection(f"site {site}: expected a training result, got {type(record).__name__}")
         if record.round != rnd:
-            return f"site {site}: result for round {record.round} arrived in round {rnd}; discarded"
+            return Rejection(f"site {site}: result for round {record.round} arrived in round {rnd}; discarded")
         try:
             check_update(site, record, self.global_arrays, max_norm=self.config.max_update_norm)
         except ConfideError as exc:
-            return str(exc)
+            return Rejection(str(exc))
         return record
 
     def _evaluate(self, rnd: int, tally: _Tally) -> dict[str, Mapping[str, float]]:

@@ -38,7 +38,13 @@ class SiteRunner:
         self.task = task
         self.chain = chain or FilterChain()
         self.max_bytes = max_bytes
+        self.notices: list[str] = []
         self._rng = np.random.default_rng(np.random.SeedSequence([seed, *name.encode()]))
+
+    def notice(self, message: str) -> None:
+        """A message from the server about this site (for example, why its update was rejected)."""
+        log.warning("site %s: the server says: %s", self.name, message)
+        self.notices.append(message)
 
     def handle(self, payload: bytes) -> bytes:
         return serde.encode(self.answer(payload))

@@ -54,6 +54,7 @@ class SiteClient:
         self._stop = threading.Event()
         self.name = ""
         self.answered = 0
+        self.notices: list[str] = []
 
     def _call(self, what: str, fn: Callable[[], Any]) -> Any:
         """Call ``fn``, retrying while the server is unreachable, for at most give_up_after_s."""
@@ -94,6 +95,10 @@ class SiteClient:
                     log.info("site %s: the server says the job is done", self.name)
                     return self.answered
                 if header.get("wait"):
+                    continue
+                if "notice" in header:
+                    log.warning("site %s: the server says: %s", self.name, header["notice"])
+                    self.notices.append(str(header["notice"]))
                     continue
                 try:
                     transfer = framing.reassemble(frames, max_bytes=framing_limit())

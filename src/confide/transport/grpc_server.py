@@ -49,6 +49,7 @@ class _Site:
     name: str
     last_seen: float
     task: tuple[str, bytes] | None = None
+    notices: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -152,6 +153,13 @@ class FederationService:
         if state is not None and state.task is not None and state.task[0] == task_id:
             state.task = None
 
+    def notify(self, site: str, message: str) -> None:
+        with self._lock:
+            state = self._sites.get(site)
+            if state is not None:
+                state.notices.append(message)
+                self._lock.notify_all()
+
     def close(self) -> None:
         """The job is over: every site's next pull answers "done"."""
         with self._lock:
@@ -196,11 +204,14 @@ class FederationService:
         state = self._seen(name)
         end = time.monotonic() + self.config.poll_s
         with self._lock:
-            while state.task is None and not self._done and time.monotonic() < end:
+            while state.task is None and not state.notices and not self._done and time.monotonic() < end:
                 self._lock.wait(timeout=max(0.0, end - time.monotonic()))
             task, done = state.task, self._done
+            notice = state.notices.pop(0) if state.notices else None
         state.last_seen = time.monotonic()
-        if task is not None:
+        if notice is not None:
+            yield framing.control(notice=notice)
+        elif task is not None:
             yield from framing.frames(task[1], task=task[0])
         elif done:
             yield framing.control(done=True)

@@ -53,5 +53,11 @@ class InMemoryTransport:
                 continue
             yield Reply(site=site, payload=answer, seconds=time.perf_counter() - t0)
 
+    def notify(self, site: str, message: str) -> None:
+        endpoint = self._endpoints.get(site)
+        notice = getattr(endpoint, "notice", None)
+        if callable(notice):
+            notice(message)
+
     def close(self) -> None:
         self._endpoints.clear()
