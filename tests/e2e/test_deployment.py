@@ -153,3 +153,39 @@ def test_a_site_killed_mid_run_is_dropped_and_the_quorum_carries_on(tmp_path: Pa
     assert sorted(rounds[-1]["sites"]) == ["site-1", "site-2"]
     later = [r for r in rounds[1:] if "site-3" not in r["sites"]]
     assert later, "site-3 should have been dropped after it was killed"
+
+
+def test_a_site_that_comes_back_rejoins_at_a_later_round(tmp_path: Path) -> None:
+    kits, data, job = _setup(
+        tmp_path, rounds=12, local_steps=6, extra="min_sites: 2, start_sites: 3, site_timeout_s: 2"
+    )
+    port = _free_port()
+    pointer = tmp_path / "report" / "checkpoints" / "latest.json"
+    server = _server(job, kits, port)
+    clients = _sites(kits, data, port)
+    restarted: list[subprocess.Popen[str]] = []
+    try:
+        deadline = time.monotonic() + 180
+        while not pointer.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        clients[2].kill()
+        clients[2].wait(10)
+        # wait until the server has closed a round without site-3, then bring site-3 back
+        while time.monotonic() < deadline:
+            history = json.loads(pointer.read_text())["state"]["history"] if pointer.exists() else []
+            if any("site-3" not in r["sites"] for r in history):
+                break
+            time.sleep(0.1)
+        restarted = _sites(kits, data, port)[2:]
+        server_out, _ = server.communicate(timeout=240)
+        outs = [c.communicate(timeout=60)[0] for c in (*clients[:2], *restarted)]
+    finally:
+        for process in (server, *clients, *restarted):
+            process.kill()
+
+    assert server.returncode == 0, server_out
+    rounds = json.loads((tmp_path / "report" / "rounds.json").read_text())
+    missing = [r["round"] for r in rounds if "site-3" not in r["sites"]]
+    back = [r["round"] for r in rounds if "site-3" in r["sites"] and missing and r["round"] > missing[0]]
+    assert missing, "site-3 should have missed at least one round"
+    assert back, f"site-3 should have rejoined after round {missing[0]}: {outs[-1]}"
