@@ -97,7 +97,7 @@ def phantoms(
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
     """Write BraTS-layout phantom cases (MNI152-based brains with tumours), sites differing as hospitals do."""
-    from confide.data.phantoms import write_federation
+    from confide.data.phantom_writer import write_federation
     from confide.report.progress import ProgressDisplay
 
     try:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from confide.config import JobConfig
 from confide.data.federation import SiteCases, load_site, site_folders
-from confide.data.phantoms import write_federation
+from confide.data.phantom_writer import write_federation
 from confide.data.preprocess import PreprocessConfig
 from confide.records import Arrays
 from confide.report.progress import ProgressDisplay

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from confide.data.federation import load_site, site_folders, split_cases
-from confide.data.phantoms import write_federation
+from confide.data.phantom_writer import write_federation
 from confide.data.preprocess import PreprocessConfig
 from confide.errors import CaseError, DataError
 

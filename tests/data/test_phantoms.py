@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from confide.data.phantom_writer import write_federation
 from confide.data.phantoms import (
     MODALITIES,
     PhantomCase,
     SiteProfile,
     default_site_profiles,
     generate_case,
-    write_federation,
 )
 from confide.errors import ConfigError
 

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def phantom_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from confide.data.phantoms import write_federation
+    from confide.data.phantom_writer import write_federation
 
     root = tmp_path_factory.mktemp("phantoms")
     write_federation(root, sites=3, cases=4, seed=0)

@@ -20,15 +20,11 @@ per site, with one ``SeedSequence([seed, site_index, case_index])`` stream per c
 
 from __future__ import annotations
 
-import functools
-import json
 import math
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 from numpy.typing import NDArray
 from scipy import ndimage, special
@@ -41,6 +37,7 @@ from confide.data.phantom_contrast import (
     default_site_profiles,
     profile_problems,
 )
+from confide.data.phantom_fields import F32, Atlas, Box, load_atlas, random_rotation, small_rotation, smooth_field
 from confide.errors import ConfigError
 
 __all__ = [
@@ -48,14 +45,10 @@ __all__ = [
     "MODALITIES",
     "PhantomCase",
     "SiteProfile",
-    "case_id",
     "default_site_profiles",
     "generate_case",
-    "write_federation",
 ]
 
-F32 = NDArray[np.float32]
-Box = tuple[slice, slice, slice]
 
 FILE_SUFFIXES: Mapping[str, str] = {
     "t1": "_t1",
@@ -67,7 +60,6 @@ FILE_SUFFIXES: Mapping[str, str] = {
 """BraTS 2021 file-name suffix of each modality and of the segmentation."""
 
 _EDGE_MM = 0.7  # logistic width of tissue boundaries (partial volume at 2 mm voxels)
-_CROP_MARGIN = 6  # voxels kept around the brain for the deformation
 
 
 @dataclass(frozen=True)
@@ -84,136 +76,6 @@ class PhantomCase:
     label: np.ndarray
     affine: np.ndarray
     info: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class _Atlas:
-    """The template tissue maps, cropped to the brain, and where tumours may be centred."""
-
-    shape: tuple[int, int, int]
-    affine: NDArray[np.float64]
-    zooms: NDArray[np.float64]
-    crop: Box
-    gm: F32
-    wm: F32
-    csf: F32
-    detail: F32
-    centres: NDArray[np.int64]  # (n, 3) crop voxel indices of deep white matter, deepest first
-    depth_mm: NDArray[np.float64]  # distance of each centre to the brain edge, descending
-    right: NDArray[np.bool_]  # whether each centre lies in the right hemisphere (world x > 0)
-
-
-@functools.lru_cache(maxsize=1)
-def _atlas() -> _Atlas:
-    """Load the bundled MNI152 2 mm maps once and derive tissue probabilities and tumour sites."""
-    from nilearn import datasets  # imported here: importing nilearn takes seconds
-
-    t1_img = datasets.load_mni152_template(resolution=2)
-    t1 = np.asarray(t1_img.get_fdata(), dtype=np.float32)
-    gm = np.clip(np.asarray(datasets.load_mni152_gm_template(resolution=2).get_fdata(), np.float32), 0, 1)
-    wm = np.clip(np.asarray(datasets.load_mni152_wm_template(resolution=2).get_fdata(), np.float32), 0, 1)
-    mask = np.asarray(datasets.load_mni152_brain_mask(resolution=2).get_fdata(), np.float32) > 0.5
-    wm = np.minimum(wm, 1 - gm)
-    rest = np.clip(mask.astype(np.float32) - gm - wm, 0, 1)
-    csf = np.clip(ndimage.gaussian_filter(rest, 0.6), 0, 1 - gm - wm).astype(np.float32)
-    affine = np.asarray(t1_img.affine, dtype=np.float64)
-    zooms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
-
-    # Fine anatomy of the T1 template that a linear mix of the three tissues does not explain.
-    inside = mask
-    design = np.stack([gm[inside], wm[inside], csf[inside]], axis=1).astype(np.float64)
-    coef, *_ = np.linalg.lstsq(design, t1[inside].astype(np.float64), rcond=None)
-    detail = np.zeros_like(t1)
-    detail[inside] = (t1[inside] - design @ coef) / max(float(coef[1]), 1e-6)
-    detail = np.clip(detail, -0.15, 0.15).astype(np.float32)
-
-    where = np.argwhere(mask)
-    low = np.maximum(where.min(axis=0) - _CROP_MARGIN, 0)
-    high = np.minimum(where.max(axis=0) + _CROP_MARGIN + 1, mask.shape)
-    crop: Box = (slice(low[0], high[0]), slice(low[1], high[1]), slice(low[2], high[2]))
-
-    depth = ndimage.distance_transform_edt(mask, sampling=zooms)[crop]
-    deep = (wm[crop] > 0.8) & (depth >= 8.0)
-    world_x = affine[0, 0] * np.arange(mask.shape[0])[crop[0]] + affine[0, 3]
-    lateral = np.abs(world_x)[:, None, None] >= 10.0
-    centres = np.argwhere(deep & lateral)
-    order = np.argsort(-depth[tuple(centres.T)], kind="stable")
-    centres = centres[order]
-    right = (affine[0, 0] * (centres[:, 0] + low[0]) + affine[0, 3]) > 0
-
-    def cropped(volume: F32) -> F32:
-        out = np.ascontiguousarray(volume[crop], dtype=np.float32)
-        out.flags.writeable = False
-        return out
-
-    return _Atlas(
-        shape=(int(mask.shape[0]), int(mask.shape[1]), int(mask.shape[2])),
-        affine=affine,
-        zooms=zooms,
-        crop=crop,
-        gm=cropped(gm),
-        wm=cropped(wm),
-        csf=cropped(csf),
-        detail=cropped(detail),
-        centres=centres.astype(np.int64),
-        depth_mm=depth[tuple(centres.T)].astype(np.float64),
-        right=right,
-    )
-
-
-# ----------------------------------------------------------------------------------------------
-# Smooth random fields
-
-
-@functools.lru_cache(maxsize=256)
-def _basis(n: int, spacing: float) -> F32:
-    """(n, m) Gaussian interpolation weights from control points ``spacing`` voxels apart.
-
-    Rows sum to a constant and the weights are scaled so that i.i.d. N(0, 1) control values give a
-    field of unit mean variance (the 3-D field is the tensor product of three such bases).
-    """
-    m = math.ceil((n - 1) / spacing) + 3
-    knots = (np.arange(m) - 1.0) * spacing
-    x = np.arange(n, dtype=np.float64)[:, None]
-    weights = np.exp(-0.5 * ((x - knots[None, :]) / spacing) ** 2)
-    weights /= weights.sum(axis=1, keepdims=True)
-    weights /= math.sqrt(float(np.mean(np.sum(weights**2, axis=1))))
-    out = weights.astype(np.float32)
-    out.flags.writeable = False
-    return out
-
-
-def smooth_field(rng: np.random.Generator, shape: tuple[int, int, int], spacing: float) -> F32:
-    """A smooth random field of about unit variance with features ``~2 * spacing`` voxels wide.
-
-    Random values on a coarse grid are interpolated separably (three small matrix products), which
-    is much cheaper than smoothing white noise at full resolution.
-    """
-    bx, by, bz = (_basis(int(n), float(spacing)) for n in shape)
-    coarse = rng.standard_normal((bx.shape[1], by.shape[1], bz.shape[1]), dtype=np.float32)
-    t = coarse @ bz.T  # (mx, my, nz)
-    t = by @ t  # (mx, ny, nz)
-    out = bx @ t.reshape(bx.shape[1], -1)
-    return np.ascontiguousarray(out.reshape(shape), dtype=np.float32)
-
-
-def random_rotation(rng: np.random.Generator) -> NDArray[np.float64]:
-    """A uniformly random 3-D rotation matrix."""
-    q, r = np.linalg.qr(rng.standard_normal((3, 3)))
-    q = q * np.sign(np.diag(r))[None, :]
-    if np.linalg.det(q) < 0:
-        q[:, 0] = -q[:, 0]
-    return np.asarray(q, dtype=np.float64)
-
-
-def small_rotation(angles_rad: NDArray[np.float64]) -> NDArray[np.float64]:
-    """Rotation matrix from three small angles (x, then y, then z)."""
-    cx, cy, cz = np.cos(angles_rad)
-    sx, sy, sz = np.sin(angles_rad)
-    rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
-    ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
-    rz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
-    return np.asarray(rz @ ry @ rx, dtype=np.float64)
 
 
 def _sigmoid(x: F32) -> F32:
@@ -236,7 +98,7 @@ class _Tumour:
     centre_index: int
 
 
-def _draw_tumour(profile: SiteProfile, rng: np.random.Generator, atlas: _Atlas) -> _Tumour:
+def _draw_tumour(profile: SiteProfile, rng: np.random.Generator, atlas: Atlas) -> _Tumour:
     high_grade = bool(rng.random() < profile.high_grade_fraction)
     low, high = profile.radius_mm
     radius = float(rng.uniform(low, high))
@@ -410,7 +272,7 @@ _LABEL_OF: Mapping[str, int] = {"oedema": 2, "necrosis": 1, "nonenhancing": 1, "
 
 
 def _output_grid(
-    atlas: _Atlas, voxel_size: tuple[float, float, float]
+    atlas: Atlas, voxel_size: tuple[float, float, float]
 ) -> tuple[NDArray[np.float64], NDArray[np.float64], tuple[int, int, int]]:
     """Sampling factors, voxel->world affine and shape of the grid with ``voxel_size`` mm voxels.
 
@@ -465,7 +327,7 @@ def generate_case(profile: SiteProfile, rng: np.random.Generator) -> PhantomCase
     problems = profile_problems(profile)
     if problems:
         raise ConfigError(f"site profile {profile.name!r}: " + "; ".join(problems))
-    atlas = _atlas()
+    atlas = load_atlas()
     zooms = atlas.zooms
     shape = (int(atlas.gm.shape[0]), int(atlas.gm.shape[1]), int(atlas.gm.shape[2]))
 
@@ -550,109 +412,3 @@ def generate_case(profile: SiteProfile, rng: np.random.Generator) -> PhantomCase
 
 # ----------------------------------------------------------------------------------------------
 # Writing a federation
-
-
-def case_id(site_index: int, case_index: int) -> str:
-    """BraTS-style case id from 0-based indices: ``case_id(0, 0) == "BraTS2021_s1_00001"``."""
-    return f"BraTS2021_s{site_index + 1}_{case_index + 1:05d}"
-
-
-def _save(volume: np.ndarray, affine: np.ndarray, path: Path) -> None:
-    image = nib.Nifti1Image(volume, affine)
-    image.header.set_xyzt_units("mm")
-    image.set_qform(affine, code=1)
-    image.set_sform(affine, code=1)
-    nib.save(image, path)
-
-
-def _count(value: object, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-        raise ConfigError(f"{what} must be an integer >= 1 (got {value!r})")
-    return int(value)
-
-
-def write_federation(
-    out: Path,
-    sites: int,
-    cases: int,
-    seed: int,
-    *,
-    profiles: Sequence[SiteProfile] | None = None,
-    on_case: Callable[[str, str], None] | None = None,
-) -> list[Path]:
-    """Write ``sites`` x ``cases`` phantoms under ``out`` in the BraTS 2021 layout.
-
-    Files are ``out/<site name>/<case>/<case>_{t1,t1ce,t2,flair,seg}.nii.gz`` with case ids
-    ``BraTS2021_s<site>_<case>`` (1-based numbers); the site folder is the profile name
-    (``site-1`` ... for the default profiles). Case ``c`` of site ``s`` (0-based) draws from
-    ``np.random.default_rng(np.random.SeedSequence([seed, s, c]))``, so a seed always produces the
-    same files. ``out/phantoms.json`` records the seed, the counts, the profiles and each case's
-    tumour. ``on_case(site_name, case_id)`` is called after each case is written.
-
-    Returns the site folders in site order.
-
-    Raises:
-        ConfigError: ``sites`` or ``cases`` below 1, a negative seed, or ``profiles`` that do not
-            match ``sites`` (count, duplicate names, invalid values).
-    """
-    n_sites = _count(sites, "sites (number of sites)")
-    n_cases = _count(cases, "cases (cases per site)")
-    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
-        raise ConfigError(f"seed must be an integer >= 0 (got {seed!r})")
-    if profiles is None:
-        chosen = default_site_profiles(n_sites)
-    else:
-        chosen = list(profiles)
-        if len(chosen) != n_sites:
-            raise ConfigError(
-                f"profiles: got {len(chosen)} site profile(s) for sites={n_sites}; give exactly one per site"
-            )
-        names = [p.name for p in chosen]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
-        if duplicates:
-            raise ConfigError(f"profiles: site names must be unique (repeated: {', '.join(duplicates)})")
-        for profile in chosen:
-            problems = profile_problems(profile)
-            if problems:
-                raise ConfigError(f"profiles: site profile {profile.name!r}: " + "; ".join(problems))
-
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    site_dirs: list[Path] = []
-    record_sites: list[dict[str, Any]] = []
-    for s, profile in enumerate(chosen):
-        site_dir = out / profile.name
-        site_dir.mkdir(parents=True, exist_ok=True)
-        site_dirs.append(site_dir)
-        case_records: list[dict[str, Any]] = []
-        for c in range(n_cases):
-            cid = case_id(s, c)
-            rng = np.random.default_rng(np.random.SeedSequence([int(seed), s, c]))
-            case = generate_case(profile, rng)
-            case_dir = site_dir / cid
-            case_dir.mkdir(parents=True, exist_ok=True)
-            for modality in MODALITIES:
-                _save(case.images[modality], case.affine, case_dir / f"{cid}{FILE_SUFFIXES[modality]}.nii.gz")
-            _save(case.label, case.affine, case_dir / f"{cid}{FILE_SUFFIXES['seg']}.nii.gz")
-            labels_present = sorted(int(v) for v in np.unique(case.label))
-            case_records.append({"case_id": cid, **case.info, "labels": labels_present})
-            if on_case is not None:
-                on_case(profile.name, cid)
-        record_sites.append(
-            {"site": profile.name, "folder": profile.name, "profile": asdict(profile), "cases": case_records}
-        )
-
-    record = {
-        "generator": "confide.data.phantoms",
-        "format": "BraTS2021",
-        "template": "MNI152 (nilearn bundled), 2 mm",
-        "seed": int(seed),
-        "sites": n_sites,
-        "cases": n_cases,
-        "rng": "numpy.random.default_rng(SeedSequence([seed, site_index, case_index])), 0-based indices",
-        "labels": {"0": "background", "1": "necrotic / non-enhancing core", "2": "oedema", "4": "enhancing"},
-        "files": {k: f"<case>{v}.nii.gz" for k, v in FILE_SUFFIXES.items()},
-        "site_profiles": record_sites,
-    }
-    (out / "phantoms.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    return site_dirs
