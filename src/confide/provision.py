@@ -137,8 +137,10 @@ class FederationSpec(_Strict):
     def _unique(cls, sites: list[str]) -> list[str]:
         seen: dict[str, str] = {}
         for site in sites:
-            if site.lower() in seen:
-                raise ValueError(f"duplicate site {site!r} (same as {seen[site.lower()]!r}, ignoring case)")
+            first = seen.get(site.lower())
+            if first is not None:
+                alike = "" if first == site else f" (same as {first!r} when case is ignored)"
+                raise ValueError(f"duplicate site {site!r}{alike}")
             seen[site.lower()] = site
         return sites
 
