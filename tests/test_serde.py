@@ -125,3 +125,17 @@ def test_arrays_file_round_trip_and_corruption() -> None:
     assert serde.decode_arrays(data).allclose(_arrays())
     with pytest.raises(PayloadError):
         serde.decode_arrays(data[: len(data) // 3])
+
+
+def test_decoded_arrays_are_read_only_views_and_bounds_are_checked() -> None:
+    data = serde.encode(TrainIns(round=1, arrays=_arrays()))
+    decoded = serde.decode_as(data, TrainIns)
+
+    with pytest.raises(ValueError):
+        decoded.arrays["z.weight"][0, 0] = 1.0
+    header = {"v": 1, "kind": "train_ins", "round": 1, "names": ["a"], "shapes": [[4]]}
+    forged = json.dumps(
+        {"__metadata__": {"confide": json.dumps(header)}, "a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 64]}}
+    ).encode()
+    with pytest.raises(PayloadError, match="outside the payload"):
+        serde.decode(struct.pack("<Q", len(forged)) + forged + b"\x00" * 16)

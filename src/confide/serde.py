@@ -9,6 +9,7 @@ raw numbers only, and the JSON can name no class.
 from __future__ import annotations
 
 import json
+import math
 import struct
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -91,16 +92,10 @@ def decode(data: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> Record:
         raise PayloadError(f"payload must be bytes, got {type(data).__name__}")
     if len(data) > max_bytes:
         raise PayloadTooLarge(f"payload of {len(data)} bytes exceeds the limit of {max_bytes} bytes")
-    header = _read_header(bytes(data[: 8 + MAX_HEADER_BYTES]))
-    try:
-        loaded = safetensors.numpy.load(bytes(data))
-    except Exception as exc:  # safetensors raises its own error types for any malformed buffer
-        raise PayloadError(f"payload is not a valid safetensors buffer: {exc}") from exc
+    header, document, length = _read_header(bytes(data[: 8 + MAX_HEADER_BYTES]))
+    loaded = _views(data, document, 8 + length)
     if set(loaded) != set(header.names) or len(loaded) != len(header.names):
         raise PayloadError("payload arrays do not match the names its header lists")
-    for name, value in loaded.items():
-        if value.dtype not in ALLOWED_DTYPES:
-            raise PayloadError(f"array {name!r} has dtype {value.dtype}, which is not allowed")
     if len(header.shapes) != len(header.names):
         raise PayloadError("payload header lists a different number of shapes and names")
     arrays = Arrays.from_dict(_reshaped(loaded, header.names, header.shapes))
@@ -128,7 +123,8 @@ def decode_as(data: bytes, kind: type[R], *, max_bytes: int = DEFAULT_MAX_BYTES)
     return record
 
 
-def _read_header(data: bytes) -> _Header:
+def _split_header(data: bytes) -> tuple[dict[str, Any], int]:
+    """The safetensors JSON header and its length, with every bound checked."""
     if len(data) < 8:
         raise PayloadError(f"payload of {len(data)} bytes is too short to hold a header")
     (length,) = struct.unpack("<Q", data[:8])
@@ -138,14 +134,63 @@ def _read_header(data: bytes) -> _Header:
         raise PayloadError(f"payload is truncated: header claims {length} bytes, {len(data) - 8} present")
     try:
         document = json.loads(data[8 : 8 + length])
-        meta = document["__metadata__"]["confide"]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise PayloadError("payload header is not a Confide message (no confide metadata)") from exc
+    except ValueError as exc:
+        raise PayloadError(f"payload header is not JSON: {exc}") from exc
+    if not isinstance(document, dict):
+        raise PayloadError("payload header is not a JSON object")
+    return document, length
+
+
+def _read_header(data: bytes) -> tuple[_Header, dict[str, Any], int]:
+    document, length = _split_header(data)
     try:
-        return _Header.model_validate_json(meta)
+        meta = document["__metadata__"]["confide"]
+    except (KeyError, TypeError) as exc:
+        raise PayloadError("payload header is not a Confide message (no confide metadata)") from exc
+    if not isinstance(meta, str):
+        raise PayloadError("payload header is not a Confide message (no confide metadata)")
+    try:
+        return _Header.model_validate_json(meta), document, length
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'header'}: {e['msg']}" for e in exc.errors()[:5])
         raise PayloadError(f"payload header is invalid: {problems}") from exc
+
+
+_DTYPES: dict[str, np.dtype[Any]] = {
+    "F16": np.dtype("<f2"),
+    "F32": np.dtype("<f4"),
+    "F64": np.dtype("<f8"),
+    "I8": np.dtype("i1"),
+    "I16": np.dtype("<i2"),
+    "I32": np.dtype("<i4"),
+    "I64": np.dtype("<i8"),
+    "U8": np.dtype("u1"),
+    "BOOL": np.dtype("?"),
+}
+
+
+def _views(data: bytes | bytearray | memoryview, document: dict[str, Any], start: int) -> dict[str, np.ndarray]:
+    """Arrays as read-only views into ``data`` (no copy), after checking every tensor entry's bounds."""
+    available = len(data) - start
+    out: dict[str, np.ndarray] = {}
+    for name, spec in document.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype = _DTYPES[spec["dtype"]]
+            shape = [int(n) for n in spec["shape"]]
+            begin, end = (int(n) for n in spec["data_offsets"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise PayloadError(f"tensor entry {name!r} is malformed or has a dtype the wire does not carry") from exc
+        if any(n < 0 for n in shape) or not 0 <= begin <= end <= available:
+            raise PayloadError(f"tensor {name!r} lies outside the payload")
+        count = math.prod(shape)
+        if count * dtype.itemsize != end - begin:
+            raise PayloadError(f"tensor {name!r}: shape {shape} does not fill its {end - begin} bytes")
+        view = np.frombuffer(data, dtype=dtype, count=count, offset=start + begin).reshape(shape)
+        view.flags.writeable = False
+        out[name] = view
+    return out
 
 
 def _build(header: _Header, arrays: Arrays) -> Record:
@@ -179,16 +224,12 @@ def decode_arrays(data: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> Arrays:
     """Inverse of :func:`encode_arrays`."""
     if len(data) > max_bytes:
         raise PayloadTooLarge(f"array file of {len(data)} bytes exceeds the limit of {max_bytes} bytes")
-    if len(data) < 8:
-        raise PayloadError("array file is too short to hold a header")
-    (length,) = struct.unpack("<Q", data[:8])
-    if length > MAX_HEADER_BYTES or 8 + length > len(data):
-        raise PayloadError("array file is truncated or its header length is invalid")
+    document, length = _split_header(bytes(data[: 8 + MAX_HEADER_BYTES]))
     try:
-        order = json.loads(json.loads(data[8 : 8 + length])["__metadata__"]["confide_order"])
-        loaded = safetensors.numpy.load(bytes(data))
-    except Exception as exc:
-        raise PayloadError(f"array file is not a Confide safetensors file: {exc}") from exc
+        order = json.loads(document["__metadata__"]["confide_order"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise PayloadError("array file is not a Confide safetensors file (no recorded order)") from exc
+    loaded = _views(data, document, 8 + length)
     try:
         names = [str(name) for name, _ in order]
         shapes = [[int(n) for n in shape] for _, shape in order]
