@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, ParamSpec
 
 import typer
 from rich.console import Console
@@ -14,6 +16,7 @@ from rich.console import Console
 from confide.config import JobConfig, load_job, parse_job
 from confide.errors import ConfideError
 
+P = ParamSpec("P")
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Confide: federated learning for hospitals.")
 data_app = typer.Typer(no_args_is_help=True, help="Generate and inspect data.")
 app.add_typer(data_app, name="data")
@@ -22,9 +25,18 @@ if not console.is_terminal:  # logs and CI: wide enough that the result table is
     console = Console(width=max(console.width, 130))
 
 
-def _fail(exc: ConfideError) -> None:
-    console.print(f"[bold red]error:[/] {exc}", highlight=False)
-    raise typer.Exit(code=2)
+def _clean_errors(command: Callable[P, None]) -> Callable[P, None]:
+    """Every command reports Confide's own errors as one red line and exit code 2, never a traceback."""
+
+    @functools.wraps(command)
+    def run(*args: P.args, **kwargs: P.kwargs) -> None:
+        try:
+            command(*args, **kwargs)
+        except ConfideError as exc:
+            console.print(f"[bold red]error:[/] {exc}", highlight=False)
+            raise typer.Exit(code=2) from None
+
+    return run
 
 
 def _run_job(job: JobConfig) -> None:
@@ -44,6 +56,7 @@ def _run_job(job: JobConfig) -> None:
 
 
 @app.command()
+@_clean_errors
 def demo(
     out: Annotated[Path, typer.Option(help="report folder (phantoms go to OUT/data)")] = Path("runs/demo"),
     sites: Annotated[int, typer.Option(min=2, help="simulated hospitals")] = 4,
@@ -56,40 +69,36 @@ def demo(
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
     """Four simulated hospitals: local-only vs pooled vs FedAvg brain-tumour segmentation, one table."""
-    try:
-        job = parse_job(
-            {
-                "name": "demo",
-                "seed": seed,
-                "task": {"model": model, "init_filters": filters, "roi": [roi, roi, roi]},
-                "data": {"root": str(out / "data"), "phantoms": {"sites": sites, "cases": cases}},
-                "federation": {"rounds": rounds, "local_steps": local_steps, "min_sites": sites},
-                "compare": ["local", "pooled"],
-                "report": {"out": str(out)},
-            },
-            source="demo options",
-        )
-        _run_job(job)
-    except ConfideError as exc:
-        _fail(exc)
+    job = parse_job(
+        {
+            "name": "demo",
+            "seed": seed,
+            "task": {"model": model, "init_filters": filters, "roi": [roi, roi, roi]},
+            "data": {"root": str(out / "data"), "phantoms": {"sites": sites, "cases": cases}},
+            "federation": {"rounds": rounds, "local_steps": local_steps, "min_sites": sites},
+            "compare": ["local", "pooled"],
+            "report": {"out": str(out)},
+        },
+        source="demo options",
+    )
+    _run_job(job)
 
 
 @app.command()
+@_clean_errors
 def simulate(
     job_file: Annotated[Path, typer.Argument(help="job file (YAML)")],
     out: Annotated[Path | None, typer.Option(help="report folder (overrides report.out)")] = None,
 ) -> None:
     """Run a job file in the simulator: all sites and the server in this process."""
-    try:
-        job = load_job(job_file)
-        if out is not None:
-            job = job.model_copy(update={"report": job.report.model_copy(update={"out": out})})
-        _run_job(job)
-    except ConfideError as exc:
-        _fail(exc)
+    job = load_job(job_file)
+    if out is not None:
+        job = job.model_copy(update={"report": job.report.model_copy(update={"out": out})})
+    _run_job(job)
 
 
 @data_app.command("phantoms")
+@_clean_errors
 def phantoms(
     out: Annotated[Path, typer.Option(help="folder to write one sub-folder per site into")],
     sites: Annotated[int, typer.Option(min=1)] = 4,
@@ -100,18 +109,14 @@ def phantoms(
     from confide.data.phantom_writer import write_federation
     from confide.report.progress import ProgressDisplay
 
-    try:
-        with ProgressDisplay(console) as display:
-            display.phase("generating phantoms", sites * cases)
-            folders = write_federation(
-                out, sites, cases, seed, on_case=lambda s, c: display.advance(1, status=f"{s} {c}")
-            )
-        console.print(f"wrote {sites * cases} cases in {len(folders)} site folders under {out}")
-    except ConfideError as exc:
-        _fail(exc)
+    with ProgressDisplay(console) as display:
+        display.phase("generating phantoms", sites * cases)
+        folders = write_federation(out, sites, cases, seed, on_case=lambda s, c: display.advance(1, status=f"{s} {c}"))
+    console.print(f"wrote {sites * cases} cases in {len(folders)} site folders under {out}")
 
 
 @app.command("provision")
+@_clean_errors
 def provision_cmd(
     federation: Annotated[Path, typer.Argument(help="federation file (YAML): name, server host/port, sites")],
     out: Annotated[Path, typer.Option(help="folder for the CA, the server kit and one kit per site")],
@@ -119,15 +124,13 @@ def provision_cmd(
     """Create a federation's CA, server certificate and one start-up kit per site."""
     from confide.provision import load_federation, provision
 
-    try:
-        provision(load_federation(federation), out)
-        console.print(f"federation provisioned in {out}: server kit {out / 'server'}, site kits under {out / 'sites'}")
-        console.print(f"keep {out / 'ca'} offline; hand each hospital its own folder under sites/")
-    except ConfideError as exc:
-        _fail(exc)
+    provision(load_federation(federation), out)
+    console.print(f"federation provisioned in {out}: server kit {out / 'server'}, site kits under {out / 'sites'}")
+    console.print(f"keep {out / 'ca'} offline; hand each hospital its own folder under sites/")
 
 
 @app.command("add-site")
+@_clean_errors
 def add_site_cmd(
     name: Annotated[str, typer.Argument(help="the new site's name")],
     out: Annotated[Path, typer.Option(help="the federation folder made by `confide provision`")],
@@ -135,13 +138,11 @@ def add_site_cmd(
     """Add a site to a provisioned federation: a new kit signed by its CA."""
     from confide.provision import add_site
 
-    try:
-        console.print(f"kit for {name}: {add_site(out, name)}")
-    except ConfideError as exc:
-        _fail(exc)
+    console.print(f"kit for {name}: {add_site(out, name)}")
 
 
 @app.command("revoke-site")
+@_clean_errors
 def revoke_site_cmd(
     name: Annotated[str, typer.Argument(help="the site to revoke")],
     out: Annotated[Path, typer.Option(help="the federation folder made by `confide provision`")],
@@ -150,14 +151,12 @@ def revoke_site_cmd(
     """Revoke a site's certificate; copy server/revoked.json to the server, which re-reads it."""
     from confide.provision import revoke_site
 
-    try:
-        path = revoke_site(out, name, reason)
-        console.print(f"{name} revoked; the server refuses it once it has {path}")
-    except ConfideError as exc:
-        _fail(exc)
+    path = revoke_site(out, name, reason)
+    console.print(f"{name} revoked; the server refuses it once it has {path}")
 
 
 @app.command()
+@_clean_errors
 def server(
     job_file: Annotated[Path, typer.Argument(help="job file (YAML)")],
     kit: Annotated[Path, typer.Option(help="the server kit (server.yaml, certificates, key)")],
@@ -169,23 +168,21 @@ def server(
     from confide.deploy import serve
     from confide.tasks.brain_tumor import initial_arrays
 
-    try:
-        job = load_job(job_file)
-        final = serve(
-            kit,
-            job,
-            initial=lambda j: initial_arrays(j.task, j.seed),
-            resume=resume,
-            port=port,
-            wait_s=wait,
-            on_listen=lambda p: console.print(f"listening on port {p}; waiting for {job.federation.min_sites} site(s)"),
-        )
-        console.print(f"done: final global model {final}")
-    except ConfideError as exc:
-        _fail(exc)
+    job = load_job(job_file)
+    final = serve(
+        kit,
+        job,
+        initial=lambda j: initial_arrays(j.task, j.seed),
+        resume=resume,
+        port=port,
+        wait_s=wait,
+        on_listen=lambda p: console.print(f"listening on port {p}; waiting for {job.federation.min_sites} site(s)"),
+    )
+    console.print(f"done: final global model {final}")
 
 
 @app.command()
+@_clean_errors
 def site(
     kit: Annotated[Path, typer.Option(help="this site's kit (site.yaml, certificate, key, CA)")],
     data: Annotated[Path, typer.Option(help="this site's own folder of BraTS cases")],
@@ -200,11 +197,8 @@ def site(
         console.print(f"site {name}: preparing the cases in {data} for job {job.name}")
         return SiteRunner(name, site_task(job, data, name), seed=job.seed)
 
-    try:
-        answered = run_site(kit, runner, address=server_address)
-        console.print(f"job done: answered {answered} instruction(s)")
-    except ConfideError as exc:
-        _fail(exc)
+    answered = run_site(kit, runner, address=server_address)
+    console.print(f"job done: answered {answered} instruction(s)")
 
 
 def main() -> None:

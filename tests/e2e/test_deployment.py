@@ -49,6 +49,12 @@ def _server(job: Path, kits: Path, port: int, *extra: str) -> subprocess.Popen[s
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
+def _wait_for_first_checkpoint(pointer: Path, server: subprocess.Popen[str], timeout_s: float = 180) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not pointer.exists() and time.monotonic() < deadline and server.poll() is None:
+        time.sleep(0.1)
+
+
 def _sites(kits: Path, data: Path, port: int) -> list[subprocess.Popen[str]]:
     return [
         subprocess.Popen(
@@ -90,9 +96,7 @@ def test_server_killed_with_sigkill_resumes_and_sites_rejoin(tmp_path: Path) -> 
     server = _server(job, kits, port)
     clients = _sites(kits, data, port)
     try:
-        deadline = time.monotonic() + 180
-        while not pointer.exists() and time.monotonic() < deadline and server.poll() is None:
-            time.sleep(0.2)
+        _wait_for_first_checkpoint(pointer, server)
         server.kill()  # SIGKILL: no clean-up, no last checkpoint
         server.wait(10)
         killed_after = json.loads(pointer.read_text())["round"]
@@ -135,9 +139,7 @@ def test_a_site_killed_mid_run_is_dropped_and_the_quorum_carries_on(tmp_path: Pa
     server = _server(job, kits, port)
     clients = _sites(kits, data, port)
     try:
-        deadline = time.monotonic() + 180
-        while not pointer.exists() and time.monotonic() < deadline and server.poll() is None:
-            time.sleep(0.1)
+        _wait_for_first_checkpoint(pointer, server)
         clients[2].kill()  # site-3 dies without a word
         server_out, _ = server.communicate(timeout=240)
         survivors = [c.communicate(timeout=60)[0] for c in clients[:2]]

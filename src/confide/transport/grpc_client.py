@@ -16,6 +16,7 @@ from typing import Any
 import grpc
 
 from confide.errors import ConfideError, TransportError
+from confide.serde import DEFAULT_MAX_BYTES
 from confide.transport import framing
 from confide.transport.grpc_server import GRPC_OPTIONS, SERVICE
 from confide.transport.inmemory import Endpoint
@@ -101,7 +102,7 @@ class SiteClient:
                     self.notices.append(str(header["notice"]))
                     continue
                 try:
-                    transfer = framing.reassemble(frames, max_bytes=framing_limit())
+                    transfer = framing.reassemble(frames, max_bytes=DEFAULT_MAX_BYTES)
                 except ConfideError as exc:
                     log.warning("site %s: instruction transfer broken (%s); pulling it again", self.name, exc)
                     continue
@@ -123,7 +124,3 @@ class SiteClient:
             if not reply.get("retry"):
                 return
         log.error("site %s: answer to %s could not be delivered after %d attempts", self.name, task_id, attempt)
-
-
-def framing_limit() -> int:
-    return 4 * 1024**3
