@@ -107,9 +107,8 @@ def bench(params: int, sites: int, rounds: int, port: int) -> dict[str, float]:
                 "report": {"out": str(root / "report")},
             }
         )
-        initial = model(params)
-        model_mb = initial.nbytes / 1e6
-        baseline = rss_mb() - model_mb  # what the process holds without the model
+        model_mb = params * 4 / 1e6
+        baseline = rss_mb()  # what the process holds before the server makes its model
         peak = [0.0]
         stop = threading.Event()
 
@@ -123,7 +122,7 @@ def bench(params: int, sites: int, rounds: int, port: int) -> dict[str, float]:
             [sys.executable, __file__, "--sites-process", str(root), str(port), str(sites), str(params)],
             env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
         )
-        serve(root / "server", job, initial=lambda _: initial, wait_s=120)
+        serve(root / "server", job, initial=lambda _: model(params), wait_s=120)
         stop.set()
         child.wait(60)
         history = json.loads((root / "report" / "rounds.json").read_text())

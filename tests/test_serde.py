@@ -139,3 +139,18 @@ def test_decoded_arrays_are_read_only_views_and_bounds_are_checked() -> None:
     ).encode()
     with pytest.raises(PayloadError, match="outside the payload"):
         serde.decode(struct.pack("<Q", len(forged)) + forged + b"\x00" * 16)
+
+
+def test_messages_are_standard_safetensors_and_encoding_copies_no_array() -> None:
+    import safetensors.numpy
+
+    source = _arrays()
+    encoded = serde.encode_parts(TrainRes(round=1, update=source, num_examples=3))
+
+    loaded = safetensors.numpy.load(encoded.tobytes())  # any safetensors reader can open a message
+    for name, value in source.items():
+        np.testing.assert_array_equal(loaded[name].reshape(value.shape), value)
+    assert encoded.size == len(encoded.tobytes())
+    weight = np.frombuffer(encoded.parts[1], dtype=np.float32)
+    assert np.shares_memory(weight, source["z.weight"])  # the part is the array's own memory
+    assert encoded.digest() == encoded.digest() == encoded.known_digest

@@ -56,7 +56,7 @@ def test_truncated_or_padded_messages_are_refused_or_decode(cut: int, tail: byte
 @given(st.lists(st.binary(max_size=64), max_size=6))
 def test_random_frame_streams_are_refused_cleanly(frames: list[bytes]) -> None:
     with contextlib.suppress(PayloadError):
-        framing.reassemble(frames, max_bytes=1 << 16)
+        framing.receive(frames, max_bytes=1 << 16)
 
 
 def test_a_corrupted_chunk_fails_the_digest() -> None:
@@ -64,4 +64,24 @@ def test_a_corrupted_chunk_fails_the_digest() -> None:
     frames[1] = frames[1][:-1] + bytes([frames[1][-1] ^ 1])
 
     with pytest.raises(PayloadError, match="digest"):
-        framing.reassemble(frames, max_bytes=1 << 20)
+        framing.receive(frames, max_bytes=1 << 20)
+
+
+def test_a_transfer_without_its_trailer_or_with_extra_frames_is_refused() -> None:
+    frames = list(framing.frames(VALID, task="t1"))
+
+    with pytest.raises(PayloadError, match="without its digest"):
+        framing.receive(frames[:-1], max_bytes=1 << 20)
+    with pytest.raises(PayloadError, match="follow"):
+        framing.receive([*frames, frames[1]], max_bytes=1 << 20)
+    with pytest.raises(PayloadError, match="incomplete"):
+        framing.receive([frames[0], frames[-1]], max_bytes=1 << 20)
+
+
+def test_a_transfer_fills_the_buffer_it_is_given() -> None:
+    frames = framing.frames(serde.encode_parts(serde.decode(VALID)), task="t1")
+    target = bytearray(len(VALID) + 10)
+
+    transfer = framing.receive(frames, max_bytes=1 << 20, allocate=lambda n: memoryview(target)[:n])
+
+    assert bytes(transfer.payload) == VALID and bytes(target[: len(VALID)]) == VALID

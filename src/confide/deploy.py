@@ -122,7 +122,7 @@ def serve(
         history = loop.run()
         job.report.out.mkdir(parents=True, exist_ok=True)
         final = job.report.out / "global.safetensors"
-        final.write_bytes(serde.encode_arrays(loop.global_arrays))
+        serde.save_arrays(final, loop.global_arrays)
         rounds = [{**r.to_dict(), "coordination_seconds": r.coordination_seconds} for r in history.rounds]
         (job.report.out / "rounds.json").write_text(json.dumps(rounds, indent=1))
         return final

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import struct
+import threading
+from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 import numpy as np
-import safetensors.numpy
+import xxhash
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from confide.errors import PayloadError, PayloadTooLarge
@@ -23,9 +26,6 @@ from confide.records import Arrays, EvalIns, EvalRes, Failure, Record, TrainIns,
 WIRE_VERSION = 1
 DEFAULT_MAX_BYTES = 4 * 1024**3
 MAX_HEADER_BYTES = 16 * 1024**2
-ALLOWED_DTYPES = frozenset(
-    np.dtype(t) for t in ("float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "bool")
-)
 
 ScalarValue = bool | int | float | str
 Name = Annotated[str, Field(min_length=1, max_length=512)]
@@ -57,8 +57,84 @@ _KIND = {
 }
 
 
-def encode(record: Record) -> bytes:
-    """Encode a record into bytes."""
+def new_digest() -> xxhash.xxh3_128:
+    """The hash that checks a transfer arrived whole: XXH3-128 (about 30 GB/s; SHA-256 manages 2 GB/s here).
+
+    It guards against chunks lost, repeated or reordered on the way. Tampering is TLS's to stop: every record
+    of the connection is authenticated (AES-GCM) and both ends are verified against the federation's CA.
+    """
+    return xxhash.xxh3_128()
+
+
+class Encoded:
+    """An encoded message as a list of buffers (header, then each array's memory), never concatenated.
+
+    Transports stream the parts as they are; :meth:`tobytes` joins them when one buffer is needed. The
+    arrays are referenced, not copied, so an ``Encoded`` must not outlive a change to them (Confide's
+    arrays are read-only).
+    """
+
+    def __init__(self, parts: list[memoryview]) -> None:
+        self.parts = tuple(parts)
+        self.size = sum(part.nbytes for part in self.parts)
+        self._digest: str | None = None
+        self._lock = threading.Lock()
+
+    def digest(self) -> str:
+        """The message's transfer digest (:func:`new_digest`), computed once."""
+        with self._lock:
+            if self._digest is None:
+                hasher = new_digest()
+                for part in self.parts:
+                    hasher.update(part)
+                self._digest = hasher.hexdigest()
+            return self._digest
+
+    @property
+    def known_digest(self) -> str | None:
+        """The digest if :meth:`digest` has computed it already (a stream then need not hash the parts)."""
+        return self._digest
+
+    def tobytes(self) -> bytes:
+        return b"".join(self.parts)
+
+
+_WIRE_DTYPES = {
+    np.dtype("float16"): "F16",
+    np.dtype("float32"): "F32",
+    np.dtype("float64"): "F64",
+    np.dtype("int8"): "I8",
+    np.dtype("int16"): "I16",
+    np.dtype("int32"): "I32",
+    np.dtype("int64"): "I64",
+    np.dtype("uint8"): "U8",
+    np.dtype("bool"): "BOOL",
+}
+
+
+def _safetensors_parts(arrays: Arrays | None, metadata: dict[str, str]) -> Encoded:
+    """A safetensors buffer as parts: 8-byte length, JSON header padded to 8 bytes, then each array's bytes."""
+    document: dict[str, Any] = {"__metadata__": metadata}
+    buffers: list[memoryview] = []
+    offset = 0
+    for name, value in arrays.items() if arrays is not None else ():
+        if value.dtype not in _WIRE_DTYPES:
+            raise PayloadError(f"array {name!r} has dtype {value.dtype}, which the wire format does not carry")
+        native = np.ascontiguousarray(value, dtype=value.dtype.newbyteorder("<"))
+        document[name] = {
+            "dtype": _WIRE_DTYPES[value.dtype],
+            "shape": list(native.shape),
+            "data_offsets": [offset, offset + native.nbytes],
+        }
+        offset += native.nbytes
+        buffers.append(native.reshape(-1).data.cast("B"))
+    text = json.dumps(document, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return Encoded([memoryview(struct.pack("<Q", len(text)) + text), *buffers])
+
+
+def encode_parts(record: Record) -> Encoded:
+    """Encode a record without copying its arrays."""
     arrays: Arrays | None = None
     fields: dict[str, Any] = {"v": WIRE_VERSION, "kind": _KIND[type(record)], "round": record.round}
     if isinstance(record, TrainIns | EvalIns):
@@ -71,28 +147,28 @@ def encode(record: Record) -> bytes:
         fields.update(num_examples=record.num_examples, loss=record.loss, metrics=dict(record.metrics))
     else:
         fields.update(reason=record.reason, failure_kind=record.kind)
-    tensors: dict[str, np.ndarray] = {}
     if arrays is not None:
         fields["names"] = list(arrays.names())
         fields["shapes"] = [list(value.shape) for value in arrays.values()]
-        for name, value in arrays.items():
-            if value.dtype not in ALLOWED_DTYPES:
-                raise PayloadError(f"array {name!r} has dtype {value.dtype}, which the wire format does not carry")
-            tensors[name] = np.ascontiguousarray(value)
     header = _Header(**fields)
-    return bytes(safetensors.numpy.save(tensors, metadata={"confide": header.model_dump_json()}))
+    return _safetensors_parts(arrays, {"confide": header.model_dump_json()})
+
+
+def encode(record: Record) -> bytes:
+    """Encode a record into one buffer."""
+    return encode_parts(record).tobytes()
 
 
 R = TypeVar("R", TrainIns, TrainRes, EvalIns, EvalRes, Failure)
 
 
-def decode(data: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> Record:
+def decode(data: bytes | bytearray | memoryview, *, max_bytes: int = DEFAULT_MAX_BYTES) -> Record:
     """Decode bytes into a record, refusing anything malformed, oversized or inconsistent."""
     if not isinstance(data, bytes | bytearray | memoryview):
         raise PayloadError(f"payload must be bytes, got {type(data).__name__}")
     if len(data) > max_bytes:
         raise PayloadTooLarge(f"payload of {len(data)} bytes exceeds the limit of {max_bytes} bytes")
-    header, document, length = _read_header(bytes(data[: 8 + MAX_HEADER_BYTES]))
+    header, document, length = _read_header(_header_bytes(data))
     loaded = _views(data, document, 8 + length)
     if set(loaded) != set(header.names) or len(loaded) != len(header.names):
         raise PayloadError("payload arrays do not match the names its header lists")
@@ -115,12 +191,20 @@ def _reshaped(loaded: dict[str, np.ndarray], names: list[str], shapes: list[list
     return out
 
 
-def decode_as(data: bytes, kind: type[R], *, max_bytes: int = DEFAULT_MAX_BYTES) -> R:
+def decode_as(data: bytes | bytearray | memoryview, kind: type[R], *, max_bytes: int = DEFAULT_MAX_BYTES) -> R:
     """Decode bytes and check that they hold a record of the expected type."""
     record = decode(data, max_bytes=max_bytes)
     if not isinstance(record, kind):
         raise PayloadError(f"expected a {kind.__name__} message, got {type(record).__name__}")
     return record
+
+
+def _header_bytes(data: bytes | bytearray | memoryview) -> bytes:
+    """The length prefix and the JSON header only (copying no array data)."""
+    if len(data) < 8:
+        return bytes(data)
+    (length,) = struct.unpack("<Q", bytes(data[:8]))
+    return bytes(data[: 8 + min(length, MAX_HEADER_BYTES)])
 
 
 def _split_header(data: bytes) -> tuple[dict[str, Any], int]:
@@ -213,18 +297,33 @@ def _build(header: _Header, arrays: Arrays) -> Record:
     return Failure(round=header.round, reason=header.reason, kind=header.failure_kind)
 
 
-def encode_arrays(arrays: Arrays) -> bytes:
+def encode_arrays_parts(arrays: Arrays) -> Encoded:
     """Arrays alone (for checkpoints and model files): safetensors with the array order recorded."""
     order = json.dumps([[name, list(value.shape)] for name, value in arrays.items()])
-    tensors = {name: np.ascontiguousarray(value) for name, value in arrays.items()}
-    return bytes(safetensors.numpy.save(tensors, metadata={"confide_order": order}))
+    return _safetensors_parts(arrays, {"confide_order": order})
 
 
-def decode_arrays(data: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> Arrays:
+def encode_arrays(arrays: Arrays) -> bytes:
+    return encode_arrays_parts(arrays).tobytes()
+
+
+def save_arrays(path: Path, arrays: Arrays) -> Path:
+    """Write arrays as a safetensors file atomically (a temporary file, synced, then renamed), copying nothing."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as handle:
+        for part in encode_arrays_parts(arrays).parts:
+            handle.write(part)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def decode_arrays(data: bytes | bytearray | memoryview, *, max_bytes: int = DEFAULT_MAX_BYTES) -> Arrays:
     """Inverse of :func:`encode_arrays`."""
     if len(data) > max_bytes:
         raise PayloadTooLarge(f"array file of {len(data)} bytes exceeds the limit of {max_bytes} bytes")
-    document, length = _split_header(bytes(data[: 8 + MAX_HEADER_BYTES]))
+    document, length = _split_header(_header_bytes(data))
     try:
         order = json.loads(document["__metadata__"]["confide_order"])
     except (KeyError, TypeError, ValueError) as exc:

@@ -40,3 +40,26 @@ def test_strategies_are_chosen_by_name() -> None:
         fed_trimmed_mean(trim_fraction=0.6)
     with pytest.raises(ValueError):
         make_strategy("fedsgd", {})
+
+
+def test_robust_strategies_keep_copies_of_updates_whose_buffer_is_reused() -> None:
+    # The gRPC transport hands each update in one reused buffer, valid until the next is drawn.
+    buffer = np.zeros(2, np.float32)
+
+    def results():  # type: ignore[no-untyped-def]
+        for i, u in enumerate(UPDATES):
+            buffer[:] = u["w"]
+            view = buffer.view()
+            view.flags.writeable = False
+            yield f"s{i}", TrainRes(round=1, update=arrays_from_view(view), num_examples=1)
+        buffer[:] = np.nan  # whatever the buffer holds next must not reach the aggregate
+
+    agg = fed_median().aggregate(1, arrays(w=[0.0, 0.0]), results())
+
+    np.testing.assert_allclose(agg.arrays["w"], [2.5, 15.0])
+
+
+def arrays_from_view(view: np.ndarray):  # type: ignore[no-untyped-def]
+    from confide.records import Arrays
+
+    return Arrays.from_dict({"w": view})

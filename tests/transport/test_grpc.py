@@ -173,3 +173,58 @@ def test_nan_and_wrong_shape_updates_are_rejected_while_the_rest_aggregate(
     told = [r.getMessage() for r in caplog.records if "the server says" in r.getMessage()]
     assert any("site-2" in m and "NaN" in m for m in told), told  # the rejected sites hear why
     assert any("site-3" in m and "shape" in m for m in told), told
+
+
+def _corrupting(module: object, times: int) -> object:
+    """A stand-in for the framing module whose first ``times`` transfers arrive with one byte flipped."""
+    import types
+
+    from confide.transport import framing
+
+    left = [times]
+    lock = threading.Lock()
+
+    def frames(payload, **header):  # type: ignore[no-untyped-def]
+        with lock:
+            corrupt = left[0] > 0
+            left[0] -= corrupt
+        for frame in framing.frames(payload, **header):
+            if corrupt and frame[:1] == framing.DATA:
+                frame = frame[:-1] + bytes([frame[-1] ^ 1])
+                corrupt = False
+            yield frame
+
+    return types.SimpleNamespace(**{**vars(framing), "frames": frames})
+
+
+def test_a_transfer_broken_on_the_way_is_sent_again_not_the_round(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from confide import serde
+    from confide.transport import grpc_client, grpc_server
+
+    monkeypatch.setattr(grpc_server, "framing", _corrupting(grpc_server.framing, times=2))  # two instructions
+    monkeypatch.setattr(grpc_client, "framing", _corrupting(grpc_client.framing, times=2))  # two updates
+    kits = _federation(tmp_path / "kits")
+    job = _job(tmp_path, rounds=2)
+    server, result, _ = _start(kits, job)
+    answers: dict[str, object] = {}
+
+    threads = [_site(kits, name, int(result["port"]), answers) for name in SITES]  # type: ignore[call-overload]
+    server.join(60)
+    for t in threads:
+        t.join(30)
+
+    assert "error" not in result, result.get("error")
+    rounds = json.loads((tmp_path / "report" / "rounds.json").read_text())
+    assert [sorted(r["sites"]) for r in rounds] == [SITES, SITES]  # no round lost a site to the broken transfers
+    final = serde.decode_arrays(Path(str(result["final"])).read_bytes())
+    expected = simulate(
+        FedAvg({"local_steps": 1, "lr": 0.5}),
+        {n: QuadraticTask(t, examples=10) for n, t in TARGETS.items()},
+        arrays(w=[0.0, 0.0]),
+        LoopConfig(rounds=2),
+    ).arrays
+    np.testing.assert_allclose(final["w"], expected["w"], rtol=1e-6)
+    logged = " ".join(r.getMessage() for r in caplog.records)
+    assert logged.count("instruction transfer broken") == 2 and logged.count("transfer refused") == 2

@@ -67,7 +67,7 @@ def write_report(result: JobResult, out: Path) -> dict[str, Path]:
     models.mkdir(exist_ok=True)
     for run in result.runs:
         if run.arrays is not None:
-            (models / f"{run.name.replace(':', '_')}.safetensors").write_bytes(serde.encode_arrays(run.arrays))
+            serde.save_arrays(models / f"{run.name.replace(':', '_')}.safetensors", run.arrays)
     if result.job.report.plots:
         files["curves"] = plots.learning_curves({r.name: r.curve for r in result.runs}, out / "learning_curves.png")
         files["dice"] = plots.dice_per_site(result.cross, out / "dice_per_site.png")

@@ -33,7 +33,7 @@ def save(directory: Path, round: int, arrays: Arrays, state: dict[str, Any]) -> 
     """Write round ``round``: the model first, then the state that points at it (the commit)."""
     directory.mkdir(parents=True, exist_ok=True)
     model = directory / f"global-round{round:05d}.safetensors"
-    _atomic_write(model, serde.encode_arrays(arrays))
+    serde.save_arrays(model, arrays)
     record = {"round": round, "model": model.name, "state": state}
     _atomic_write(directory / "latest.json", json.dumps(record, indent=1).encode())
     for old in directory.glob("global-round*.safetensors"):

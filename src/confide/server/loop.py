@@ -170,12 +170,14 @@ class ServerLoop:
             raise RoundFailed(f"round {rnd}: {len(sites)} site(s) connected, the quorum is {self.config.min_sites}")
         self.events.round_started(rnd, sites)
         instructions = self.strategy.configure(rnd, self.global_arrays, sites)
-        encoded: dict[str, bytes] = {}
-        cache: dict[int, bytes] = {}
+        encoded: dict[str, serde.Encoded] = {}
+        cache: dict[int, serde.Encoded] = {}
         for site, ins in instructions.items():  # one encoding per distinct instruction, not per site
-            encoded[site] = cache.setdefault(id(ins), serde.encode(ins))
+            encoded[site] = cache.setdefault(id(ins), serde.encode_parts(ins))
+        del instructions, cache
         tally = _Tally()
         accepted = self.strategy.aggregate(rnd, self.global_arrays, self._accepted(rnd, encoded, tally))
+        del encoded  # it references the previous model's arrays, which can go once the new model exists
         if len(accepted.sites) < self.config.min_sites:
             raise RoundFailed(
                 f"round {rnd}: {len(accepted.sites)} update(s) accepted, the quorum is {self.config.min_sites}; "
@@ -201,7 +203,9 @@ class ServerLoop:
         self.events.round_finished(result, self.global_arrays)
         return result
 
-    def _accepted(self, rnd: int, encoded: Mapping[str, bytes], tally: _Tally) -> Iterator[tuple[str, TrainRes]]:
+    def _accepted(
+        self, rnd: int, encoded: Mapping[str, serde.Encoded], tally: _Tally
+    ) -> Iterator[tuple[str, TrainRes]]:
         for reply in self.transport.exchange(encoded, self.config.deadline_s):
             outcome = self._reason(rnd, reply.site, reply.payload, reply.error)
             if isinstance(outcome, Rejection):
@@ -215,7 +219,9 @@ class ServerLoop:
             self.events.site_finished(rnd, reply.site, True, f"loss {outcome.metrics.get('loss', float('nan')):.4f}")
             yield reply.site, outcome
 
-    def _reason(self, rnd: int, site: str, payload: bytes | None, error: str | None) -> TrainRes | Rejection:
+    def _reason(
+        self, rnd: int, site: str, payload: bytes | memoryview | None, error: str | None
+    ) -> TrainRes | Rejection:
         if payload is None:
             return Rejection(f"site {site}: {error}", tell_site=False)
         try:
@@ -236,7 +242,7 @@ class ServerLoop:
         return record
 
     def _evaluate(self, rnd: int, tally: _Tally) -> dict[str, Mapping[str, float]]:
-        payload = serde.encode(EvalIns(round=rnd, arrays=self.global_arrays))
+        payload = serde.encode_parts(EvalIns(round=rnd, arrays=self.global_arrays))
         sites = self.transport.sites()
         out: dict[str, Mapping[str, float]] = {}
         for reply in self.transport.exchange(dict.fromkeys(sites, payload), self.config.deadline_s):

@@ -46,10 +46,14 @@ class SiteRunner:
         log.warning("site %s: the server says: %s", self.name, message)
         self.notices.append(message)
 
-    def handle(self, payload: bytes) -> bytes:
-        return serde.encode(self.answer(payload))
+    def handle(self, payload: bytes | memoryview) -> bytes:
+        return self.handle_encoded(payload).tobytes()
 
-    def answer(self, payload: bytes) -> Record:
+    def handle_encoded(self, payload: bytes | memoryview) -> serde.Encoded:
+        """The answer as buffers that reference the update's arrays (a streaming transport sends them as they are)."""
+        return serde.encode_parts(self.answer(payload))
+
+    def answer(self, payload: bytes | memoryview) -> Record:
         try:
             instruction = serde.decode(payload, max_bytes=self.max_bytes)
         except ConfideError as exc:

@@ -50,6 +50,24 @@ def apply_delta(base: Arrays, delta: Mapping[str, np.ndarray]) -> Arrays:
     return Arrays.from_dict(out)
 
 
+def apply_delta_in_place(base: Arrays, delta: dict[str, np.ndarray]) -> Arrays:
+    """``base + delta`` like :func:`apply_delta`, written into ``delta``'s buffers where dtypes allow.
+
+    ``delta`` is consumed: the server's aggregate becomes the next model without a third copy of it.
+    """
+    out: dict[str, np.ndarray] = {}
+    for name, value in base.items():
+        step = delta.pop(name)
+        if step.dtype == value.dtype and np.issubdtype(value.dtype, np.floating):
+            np.add(step, value, out=step)
+            out[name] = step
+        elif np.issubdtype(value.dtype, np.floating):
+            out[name] = (value + step).astype(value.dtype, copy=False)
+        else:
+            out[name] = np.rint(value + step).astype(value.dtype)
+    return Arrays.from_dict(out)
+
+
 def weighted_mean(updates: Iterable[tuple[Arrays, float]]) -> dict[str, np.ndarray]:
     """Reference weighted mean of updates: ``sum(w_i * u_i) / sum(w_i)``."""
     acc: dict[str, np.ndarray] | None = None

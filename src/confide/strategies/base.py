@@ -30,5 +30,6 @@ class Strategy(Protocol):
 
     def aggregate(self, round: int, global_arrays: Arrays, results: Iterable[tuple[str, TrainRes]]) -> Aggregate:
         """Fold results into the next global model. ``results`` may be a generator: consume it once,
-        folding each result as it arrives, so memory does not grow with the number of sites."""
+        folding each result as it arrives, so memory does not grow with the number of sites. A result's
+        arrays are valid only until the next result is drawn; a strategy that keeps them copies them."""
         ...

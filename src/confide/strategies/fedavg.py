@@ -7,7 +7,7 @@ from types import MappingProxyType
 
 from confide.errors import RoundFailed
 from confide.records import Arrays, Scalar, TrainIns, TrainRes
-from confide.strategies.aggregate import accumulate, apply_delta, scale, weighted_metrics, zeros_like
+from confide.strategies.aggregate import accumulate, apply_delta_in_place, scale, weighted_metrics, zeros_like
 from confide.strategies.base import Aggregate
 
 
@@ -39,7 +39,7 @@ class FedAvg:
             raise RoundFailed(f"round {round}: no update with examples to aggregate")
         scale(acc, 1.0 / total)
         return Aggregate(
-            arrays=apply_delta(global_arrays, acc),
+            arrays=apply_delta_in_place(global_arrays, acc),
             sites=tuple(sites),
             num_examples=total,
             metrics=weighted_metrics(metric_items),

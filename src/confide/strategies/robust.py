@@ -8,6 +8,7 @@ number of sites. Updates are not weighted by examples (a weight is something a h
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import replace
 from functools import partial
 from types import MappingProxyType
 
@@ -34,7 +35,8 @@ class RobustAggregation:
         return {site: instruction for site in sites}
 
     def aggregate(self, round: int, global_arrays: Arrays, results: Iterable[tuple[str, TrainRes]]) -> Aggregate:
-        kept = list(results)
+        # A result's arrays are valid only until the next result is drawn (the transport reuses its buffer).
+        kept = [(site, replace(res, update=Arrays.from_dict(res.update.to_dict(), copy=True))) for site, res in results]
         if not kept:
             raise RoundFailed(f"round {round}: no update to aggregate")
         delta = self.combine([res.update for _, res in kept])

@@ -6,13 +6,15 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
+from confide.serde import Encoded
+
 
 @dataclass(frozen=True)
 class Reply:
     """One site's reply: its encoded answer, or why none came."""
 
     site: str
-    payload: bytes | None
+    payload: bytes | memoryview | None
     error: str | None = None
     seconds: float = 0.0
 
@@ -24,10 +26,12 @@ class Transport(Protocol):
         """Names of the sites connected now."""
         ...
 
-    def exchange(self, messages: Mapping[str, bytes], deadline_s: float | None = None) -> Iterator[Reply]:
+    def exchange(self, messages: Mapping[str, bytes | Encoded], deadline_s: float | None = None) -> Iterator[Reply]:
         """Send each named site its message and yield replies in the order they arrive.
 
-        A site that fails, disconnects or misses the deadline yields a reply with ``error`` set.
+        A site that fails, disconnects or misses the deadline yields a reply with ``error`` set. A reply's
+        payload is valid only until the next reply is requested: its buffer then takes the next update (so
+        the server holds a fixed number of updates whatever the number of sites). Copy what you keep.
         """
         ...
 

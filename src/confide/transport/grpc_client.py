@@ -16,7 +16,7 @@ from typing import Any
 import grpc
 
 from confide.errors import ConfideError, TransportError
-from confide.serde import DEFAULT_MAX_BYTES
+from confide.serde import DEFAULT_MAX_BYTES, Encoded
 from confide.transport import framing
 from confide.transport.grpc_server import GRPC_OPTIONS, SERVICE
 from confide.transport.inmemory import Endpoint
@@ -39,11 +39,13 @@ class SiteClient:
         make_endpoint: Callable[[dict[str, Any]], Endpoint],
         give_up_after_s: float = 600.0,
         push_attempts: int = 3,
+        pull_timeout_s: float = 600.0,
     ) -> None:
         self.address = address
         self.make_endpoint = make_endpoint
         self.give_up_after_s = give_up_after_s
         self.push_attempts = push_attempts
+        self.pull_timeout_s = pull_timeout_s
         credentials = grpc.ssl_channel_credentials(
             root_certificates=ca_pem, private_key=key_pem, certificate_chain=cert_pem
         )
@@ -80,6 +82,8 @@ class SiteClient:
                 self._heartbeat(b"{}", timeout=every_s)
             except grpc.RpcError as exc:
                 log.debug("heartbeat failed: %s", exc.code().name)
+            except ValueError:  # the channel closed under us: the site is shutting down
+                return
 
     def run(self) -> int:
         """Serve until the server says done; return the number of instructions answered."""
@@ -90,8 +94,11 @@ class SiteClient:
         beat.start()
         try:
             while True:
-                frames = self._call("pull", lambda: list(self._pull(b"{}", timeout=60)))
-                header = framing.parse_header(frames[0]) if frames else {"wait": True}
+                try:
+                    header, transfer = self._call("pull", self._fetch)
+                except ConfideError as exc:
+                    log.warning("site %s: instruction transfer broken (%s); pulling it again", self.name, exc)
+                    continue
                 if header.get("done"):
                     log.info("site %s: the server says the job is done", self.name)
                     return self.answered
@@ -101,18 +108,28 @@ class SiteClient:
                     log.warning("site %s: the server says: %s", self.name, header["notice"])
                     self.notices.append(str(header["notice"]))
                     continue
-                try:
-                    transfer = framing.reassemble(frames, max_bytes=DEFAULT_MAX_BYTES)
-                except ConfideError as exc:
-                    log.warning("site %s: instruction transfer broken (%s); pulling it again", self.name, exc)
+                if transfer is None:
                     continue
-                answer = endpoint.handle(transfer.payload)
-                self._deliver(str(transfer.header["task"]), answer)
+                answer = _answer(endpoint, transfer.payload)
+                del transfer  # the instruction's buffer is not needed while the answer streams
+                self._deliver(str(header["task"]), answer)
         finally:
             self._stop.set()
+            beat.join(timeout=5.0)
             self._channel.close()
 
-    def _deliver(self, task_id: str, answer: bytes) -> None:
+    def _fetch(self) -> tuple[dict[str, Any], framing.Transfer | None]:
+        """One long poll: a control message, or an instruction streamed into its own buffer."""
+        stream = self._pull(b"{}", timeout=self.pull_timeout_s)
+        try:
+            header = framing.parse_header(next(stream))
+        except StopIteration:
+            return {"wait": True}, None
+        if "task" not in header:
+            return header, None
+        return header, framing.receive_after(header, stream, max_bytes=DEFAULT_MAX_BYTES, allocate=framing.new_buffer)
+
+    def _deliver(self, task_id: str, answer: bytes | Encoded) -> None:
         for attempt in range(1, self.push_attempts + 1):
             reply = json.loads(
                 self._call("push", lambda: self._push(framing.frames(answer, task=task_id), timeout=600))
@@ -124,3 +141,13 @@ class SiteClient:
             if not reply.get("retry"):
                 return
         log.error("site %s: answer to %s could not be delivered after %d attempts", self.name, task_id, attempt)
+
+
+def _answer(endpoint: Endpoint, payload: memoryview) -> bytes | Encoded:
+    """The endpoint's answer, unjoined when it can give one (no copy of the update before it streams)."""
+    encoded = getattr(endpoint, "handle_encoded", None)
+    if callable(encoded):
+        result = encoded(payload)
+        if isinstance(result, Encoded):
+            return result
+    return endpoint.handle(payload)

@@ -29,6 +29,7 @@ import grpc
 
 from confide.errors import ConfideError
 from confide.provision import IdentityError, site_identity
+from confide.serde import Encoded
 from confide.transport import framing
 from confide.transport.base import Reply
 
@@ -43,12 +44,16 @@ GRPC_OPTIONS = [
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
 ]
 
+# The server's receive windows stay small: a site whose update waits its turn (max_inflight) holds at most a
+# window of it in the server's memory, instead of the megabytes that bandwidth probing would grant each stream.
+SERVER_OPTIONS = [*GRPC_OPTIONS, ("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", 512 << 10)]
+
 
 @dataclass
 class _Site:
     name: str
     last_seen: float
-    task: tuple[str, bytes] | None = None
+    task: tuple[str, bytes | Encoded] | None = None
     notices: list[str] = field(default_factory=list)
 
 
@@ -59,7 +64,10 @@ class ServiceConfig:
     site_timeout_s: float = 30.0
     poll_s: float = 5.0
     max_bytes: int = 4 * 1024**3
-    max_inflight: int = 2  # transfers reassembled at once: server memory does not grow with the number of sites
+    # Updates received and held at once. Each needs one buffer of the update's size, so the server's memory is
+    # the global model, the aggregate and this many updates, whatever the number of sites.
+    max_inflight: int = 1
+    max_sending: int = 2  # instructions streamed at once; the network is shared, so more would not be faster
     revoked: Callable[[], Collection[int]] = field(default=lambda: frozenset())
 
 
@@ -71,8 +79,9 @@ class FederationService:
         self.config = config
         self._sites: dict[str, _Site] = {}
         self._lock = threading.Condition()
-        self._replies: queue.Queue[tuple[str, str, bytes]] = queue.Queue(maxsize=config.max_inflight)
-        self._inflight = threading.BoundedSemaphore(config.max_inflight)
+        self._replies: queue.Queue[tuple[str, str, memoryview, _Lease]] = queue.Queue()
+        self._buffers = _BufferPool(config.max_inflight)
+        self._sending = threading.BoundedSemaphore(config.max_sending)
         self._expected: dict[str, str] = {}
         self._done = False
 
@@ -96,17 +105,21 @@ class FederationService:
             with self._lock:
                 self._lock.wait(timeout=1.0)
 
-    def exchange(self, messages: Mapping[str, bytes], deadline_s: float | None = None) -> Iterator[Reply]:
+    def exchange(self, messages: Mapping[str, bytes | Encoded], deadline_s: float | None = None) -> Iterator[Reply]:
+        """Replies in the order they arrive; a reply's payload is valid until the next reply is requested."""
+        for message in {id(m): m for m in messages.values()}.values():
+            if isinstance(message, Encoded):
+                message.digest()  # once per distinct message, not once per site that pulls it
         batch = uuid.uuid4().hex[:12]
         pending: dict[str, str] = {}
         sent_at: dict[str, float] = {}
         connected = set(self.sites())
         with self._lock:
-            for site, payload in messages.items():
+            for site, message in messages.items():
                 if site not in connected:
                     continue
                 task_id = f"{batch}-{site}"
-                self._sites[site].task = (task_id, payload)
+                self._sites[site].task = (task_id, message)
                 self._expected[task_id] = site
                 pending[task_id] = site
                 sent_at[task_id] = time.monotonic()
@@ -119,13 +132,16 @@ class FederationService:
             while pending:
                 wait = 1.0 if end is None else max(0.0, min(1.0, end - time.monotonic()))
                 try:
-                    task_id, site, payload = self._replies.get(timeout=wait)
+                    task_id, site, payload, lease = self._replies.get(timeout=wait)
                 except queue.Empty:
                     yield from self._expire(pending, end)
                     continue
-                if pending.pop(task_id, None) is None:
-                    continue
-                yield Reply(site=site, payload=payload, seconds=time.monotonic() - sent_at[task_id])
+                try:
+                    if pending.pop(task_id, None) is not None:
+                        yield Reply(site=site, payload=payload, seconds=time.monotonic() - sent_at[task_id])
+                finally:
+                    del payload
+                    lease.release()  # the consumer has folded it: its buffer takes the next update
         finally:
             with self._lock:
                 for task_id, site in pending.items():
@@ -212,7 +228,8 @@ class FederationService:
         if notice is not None:
             yield framing.control(notice=notice)
         elif task is not None:
-            yield from framing.frames(task[1], task=task[0])
+            with self._sending:  # a few streams at a time: each one buffers a few MB in flight
+                yield from framing.frames(task[1], task=task[0])
         elif done:
             yield framing.control(done=True)
         else:
@@ -221,36 +238,94 @@ class FederationService:
     def push(self, request_iterator: Iterable[bytes], context: grpc.ServicerContext) -> bytes:
         name = self._identify(context)
         self._seen(name)
-        # Only a few transfers are read at once; the others wait here, their streams held back by
-        # HTTP/2 flow control, so the server never holds one payload per site.
-        with self._inflight:
-            return self._take(name, request_iterator)
-
-    def _take(self, name: str, request_iterator: Iterable[bytes]) -> bytes:
+        frames = iter(request_iterator)
         try:
-            transfer = framing.reassemble(request_iterator, max_bytes=self.config.max_bytes)
+            header = framing.parse_header(next(frames))
+        except (StopIteration, ConfideError) as exc:
+            return _answer(False, retry=True, reason=f"transfer refused: {exc or 'empty stream'}")
+        task_id = str(header.get("task", ""))
+        refusal = self._check_task(name, task_id)
+        if refusal is not None:
+            return refusal
+        # Only max_inflight updates are received and held at once; the other sites' streams wait here, held
+        # back by HTTP/2 flow control, so the server never holds one update per site.
+        lease = self._buffers.acquire()
+        try:
+            transfer = framing.receive_after(header, frames, max_bytes=self.config.max_bytes, allocate=lease.buffer)
         except ConfideError as exc:
+            lease.release()
             log.warning("site %s: transfer refused: %s", name, exc)
-            return json.dumps({"ok": False, "retry": True, "reason": str(exc)}).encode()
-        task_id = str(transfer.header.get("task", ""))
+            return _answer(False, retry=True, reason=str(exc))
+        refusal = self._check_task(name, task_id, close=True)
+        if refusal is not None:
+            lease.release()
+            return refusal
+        self._replies.put((task_id, name, transfer.payload, lease))
+        return _answer(True)
+
+    def _check_task(self, name: str, task_id: str, *, close: bool = False) -> bytes | None:
+        """Why a result for ``task_id`` from ``name`` is not wanted (``None``: it is, and is closed if asked)."""
         with self._lock:
             expected = self._expected.get(task_id)
             if expected is None:
                 log.info("site %s: result for %s arrived after its round closed; discarded", name, task_id)
-                return json.dumps({"ok": False, "retry": False, "reason": "round already closed"}).encode()
+                return _answer(False, retry=False, reason="round already closed")
             if expected != name:
                 log.warning("site %s pushed a result for a task of site %s; refused", name, expected)
-                return json.dumps({"ok": False, "retry": False, "reason": "not your task"}).encode()
-            self._close_task(task_id, name)
-        self._replies.put((task_id, name, transfer.payload))  # waits while the aggregator folds earlier ones
-        return b'{"ok": true}'
+                return _answer(False, retry=False, reason="not your task")
+            if close:
+                self._close_task(task_id, name)
+        return None
+
+
+def _answer(ok: bool, *, retry: bool = False, reason: str = "") -> bytes:
+    return json.dumps({"ok": True} if ok else {"ok": False, "retry": retry, "reason": reason}).encode()
+
+
+class _Lease:
+    """One of the pool's receive buffers, held from the start of a transfer until its update is folded."""
+
+    def __init__(self, pool: _BufferPool, slot: int) -> None:
+        self._pool = pool
+        self._slot = slot
+        self._released = False
+
+    def buffer(self, size: int) -> memoryview:
+        return self._pool.buffer(self._slot, size)
+
+    def release(self) -> None:
+        if not self._released:
+            self._released = True
+            self._pool.give_back(self._slot)
+
+
+class _BufferPool:
+    """``count`` reusable receive buffers: fresh 100 MB allocations cost page faults on every update."""
+
+    def __init__(self, count: int) -> None:
+        self._free = queue.SimpleQueue[int]()
+        for slot in range(count):
+            self._free.put(slot)
+        self._buffers: list[memoryview] = [framing.new_buffer(0) for _ in range(count)]
+
+    def acquire(self) -> _Lease:
+        return _Lease(self, self._free.get())
+
+    def buffer(self, slot: int, size: int) -> memoryview:
+        if self._buffers[slot].nbytes < size:
+            self._buffers[slot] = framing.new_buffer(0)  # drop the old one first: never two of them at once
+            self._buffers[slot] = framing.new_buffer(size)
+        return self._buffers[slot][:size]
+
+    def give_back(self, slot: int) -> None:
+        self._free.put(slot)
 
 
 def start_server(
     service: FederationService, *, port: int, key_pem: bytes, cert_pem: bytes, host: str = "[::]"
 ) -> tuple[grpc.Server, int]:
     """Start serving on ``host:port`` with mutual TLS (client certificates required)."""
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=64), options=GRPC_OPTIONS)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=64), options=SERVER_OPTIONS)
     handlers = {
         "Join": grpc.unary_unary_rpc_method_handler(service.join),
         "Heartbeat": grpc.unary_unary_rpc_method_handler(service.heartbeat),

@@ -11,13 +11,14 @@ import time
 from collections.abc import Iterator, Mapping
 from typing import Protocol
 
+from confide.serde import Encoded
 from confide.transport.base import Reply
 
 
 class Endpoint(Protocol):
     """A site as the transport sees it: bytes in, bytes out."""
 
-    def handle(self, payload: bytes) -> bytes: ...
+    def handle(self, payload: bytes | memoryview) -> bytes: ...
 
 
 class InMemoryTransport:
@@ -35,9 +36,11 @@ class InMemoryTransport:
     def reconnect(self, site: str) -> None:
         self._down.discard(site)
 
-    def exchange(self, messages: Mapping[str, bytes], deadline_s: float | None = None) -> Iterator[Reply]:
+    def exchange(self, messages: Mapping[str, bytes | Encoded], deadline_s: float | None = None) -> Iterator[Reply]:
         start = time.perf_counter()
-        for site, payload in messages.items():
+        joined: dict[int, bytes] = {}
+        for site, message in messages.items():
+            payload = message if isinstance(message, bytes) else joined.setdefault(id(message), message.tobytes())
             endpoint = self._endpoints.get(site)
             if endpoint is None or site in self._down:
                 yield Reply(site=site, payload=None, error="site is not connected")
