@@ -4,7 +4,8 @@ The server runs in this process; N sites run as threads of one child process and
 fixed update), so a round costs only what Confide spends: streaming the global model to every site, streaming
 every update back, checking and averaging them. The floor is the same work done in one process without a network:
 serialise every update, copy the bytes once, deserialise, average. Peak server memory is sampled from
-/proc/self/status while the rounds run, and given in copies of the model.
+/proc/self/status while the rounds run, from before the server creates its model, and given in copies of the model
+(the global model, the running aggregate and the one update being received are three).
 
     .venv/bin/python bench/transport.py [--params 25000000] [--sites 4 16] [--rounds 3]
 """
@@ -143,6 +144,7 @@ def main() -> None:
         sites_process(Path(kits), int(port), int(sites), int(params))
         return
     print(f"model: {args.params:,} float32 parameters ({args.params * 4 / 1e6:.0f} MB); median of {args.rounds} rounds")
+    print("targets: round within 1.5x of the floor; server peak at most 3 model copies")
     print(f"{'sites':>5} {'round s':>8} {'floor s':>8} {'ratio':>6} {'server peak (model copies)':>27}")
     for sites in args.sites:
         floor = min(floor_seconds(args.params, sites) for _ in range(2))
