@@ -331,3 +331,63 @@ def test_server_refuses_a_site_certificate_from_a_foreign_ca_in_the_handshake(fe
 
     with pytest.raises(ssl.SSLError, match="certificate verify failed"):
         _handshake(fed / "server", impostor, HOST)
+
+
+# ---------------------------------------------------------------------------------------------- roster
+
+
+def _signed_by_the_ca(out: Path, name: str) -> bytes:
+    """A client certificate the federation's CA signed outside provisioning (a key that leaked, a tool misused)."""
+    from confide.provision_kit import CLIENT_AUTH, cert_pem, issue, load_ca
+
+    ca_key, ca_cert = load_ca(out)
+    _, cert = issue(
+        ca_key,
+        ca_cert,
+        federation="brain-fed",
+        common_name=name,
+        usage=CLIENT_AUTH,
+        alt_names=[],
+        now=datetime.now(UTC),
+        days=30,
+    )
+    return cert_pem(cert)
+
+
+def test_the_roster_admits_provisioned_sites_and_refuses_any_other_name_or_certificate(tmp_path: Path) -> None:
+    from confide.provision_kit import load_roster
+
+    out = tmp_path / "fed"
+    provision(_spec(), out)
+    roster = load_roster(out / "server" / "roster.json")
+    ca = _read(out / "ca" / "ca.crt")
+
+    assert sorted(roster) == SITES and _identity(out, "site-1", roster=roster) == "site-1"
+    with pytest.raises(IdentityError, match="not in this federation's roster"):
+        site_identity(_signed_by_the_ca(out, "intruder"), ca, roster=roster)
+    with pytest.raises(IdentityError, match="not the certificate issued to it"):
+        site_identity(_signed_by_the_ca(out, "site-2"), ca, roster=roster)
+    assert site_identity(_signed_by_the_ca(out, "intruder"), ca) == "intruder"  # what the roster prevents
+
+
+def test_adding_a_site_adds_it_to_the_roster(tmp_path: Path) -> None:
+    from confide.provision_kit import load_roster
+
+    out = tmp_path / "fed"
+    provision(_spec(), out)
+
+    add_site(out, "site-4")
+
+    roster = load_roster(out / "server" / "roster.json")
+    assert _identity(out, "site-4", roster=roster) == "site-4"
+    assert yaml.safe_load((out / "server" / "server.yaml").read_text())["roster"] == "roster.json"
+
+
+def test_a_malformed_roster_is_a_clear_error(tmp_path: Path) -> None:
+    from confide.provision_kit import load_roster
+
+    path = tmp_path / "roster.json"
+    path.write_text('{"sites": {"site-1": "not a serial"}}')
+
+    with pytest.raises(ConfigError, match=r"roster\.json is invalid"):
+        load_roster(path)

@@ -135,10 +135,11 @@ def add_site_cmd(
     name: Annotated[str, typer.Argument(help="the new site's name")],
     out: Annotated[Path, typer.Option(help="the federation folder made by `confide provision`")],
 ) -> None:
-    """Add a site to a provisioned federation: a new kit signed by its CA."""
+    """Add a site to a provisioned federation: a new kit signed by its CA; copy server/roster.json to the server."""
     from confide.provision import add_site
 
-    console.print(f"kit for {name}: {add_site(out, name)}")
+    kit = add_site(out, name)
+    console.print(f"kit for {name}: {kit}; the server admits it once it has {out / 'server' / 'roster.json'}")
 
 
 @app.command("revoke-site")

@@ -11,14 +11,14 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import yaml
 
 from confide import serde
 from confide.config import JobConfig, parse_job
 from confide.errors import ConfigError, RoundFailed
-from confide.provision_kit import load_revoked
+from confide.provision_kit import load_revoked, load_roster
 from confide.server import checkpoint
 from confide.server.loop import LoopConfig, RoundEvents, ServerLoop
 from confide.strategies import make_strategy
@@ -27,6 +27,7 @@ from confide.transport.grpc_server import FederationService, ServiceConfig, read
 from confide.transport.inmemory import Endpoint
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def read_kit_config(kit: Path, name: str, required: tuple[str, ...]) -> dict[str, Any]:
@@ -40,23 +41,38 @@ def read_kit_config(kit: Path, name: str, required: tuple[str, ...]) -> dict[str
     return document
 
 
-class _RevocationList:
-    """The server's list of revoked serial numbers, re-read when its file changes."""
+class _Watched(Generic[T]):
+    """A kit file the server re-reads when it changes (the revocation list, the roster)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, load: Callable[[Path], T], missing: T) -> None:
         self.path = path
+        self.load = load
         self._mtime = -1.0
-        self._serials: frozenset[int] = frozenset()
+        self._value = missing
 
-    def __call__(self) -> frozenset[int]:
+    def __call__(self) -> T:
         try:
             mtime = self.path.stat().st_mtime
         except FileNotFoundError:
-            return self._serials
+            return self._value
         if mtime != self._mtime:
-            self._serials = load_revoked(self.path)
+            self._value = self.load(self.path)
             self._mtime = mtime
-        return self._serials
+        return self._value
+
+
+def _roster(kit: Path, cfg: dict[str, Any]) -> Callable[[], dict[str, int] | None]:
+    if "roster" not in cfg:
+        log.warning(
+            "kit %s has no site roster (provisioned by an older Confide): any site the CA signed is let in", kit
+        )
+        return lambda: None
+    path = kit / str(cfg["roster"])
+    if not path.exists():
+        raise ConfigError(f"kit file {path} is missing: copy server/roster.json from the provisioning folder")
+    roster = _Watched[dict[str, int] | None](path, load_roster, None)
+    roster()  # a malformed roster stops the server at start, not at the first site's call
+    return roster
 
 
 def serve(
@@ -86,7 +102,10 @@ def serve(
             job=json.loads(job.model_dump_json()),
             site_timeout_s=job.federation.site_timeout_s,
             heartbeat_s=min(5.0, job.federation.site_timeout_s / 3),
-            revoked=_RevocationList(kit / str(cfg.get("revocation_list", "revoked.json"))),
+            revoked=_Watched[frozenset[int]](
+                kit / str(cfg.get("revocation_list", "revoked.json")), load_revoked, frozenset()
+            ),
+            roster=_roster(kit, cfg),
         ),
     )
     server, bound = start_server(

@@ -12,7 +12,8 @@ that, from a federation file (see :class:`FederationSpec`), into a folder ``out/
     │   ├── server.key         0600
     │   ├── server.crt         EKU serverAuth; subjectAltName: the host, localhost, 127.0.0.1
     │   ├── ca.crt             the CA that site certificates must chain to
-    │   ├── revoked.json       serial numbers the server refuses (re-read when it changes)
+    │   ├── roster.json        the sites the server accepts, each with its certificate's serial number
+    │   ├── revoked.json       serial numbers the server refuses (both re-read when they change)
     │   ├── crl.pem            the same list as an X.509 CRL signed by the CA
     │   └── server.yaml        federation name, host, port, file names (relative to this folder)
     └── sites/<name>/          0700; one kit per site, handed to that hospital
@@ -27,9 +28,11 @@ a federation, so a re-run cannot silently replace the CA of a live federation.
 
 **A site's identity is the name in its verified certificate**: :func:`site_identity` checks the peer
 certificate of a TLS connection (signed by this CA, in its validity window, clientAuth, not revoked)
-and returns its CN. The server must use that name, never a site name stated in a message.
+and returns its CN, which must be a site of the roster holding that very certificate. The server must use that
+name, never a site name stated in a message.
 
-After :func:`revoke_site`, copy ``server/revoked.json`` (and ``crl.pem``) to the server. Two commands
+After :func:`add_site`, copy ``server/roster.json`` to the server; after :func:`revoke_site`, copy
+``server/revoked.json`` (and ``crl.pem``). Two commands
 must not change the same ``out`` folder at the same time.
 """
 
@@ -37,7 +40,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -55,6 +58,7 @@ from confide.provision_kit import (
     CRL,
     MANIFEST,
     REVOKED,
+    ROSTER,
     SERVER_AUTH,
     Manifest,
     PrivateKey,
@@ -73,6 +77,7 @@ from confide.provision_kit import (
     write_private,
     write_public,
     write_revocation,
+    write_roster,
     write_yaml,
 )
 from confide.provision_kit import cert_pem as pem_of
@@ -272,6 +277,7 @@ def provision(spec: FederationSpec, out: Path, *, now: datetime | None = None) -
                 "private_key": "server.key",
                 "ca": "ca.crt",
                 "revocation_list": REVOKED,
+                "roster": ROSTER,
                 "crl": CRL,
             },
         )
@@ -286,6 +292,7 @@ def provision(spec: FederationSpec, out: Path, *, now: datetime | None = None) -
         for site in spec.sites:
             manifest.sites[site] = _write_site_kit(out, manifest, site, ca_key, ca_cert, when)
         write_revocation(out, manifest, ca_key, ca_cert, when)
+        write_roster(out, manifest)
         manifest_path = save_manifest(out, manifest)  # last: its presence means the federation is complete
     except OSError as exc:
         raise ConfigError(f"cannot write the federation into {out}: {exc}") from None
@@ -309,6 +316,7 @@ def add_site(out: Path, site: str, *, now: datetime | None = None) -> Path:
             raise ConfigError(f"site {existing!r} already exists in {out} ({record.status}); choose another name")
     try:
         manifest.sites[name] = _write_site_kit(out, manifest, name, ca_key, ca_cert, when)
+        write_roster(out, manifest)
         save_manifest(out, manifest)
     except OSError as exc:
         raise ConfigError(f"cannot write the kit of site {name!r} into {out}: {exc}") from None
@@ -335,12 +343,20 @@ def revoke_site(out: Path, site: str, reason: str = "", *, now: datetime | None 
     return path
 
 
-def site_identity(cert_pem: bytes, ca_pem: bytes, *, revoked: Collection[int] = (), now: datetime | None = None) -> str:
+def site_identity(
+    cert_pem: bytes,
+    ca_pem: bytes,
+    *,
+    revoked: Collection[int] = (),
+    roster: Mapping[str, int] | None = None,
+    now: datetime | None = None,
+) -> str:
     """The site name proven by a peer certificate, or :class:`IdentityError` saying why there is none.
 
     Checks that the certificate was signed by the federation CA, is within its validity window at
     ``now``, is an end-entity certificate with the clientAuth extended key usage, is not among the
-    ``revoked`` serial numbers, and names one site in its CN.
+    ``revoked`` serial numbers, and names one site in its CN; with a ``roster`` (site -> serial), that the
+    site is in it and this certificate is the one issued to it.
     """
     when = _now(now)
     try:
@@ -384,4 +400,13 @@ def site_identity(cert_pem: bytes, ca_pem: bytes, *, revoked: Collection[int] = 
     names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     if len(names) != 1 or not isinstance(names[0].value, str) or not _NAME.fullmatch(names[0].value):
         raise IdentityError(f"certificate {serial} has no CN naming a site")
-    return names[0].value
+    name = names[0].value
+    if roster is not None:
+        if name not in roster:
+            raise IdentityError(f"certificate {serial} names site {name!r}, which is not in this federation's roster")
+        if roster[name] != cert.serial_number:
+            raise IdentityError(
+                f"certificate {serial} names site {name!r} but is not the certificate issued to it "
+                f"({serial_hex(roster[name])})"
+            )
+    return name

@@ -33,6 +33,7 @@ CA_MIN_DAYS = 10 * 365
 
 MANIFEST = "federation.json"
 REVOKED = "revoked.json"
+ROSTER = "roster.json"
 CRL = "crl.pem"
 
 PrivateKey = ec.EllipticCurvePrivateKey
@@ -339,6 +340,31 @@ def write_revocation(
     write_public(out / "server" / CRL, crl)
     write_public(path, json.dumps(document, indent=2).encode() + b"\n")
     return path
+
+
+def write_roster(out: Path, manifest: Manifest) -> Path:
+    """Rewrite ``server/roster.json``: every site issued a certificate, with that certificate's serial number."""
+    document = {
+        "federation": manifest.federation,
+        "sites": {name: record.serial for name, record in sorted(manifest.sites.items())},
+    }
+    path = out / "server" / ROSTER
+    write_public(path, json.dumps(document, indent=2).encode() + b"\n")
+    return path
+
+
+def load_roster(path: Path) -> dict[str, int]:
+    """The sites a server accepts, name -> certificate serial (what the server passes to :func:`site_identity`)."""
+    try:
+        document = json.loads(Path(path).read_bytes())
+        sites = document["sites"]
+        if not isinstance(sites, dict) or not all(isinstance(k, str) and type(v) is int for k, v in sites.items()):
+            raise TypeError("sites must map site names to serial numbers")
+    except OSError as exc:
+        raise ConfigError(f"cannot read the site roster {path}: {exc.strerror or exc}") from None
+    except (ValueError, TypeError, KeyError) as exc:
+        raise ConfigError(f"site roster {path} is invalid: {exc}") from None
+    return dict(sites)
 
 
 def load_revoked(path: Path) -> frozenset[int]:

@@ -228,3 +228,36 @@ def test_a_transfer_broken_on_the_way_is_sent_again_not_the_round(
     np.testing.assert_allclose(final["w"], expected["w"], rtol=1e-6)
     logged = " ".join(r.getMessage() for r in caplog.records)
     assert logged.count("instruction transfer broken") == 2 and logged.count("transfer refused") == 2
+
+
+def test_a_site_name_missing_from_the_roster_is_refused_and_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import shutil
+    from datetime import UTC, datetime
+
+    from confide.provision_kit import CLIENT_AUTH, cert_pem, issue, key_pem, load_ca
+
+    kits = _federation(tmp_path / "kits")
+    ca_key, ca_cert = load_ca(kits)  # the CA signs a name that provisioning never issued
+    key, cert = issue(
+        ca_key,
+        ca_cert,
+        federation="fed",
+        common_name="intruder",
+        usage=CLIENT_AUTH,
+        alt_names=[],
+        now=datetime.now(UTC),
+        days=30,
+    )
+    intruder = kits / "sites" / "intruder"
+    shutil.copytree(kits / "sites" / "site-1", intruder)
+    (intruder / "site.crt").write_bytes(cert_pem(cert))
+    (intruder / "site.key").write_bytes(key_pem(key))
+    _server, result, _ = _start(kits, _job(tmp_path, rounds=1))
+    answers: dict[str, object] = {}
+
+    _site(kits, "intruder", int(result["port"]), answers, give_up=2.0).join(30)  # type: ignore[call-overload]
+
+    assert isinstance(answers["intruder"], TransportError) and "roster" in str(answers["intruder"])
+    assert any("refused a connection" in r.getMessage() and "roster" in r.getMessage() for r in caplog.records)

@@ -69,6 +69,7 @@ class ServiceConfig:
     max_inflight: int = 1
     max_sending: int = 2  # instructions streamed at once; the network is shared, so more would not be faster
     revoked: Callable[[], Collection[int]] = field(default=lambda: frozenset())
+    roster: Callable[[], Mapping[str, int] | None] = field(default=lambda: None)
 
 
 class FederationService:
@@ -189,7 +190,7 @@ class FederationService:
         if not certs:
             context.abort(grpc.StatusCode.UNAUTHENTICATED, "no client certificate")
         try:
-            return site_identity(certs[0], self.ca_pem, revoked=self.config.revoked())
+            return site_identity(certs[0], self.ca_pem, revoked=self.config.revoked(), roster=self.config.roster())
         except IdentityError as exc:
             log.warning("refused a connection from %s: %s", context.peer(), exc)
             context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
