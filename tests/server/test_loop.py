@@ -200,3 +200,58 @@ def test_a_round_missing_its_quorum_is_retried_and_then_completes() -> None:
 
     assert [r.round for r in history.rounds] == [1, 2]
     assert all(len(r.sites) == 3 for r in history.rounds)
+
+
+class MomentumAvg:
+    """FedAvg with a server momentum buffer and a round counter: state that must survive a restart."""
+
+    name = "momentum-test"
+
+    def __init__(self) -> None:
+        self.inner = FedAvg()
+        self.velocity: np.ndarray | None = None
+        self.rounds_seen = 0
+
+    def configure(self, round, global_arrays, sites):  # type: ignore[no-untyped-def]
+        return self.inner.configure(round, global_arrays, sites)
+
+    def aggregate(self, round, global_arrays, results):  # type: ignore[no-untyped-def]
+        agg = self.inner.aggregate(round, global_arrays, results)
+        step = agg.arrays["w"] - global_arrays["w"]
+        self.velocity = step if self.velocity is None else 0.5 * self.velocity + step
+        self.rounds_seen += 1
+        from dataclasses import replace
+
+        return replace(agg, arrays=Arrays.from_dict({"w": global_arrays["w"] + self.velocity}))
+
+    def state(self):  # type: ignore[no-untyped-def]
+        from confide.strategies.base import StrategyState
+
+        kept = Arrays.from_dict({"velocity": self.velocity}) if self.velocity is not None else Arrays(())
+        return StrategyState(scalars={"rounds_seen": self.rounds_seen}, arrays=kept)
+
+    def restore(self, state):  # type: ignore[no-untyped-def]
+        self.rounds_seen = int(state.scalars["rounds_seen"])
+        self.velocity = np.array(state.arrays["velocity"])
+
+
+def test_strategy_state_is_checkpointed_and_a_resumed_run_matches_an_unbroken_one(tmp_path: Path) -> None:
+    unbroken = simulate(MomentumAvg(), _tasks(), arrays(w=[0.0, 0.0]), LoopConfig(rounds=4))
+    simulate(MomentumAvg(), _tasks(), arrays(w=[0.0, 0.0]), LoopConfig(rounds=2, checkpoint_dir=tmp_path))
+
+    resumed_strategy = MomentumAvg()
+    resumed = simulate(resumed_strategy, _tasks(), arrays(w=[0.0, 0.0]), LoopConfig(rounds=4, checkpoint_dir=tmp_path))
+
+    assert resumed_strategy.rounds_seen == 4  # two before the restart, restored, then two more
+    np.testing.assert_allclose(resumed.arrays["w"], unbroken.arrays["w"], rtol=1e-6)
+    assert sorted(p.name for p in tmp_path.glob("*.safetensors")) == [
+        "global-round00004.safetensors",
+        "strategy-round00004.safetensors",
+    ]
+
+
+def test_a_checkpoint_of_another_strategy_is_refused(tmp_path: Path) -> None:
+    simulate(MomentumAvg(), _tasks(), arrays(w=[0.0, 0.0]), LoopConfig(rounds=1, checkpoint_dir=tmp_path))
+
+    with pytest.raises(ConfideError, match="written by strategy 'momentum-test'"):
+        ServerLoop(FedAvg(), InMemoryTransport({}), arrays(w=[0.0, 0.0]), LoopConfig(rounds=2, checkpoint_dir=tmp_path))

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from confide import serde
 from confide.errors import ConfideError
 from confide.records import Arrays
+from confide.strategies.base import StrategyState
 
 
 @dataclass(frozen=True)
@@ -18,6 +19,7 @@ class Checkpoint:
     round: int
     arrays: Arrays
     state: dict[str, Any]
+    strategy: StrategyState = field(default_factory=StrategyState)
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -29,15 +31,25 @@ def _atomic_write(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def save(directory: Path, round: int, arrays: Arrays, state: dict[str, Any]) -> Path:
-    """Write round ``round``: the model first, then the state that points at it (the commit)."""
+def save(
+    directory: Path, round: int, arrays: Arrays, state: dict[str, Any], strategy: StrategyState | None = None
+) -> Path:
+    """Write round ``round``: the model and the strategy's arrays first, then the record that points at them
+    (the commit: until it is replaced, the previous round's files are the checkpoint)."""
     directory.mkdir(parents=True, exist_ok=True)
+    strategy = strategy or StrategyState()
     model = directory / f"global-round{round:05d}.safetensors"
     serde.save_arrays(model, arrays)
-    record = {"round": round, "model": model.name, "state": state}
+    record: dict[str, Any] = {"round": round, "model": model.name, "state": state}
+    record["strategy"] = {"scalars": dict(strategy.scalars)}
+    if len(strategy.arrays):
+        kept = directory / f"strategy-round{round:05d}.safetensors"
+        serde.save_arrays(kept, strategy.arrays)
+        record["strategy"]["arrays"] = kept.name
     _atomic_write(directory / "latest.json", json.dumps(record, indent=1).encode())
-    for old in directory.glob("global-round*.safetensors"):
-        if old != model:
+    current = {model.name, record["strategy"].get("arrays")}
+    for old in [*directory.glob("global-round*.safetensors"), *directory.glob("strategy-round*.safetensors")]:
+        if old.name not in current:
             old.unlink(missing_ok=True)
     return model
 
@@ -50,6 +62,11 @@ def load_latest(directory: Path) -> Checkpoint | None:
     try:
         record = json.loads(pointer.read_text())
         arrays = serde.decode_arrays((directory / record["model"]).read_bytes())
-        return Checkpoint(round=int(record["round"]), arrays=arrays, state=dict(record["state"]))
+        kept = record.get("strategy", {})
+        strategy = StrategyState(
+            scalars=dict(kept.get("scalars", {})),
+            arrays=serde.decode_arrays((directory / kept["arrays"]).read_bytes()) if "arrays" in kept else Arrays(()),
+        )
+        return Checkpoint(round=int(record["round"]), arrays=arrays, state=dict(record["state"]), strategy=strategy)
     except (OSError, ValueError, KeyError, TypeError, ConfideError) as exc:
         raise ConfideError(f"checkpoint in {directory} cannot be read: {exc}") from exc

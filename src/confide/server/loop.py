@@ -130,7 +130,14 @@ class ServerLoop:
             if found is not None:
                 if not found.arrays.same_layout(initial):
                     raise ConfideError(f"checkpoint in {config.checkpoint_dir} does not fit this job's model")
+                saved_by = found.state.get("strategy_name", strategy.name)
+                if saved_by != strategy.name:
+                    raise ConfideError(
+                        f"checkpoint in {config.checkpoint_dir} was written by strategy {saved_by!r}, "
+                        f"this job uses {strategy.name!r}"
+                    )
                 self.global_arrays = found.arrays
+                self.strategy.restore(found.strategy)
                 self.start_round = found.round + 1
                 self.history.rounds = [RoundResult.from_dict(r) for r in found.state.get("history", [])]
                 log.info("resuming after round %d from %s", found.round, config.checkpoint_dir)
@@ -199,7 +206,8 @@ class ServerLoop:
         self.history.rounds.append(result)
         if self.config.checkpoint_dir is not None:
             history = [r.to_dict() for r in self.history.rounds]
-            checkpoint.save(self.config.checkpoint_dir, rnd, self.global_arrays, {"history": history})
+            state = {"history": history, "strategy_name": self.strategy.name}
+            checkpoint.save(self.config.checkpoint_dir, rnd, self.global_arrays, state, self.strategy.state())
         self.events.round_finished(result, self.global_arrays)
         return result
 

@@ -6,6 +6,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from confide.errors import ConfideError
 from confide.records import Arrays, TrainIns, TrainRes
 
 
@@ -17,6 +18,19 @@ class Aggregate:
     sites: tuple[str, ...]
     num_examples: int
     metrics: Mapping[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StrategyState:
+    """What a strategy carries from round to round (server momentum, control variates, a position in a cycle):
+    saved with every checkpoint and restored on resume. Stateless strategies have the empty state."""
+
+    scalars: Mapping[str, float | int | str] = field(default_factory=dict)
+    arrays: Arrays = field(default_factory=lambda: Arrays(()))
+
+    @property
+    def empty(self) -> bool:
+        return not self.scalars and len(self.arrays) == 0
 
 
 class Strategy(Protocol):
@@ -33,3 +47,17 @@ class Strategy(Protocol):
         folding each result as it arrives, so memory does not grow with the number of sites. A result's
         arrays are valid only until the next result is drawn; a strategy that keeps them copies them."""
         ...
+
+    def state(self) -> StrategyState:
+        """The state to checkpoint after a round."""
+        ...
+
+    def restore(self, state: StrategyState) -> None:
+        """Take back the state of a checkpoint (on resume); refuse one that is not this strategy's."""
+        ...
+
+
+def restore_stateless(name: str, state: StrategyState) -> None:
+    """``restore`` of a strategy without state: only the empty state is its own."""
+    if not state.empty:
+        raise ConfideError(f"the checkpoint carries strategy state that {name} does not keep: it was another strategy")

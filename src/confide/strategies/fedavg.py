@@ -8,7 +8,7 @@ from types import MappingProxyType
 from confide.errors import RoundFailed
 from confide.records import Arrays, Scalar, TrainIns, TrainRes
 from confide.strategies.aggregate import accumulate, apply_delta_in_place, scale, weighted_metrics, zeros_like
-from confide.strategies.base import Aggregate
+from confide.strategies.base import Aggregate, StrategyState, restore_stateless
 
 
 class FedAvg:
@@ -22,6 +22,12 @@ class FedAvg:
     def configure(self, round: int, global_arrays: Arrays, sites: Sequence[str]) -> dict[str, TrainIns]:
         instruction = TrainIns(round=round, arrays=global_arrays, config=self.train_config)
         return {site: instruction for site in sites}
+
+    def state(self) -> StrategyState:
+        return StrategyState()
+
+    def restore(self, state: StrategyState) -> None:
+        restore_stateless(self.name, state)
 
     def aggregate(self, round: int, global_arrays: Arrays, results: Iterable[tuple[str, TrainRes]]) -> Aggregate:
         acc = zeros_like(global_arrays)

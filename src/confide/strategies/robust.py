@@ -17,7 +17,7 @@ import numpy as np
 from confide.errors import RoundFailed
 from confide.records import Arrays, Scalar, TrainIns, TrainRes
 from confide.strategies.aggregate import apply_delta, coordinate_median, trimmed_mean, weighted_metrics
-from confide.strategies.base import Aggregate
+from confide.strategies.base import Aggregate, StrategyState, restore_stateless
 
 Combine = Callable[[Sequence[Arrays]], dict[str, np.ndarray]]
 
@@ -33,6 +33,12 @@ class RobustAggregation:
     def configure(self, round: int, global_arrays: Arrays, sites: Sequence[str]) -> dict[str, TrainIns]:
         instruction = TrainIns(round=round, arrays=global_arrays, config=self.train_config)
         return {site: instruction for site in sites}
+
+    def state(self) -> StrategyState:
+        return StrategyState()
+
+    def restore(self, state: StrategyState) -> None:
+        restore_stateless(self.name, state)
 
     def aggregate(self, round: int, global_arrays: Arrays, results: Iterable[tuple[str, TrainRes]]) -> Aggregate:
         # A result's arrays are valid only until the next result is drawn (the transport reuses its buffer).
