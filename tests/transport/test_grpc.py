@@ -261,3 +261,40 @@ def test_a_site_name_missing_from_the_roster_is_refused_and_logged(
 
     assert isinstance(answers["intruder"], TransportError) and "roster" in str(answers["intruder"])
     assert any("refused a connection" in r.getMessage() and "roster" in r.getMessage() for r in caplog.records)
+
+
+class SlowInRoundOne(QuadraticTask):
+    def train(self, arrays: Arrays, config: Config, round: int) -> TrainRes:
+        if round == 1:
+            time.sleep(2.0)
+        return super().train(arrays, config, round)
+
+
+def test_a_result_arriving_after_its_round_closed_is_discarded_with_a_log_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    kits = _federation(tmp_path / "kits")
+    job = _job(tmp_path, rounds=3)
+    federation = job.federation.model_copy(update={"min_sites": 2, "start_sites": 3, "round_deadline_s": 1.5})
+    job = job.model_copy(update={"federation": federation})
+
+    def runner(name: str, job: JobConfig) -> SiteRunner:
+        task = SlowInRoundOne if name == "site-3" else QuadraticTask
+        return SiteRunner(name, task(TARGETS[name], examples=10), seed=job.seed)
+
+    server, result, _ = _start(kits, job)
+    answers: dict[str, object] = {}
+    for name in SITES:
+        threading.Thread(
+            target=lambda n=name: answers.setdefault(
+                n, run_site(kits / "sites" / n, runner, address=f"localhost:{result['port']}", give_up_after_s=20)
+            ),
+            daemon=True,
+        ).start()
+    server.join(60)
+
+    assert "error" not in result, result.get("error")
+    rounds = json.loads((tmp_path / "report" / "rounds.json").read_text())
+    assert sorted(rounds[0]["sites"]) == ["site-1", "site-2"] and "deadline" in rounds[0]["failures"]["site-3"]
+    assert any("arrived after its round closed; discarded" in r.getMessage() for r in caplog.records)
+    assert sorted(rounds[-1]["sites"]) == SITES  # the late site is back

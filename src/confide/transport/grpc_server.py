@@ -269,7 +269,7 @@ class FederationService:
         with self._lock:
             expected = self._expected.get(task_id)
             if expected is None:
-                log.info("site %s: result for %s arrived after its round closed; discarded", name, task_id)
+                log.warning("site %s: result for %s arrived after its round closed; discarded", name, task_id)
                 return _answer(False, retry=False, reason="round already closed")
             if expected != name:
                 log.warning("site %s pushed a result for a task of site %s; refused", name, expected)
