@@ -1,8 +1,9 @@
 """One round of a large model over the real transport (gRPC, mutual TLS, loopback), against its floor.
 
-The server runs in this process; N sites run as threads of one child process and do no training (each returns a
-fixed update), so a round costs only what Confide spends: streaming the global model to every site, streaming
-every update back, checking and averaging them. The floor is the same work done in one process without a network:
+The server runs in this process; each of the N sites runs in its own child process (``--processes`` groups them
+as threads of fewer processes) and does no training (each returns a fixed update), so a round costs only what
+Confide spends: streaming the global model to every site, streaming every update back, checking and averaging
+them. All of it shares this machine's cores. The floor is the same work done in one process without a network:
 serialise every update, copy the bytes once, deserialise, average. Peak server memory is sampled from
 /proc/self/status while the rounds run, from before the server creates its model, and given in copies of the model
 (the global model, the running aggregate and the one update being received are three).
@@ -76,17 +77,15 @@ def floor_seconds(params: int, sites: int) -> float:
     return time.perf_counter() - start
 
 
-def sites_process(kits: Path, port: int, sites: int, params: int) -> None:
+def sites_process(kits: Path, port: int, names: list[str], params: int) -> None:
     template = model(params)
 
     def runner(name: str, job: JobConfig) -> SiteRunner:
         return SiteRunner(name, FixedUpdate(template), seed=0)
 
     threads = [
-        threading.Thread(
-            target=run_site, args=(kits / "sites" / f"site-{i + 1}", runner), kwargs={"address": f"localhost:{port}"}
-        )
-        for i in range(sites)
+        threading.Thread(target=run_site, args=(kits / "sites" / name, runner), kwargs={"address": f"localhost:{port}"})
+        for name in names
     ]
     for t in threads:
         t.start()
@@ -94,7 +93,7 @@ def sites_process(kits: Path, port: int, sites: int, params: int) -> None:
         t.join()
 
 
-def bench(params: int, sites: int, rounds: int, port: int) -> dict[str, float]:
+def bench(params: int, sites: int, rounds: int, port: int, processes: int) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         names = [f"site-{i + 1}" for i in range(sites)]
@@ -119,13 +118,18 @@ def bench(params: int, sites: int, rounds: int, port: int) -> dict[str, float]:
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
-        child = subprocess.Popen(
-            [sys.executable, __file__, "--sites-process", str(root), str(port), str(sites), str(params)],
-            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
-        )
+        groups = [names[i::processes] for i in range(min(processes, sites))]
+        children = [
+            subprocess.Popen(
+                [sys.executable, __file__, "--sites-process", str(root), str(port), ",".join(group), str(params)],
+                env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+            )
+            for group in groups
+        ]
         serve(root / "server", job, initial=lambda _: model(params), wait_s=120)
         stop.set()
-        child.wait(60)
+        for child in children:
+            child.wait(60)
         history = json.loads((root / "report" / "rounds.json").read_text())
         wall = float(np.median([r["seconds"] for r in history]))
         return {"model_mb": model_mb, "round_s": wall, "peak_copies": (peak[0] - baseline) / model_mb}
@@ -137,18 +141,19 @@ def main() -> None:
     parser.add_argument("--sites", type=int, nargs="+", default=[4, 16])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--port", type=int, default=50917)
+    parser.add_argument("--processes", type=int, default=0, help="site processes (0: one per site, as in a deployment)")
     parser.add_argument("--sites-process", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.sites_process:
-        kits, port, sites, params = args.sites_process
-        sites_process(Path(kits), int(port), int(sites), int(params))
+        kits, port, names, params = args.sites_process
+        sites_process(Path(kits), int(port), names.split(","), int(params))
         return
     print(f"model: {args.params:,} float32 parameters ({args.params * 4 / 1e6:.0f} MB); median of {args.rounds} rounds")
     print("targets: round within 1.5x of the floor; server peak at most 3 model copies")
     print(f"{'sites':>5} {'round s':>8} {'floor s':>8} {'ratio':>6} {'server peak (model copies)':>27}")
     for sites in args.sites:
         floor = min(floor_seconds(args.params, sites) for _ in range(2))
-        got = bench(args.params, sites, args.rounds, args.port)
+        got = bench(args.params, sites, args.rounds, args.port, args.processes or sites)
         print(
             f"{sites:>5} {got['round_s']:>8.2f} {floor:>8.2f} {got['round_s'] / floor:>6.2f} "
             f"{got['peak_copies']:>27.1f}"

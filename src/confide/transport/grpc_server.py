@@ -53,6 +53,7 @@ SERVER_OPTIONS = [*GRPC_OPTIONS, ("grpc.http2.bdp_probe", 0), ("grpc.http2.looka
 class _Site:
     name: str
     last_seen: float
+    wake: threading.Condition  # wakes this site's long poll only (shares the service's lock)
     task: tuple[str, bytes | Encoded] | None = None
     notices: list[str] = field(default_factory=list)
 
@@ -79,7 +80,8 @@ class FederationService:
         self.ca_pem = ca_pem
         self.config = config
         self._sites: dict[str, _Site] = {}
-        self._lock = threading.Condition()
+        self._mutex = threading.RLock()
+        self._lock = threading.Condition(self._mutex)  # wakes wait_for_sites when a site joins
         self._replies: queue.Queue[tuple[str, str, memoryview, _Lease]] = queue.Queue()
         self._buffers = _BufferPool(config.max_inflight)
         self._sending = threading.BoundedSemaphore(config.max_sending)
@@ -121,10 +123,10 @@ class FederationService:
                     continue
                 task_id = f"{batch}-{site}"
                 self._sites[site].task = (task_id, message)
+                self._sites[site].wake.notify_all()
                 self._expected[task_id] = site
                 pending[task_id] = site
                 sent_at[task_id] = time.monotonic()
-            self._lock.notify_all()
         for site in messages:
             if site not in connected:
                 yield Reply(site=site, payload=None, error="site is not connected")
@@ -175,13 +177,14 @@ class FederationService:
             state = self._sites.get(site)
             if state is not None:
                 state.notices.append(message)
-                self._lock.notify_all()
+                state.wake.notify_all()
 
     def close(self) -> None:
         """The job is over: every site's next pull answers "done"."""
         with self._lock:
             self._done = True
-            self._lock.notify_all()
+            for state in self._sites.values():
+                state.wake.notify_all()
 
     # -- gRPC handlers -------------------------------------------------------------------------
     def _identify(self, context: grpc.ServicerContext) -> str:
@@ -200,10 +203,11 @@ class FederationService:
         with self._lock:
             state = self._sites.get(name)
             if state is None:
-                state = self._sites[name] = _Site(name=name, last_seen=time.monotonic())
+                wake = threading.Condition(self._mutex)
+                state = self._sites[name] = _Site(name=name, last_seen=time.monotonic(), wake=wake)
                 log.info("site %s joined", name)
+                self._lock.notify_all()
             state.last_seen = time.monotonic()
-            self._lock.notify_all()
             return state
 
     def join(self, request: bytes, context: grpc.ServicerContext) -> bytes:
@@ -222,7 +226,7 @@ class FederationService:
         end = time.monotonic() + self.config.poll_s
         with self._lock:
             while state.task is None and not state.notices and not self._done and time.monotonic() < end:
-                self._lock.wait(timeout=max(0.0, end - time.monotonic()))
+                state.wake.wait(timeout=max(0.0, end - time.monotonic()))
             task, done = state.task, self._done
             notice = state.notices.pop(0) if state.notices else None
         state.last_seen = time.monotonic()
