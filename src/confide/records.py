@@ -86,6 +86,74 @@ class Arrays:
         )
 
 
+@dataclass(frozen=True, eq=False)
+class SparseArrays:
+    """An update that carries only some entries of each array (partial sharing): for every array, the flat
+    indices of the entries sent (sorted, unique, int64) and their values. An entry not sent is not zero: how the
+    server reads it is the aggregation's choice ("no change" or "not reported")."""
+
+    shapes: tuple[tuple[str, tuple[int, ...]], ...]
+    indices: Arrays
+    values: Arrays
+
+    def __post_init__(self) -> None:
+        names = tuple(name for name, _ in self.shapes)
+        if names != self.indices.names() or names != self.values.names():
+            raise ValueError("a sparse update needs indices and values for exactly the arrays it names, in order")
+        for name, shape in self.shapes:
+            idx, val = self.indices[name], self.values[name]
+            if idx.ndim != 1 or val.ndim != 1 or idx.shape != val.shape:
+                raise ValueError(f"sparse array {name!r}: indices and values must be 1-D and of one length")
+            if idx.dtype != np.int64:
+                raise ValueError(f"sparse array {name!r}: indices must be int64, got {idx.dtype}")
+            size = int(np.prod(shape))
+            if idx.size and (idx[0] < 0 or idx[-1] >= size or np.any(np.diff(idx) <= 0)):
+                raise ValueError(f"sparse array {name!r}: indices must be sorted, unique and inside shape {shape}")
+
+    @classmethod
+    def from_dense(cls, arrays: Arrays, keep: Mapping[str, np.ndarray]) -> SparseArrays:
+        """Keep, for each array, the entries at the flat indices ``keep[name]`` (any order; made sorted)."""
+        shapes, indices, values = [], {}, {}
+        for name, value in arrays.items():
+            idx = np.unique(np.asarray(keep[name], dtype=np.int64))
+            shapes.append((name, tuple(value.shape)))
+            indices[name] = idx
+            values[name] = value.reshape(-1)[idx]
+        return cls(tuple(shapes), Arrays.from_dict(indices), Arrays.from_dict(values))
+
+    def names(self) -> tuple[str, ...]:
+        return tuple(name for name, _ in self.shapes)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return dict(self.shapes)[name]
+
+    def items(self) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+        """(name, flat indices, values) for every array."""
+        return ((name, self.indices[name], self.values[name]) for name, _ in self.shapes)
+
+    @property
+    def nbytes(self) -> int:
+        return self.indices.nbytes + self.values.nbytes
+
+    @property
+    def fraction(self) -> float:
+        """Entries sent over entries in the model."""
+        total = sum(int(np.prod(shape)) for _, shape in self.shapes)
+        return sum(int(v.size) for v in self.values.values()) / total if total else 0.0
+
+    def densify(self) -> Arrays:
+        """The update with every entry not sent set to zero."""
+        out: dict[str, np.ndarray] = {}
+        for name, idx, val in self.items():
+            dense = np.zeros(int(np.prod(self.shape(name))), dtype=val.dtype)
+            dense[idx] = val
+            out[name] = dense.reshape(self.shape(name))
+        return Arrays.from_dict(out)
+
+
+Update = Arrays | SparseArrays
+
+
 @dataclass(frozen=True)
 class TrainIns:
     """The server's instruction to train: start from ``arrays`` with ``config``."""
@@ -107,7 +175,7 @@ class TrainRes:
     """
 
     round: int
-    update: Arrays
+    update: Update
     num_examples: int
     metrics: Metrics = field(default_factory=dict)
     meta: Config = field(default_factory=dict)

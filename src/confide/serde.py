@@ -21,11 +21,12 @@ import xxhash
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from confide.errors import PayloadError, PayloadTooLarge
-from confide.records import Arrays, EvalIns, EvalRes, Failure, Record, TrainIns, TrainRes
+from confide.records import Arrays, EvalIns, EvalRes, Failure, Record, SparseArrays, TrainIns, TrainRes
 
 WIRE_VERSION = 1
 DEFAULT_MAX_BYTES = 4 * 1024**3
 MAX_HEADER_BYTES = 16 * 1024**2
+MASK_SUFFIX = "@mask"
 
 ScalarValue = bool | int | float | str
 Name = Annotated[str, Field(min_length=1, max_length=512)]
@@ -46,6 +47,7 @@ class _Header(BaseModel):
     loss: float = 0.0
     reason: str = ""
     failure_kind: Literal["error", "refused"] = "error"
+    sparse: bool = False
 
 
 _KIND = {
@@ -141,8 +143,10 @@ def encode_parts(record: Record) -> Encoded:
         arrays = record.arrays
         fields["config"] = dict(record.config)
     elif isinstance(record, TrainRes):
-        arrays = record.update
         fields.update(num_examples=record.num_examples, metrics=dict(record.metrics), meta=dict(record.meta))
+        if isinstance(record.update, SparseArrays):
+            return _sparse_parts(record.update, fields)
+        arrays = record.update
     elif isinstance(record, EvalRes):
         fields.update(num_examples=record.num_examples, loss=record.loss, metrics=dict(record.metrics))
     else:
@@ -152,6 +156,23 @@ def encode_parts(record: Record) -> Encoded:
         fields["shapes"] = [list(value.shape) for value in arrays.values()]
     header = _Header(**fields)
     return _safetensors_parts(arrays, {"confide": header.model_dump_json()})
+
+
+def _sparse_parts(update: SparseArrays, fields: dict[str, Any]) -> Encoded:
+    """A sparse update: for each array the values sent under its name and, under ``name@mask``, a bit per entry
+    of the dense array saying which were sent (n/8 bytes: less than any index list once over 1/32 is sent).
+    The header lists the dense names and shapes."""
+    fields.update(sparse=True, names=list(update.names()), shapes=[list(shape) for _, shape in update.shapes])
+    tensors: dict[str, np.ndarray] = {}
+    for name, idx, val in update.items():
+        if MASK_SUFFIX in name:
+            raise PayloadError(f"array name {name!r} contains {MASK_SUFFIX!r}, which sparse updates reserve")
+        bits = np.zeros(math.prod(update.shape(name)), dtype=bool)
+        bits[idx] = True
+        tensors[name] = val
+        tensors[name + MASK_SUFFIX] = np.packbits(bits)
+    header = _Header(**fields)
+    return _safetensors_parts(Arrays.from_dict(tensors), {"confide": header.model_dump_json()})
 
 
 def encode(record: Record) -> bytes:
@@ -170,12 +191,41 @@ def decode(data: bytes | bytearray | memoryview, *, max_bytes: int = DEFAULT_MAX
         raise PayloadTooLarge(f"payload of {len(data)} bytes exceeds the limit of {max_bytes} bytes")
     header, document, length = _read_header(_header_bytes(data))
     loaded = _views(data, document, 8 + length)
-    if set(loaded) != set(header.names) or len(loaded) != len(header.names):
+    if not header.sparse and (set(loaded) != set(header.names) or len(loaded) != len(header.names)):
         raise PayloadError("payload arrays do not match the names its header lists")
     if len(header.shapes) != len(header.names):
         raise PayloadError("payload header lists a different number of shapes and names")
+    if header.sparse:
+        return _build_sparse(header, loaded)
     arrays = Arrays.from_dict(_reshaped(loaded, header.names, header.shapes))
     return _build(header, arrays)
+
+
+def _build_sparse(header: _Header, loaded: dict[str, np.ndarray]) -> TrainRes:
+    if header.kind != "train_res":
+        raise PayloadError(f"only a training result can carry a sparse update, not a {header.kind}")
+    expected = {*header.names, *(name + MASK_SUFFIX for name in header.names)}
+    if set(loaded) != expected or len(loaded) != len(expected):
+        raise PayloadError("sparse payload arrays do not match the names its header lists")
+    shapes = tuple((name, tuple(shape)) for name, shape in zip(header.names, header.shapes, strict=True))
+    indices: dict[str, np.ndarray] = {}
+    for name, shape in shapes:
+        size, mask = math.prod(shape), loaded[name + MASK_SUFFIX]
+        if mask.dtype != np.uint8 or mask.ndim != 1 or mask.size != (size + 7) // 8:
+            raise PayloadError(f"sparse array {name!r}: its mask does not cover its {size} entries")
+        bits = np.unpackbits(mask)
+        if bits[size:].any():
+            raise PayloadError(f"sparse array {name!r}: its mask marks entries past its {size} entries")
+        indices[name] = np.flatnonzero(bits[:size]).astype(np.int64)
+    try:
+        update = SparseArrays(
+            shapes, Arrays.from_dict(indices), Arrays.from_dict({name: loaded[name] for name in header.names})
+        )
+    except ValueError as exc:
+        raise PayloadError(f"sparse update is malformed: {exc}") from exc
+    return TrainRes(
+        round=header.round, update=update, num_examples=header.num_examples, metrics=header.metrics, meta=header.meta
+    )
 
 
 def _reshaped(loaded: dict[str, np.ndarray], names: list[str], shapes: list[list[int]]) -> dict[str, np.ndarray]:

@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 
 from confide.errors import UpdateRejected
-from confide.records import Arrays, TrainRes
+from confide.records import Arrays, SparseArrays, TrainRes, Update
+
+
+def _entries(update: Update) -> Iterator[tuple[str, np.ndarray, tuple[int, ...]]]:
+    """(name, the values sent, the dense shape) of every array, dense or sparse."""
+    if isinstance(update, SparseArrays):
+        return ((name, values, update.shape(name)) for name, _, values in update.items())
+    return ((name, value, value.shape) for name, value in update.items())
 
 
 def check_update(site: str, res: TrainRes, global_arrays: Arrays, *, max_norm: float | None = None) -> None:
@@ -24,10 +33,10 @@ def check_update(site: str, res: TrainRes, global_arrays: Arrays, *, max_norm: f
             detail.append("arrays in a different order")
         raise UpdateRejected(site, "array names do not match the global model: " + ", ".join(detail))
     squared = 0.0
-    for name, value in update.items():
+    for name, value, shape in _entries(update):
         ref = global_arrays[name]
-        if value.shape != ref.shape:
-            raise UpdateRejected(site, f"array {name!r} has shape {value.shape}, expected {ref.shape}")
+        if shape != ref.shape:
+            raise UpdateRejected(site, f"array {name!r} has shape {shape}, expected {ref.shape}")
         if value.dtype != ref.dtype:
             raise UpdateRejected(site, f"array {name!r} has dtype {value.dtype}, expected {ref.dtype}")
         if np.issubdtype(value.dtype, np.floating):

@@ -10,7 +10,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from confide.records import Arrays
+from confide.records import Arrays, SparseArrays
 
 
 def _acc_dtype(dtype: np.dtype) -> np.dtype:
@@ -30,6 +30,32 @@ def accumulate(acc: dict[str, np.ndarray], update: Arrays, weight: float) -> Non
             np.add(target, value, out=target, casting="unsafe")
         else:
             target += np.asarray(value, dtype=target.dtype) * target.dtype.type(weight)
+
+
+def accumulate_sparse(
+    acc: dict[str, np.ndarray], update: SparseArrays, weight: float, counts: dict[str, np.ndarray] | None = None
+) -> None:
+    """Add ``weight * update`` at the entries the sparse update carries; with ``counts``, also add ``weight``
+    to the count of each entry carried (for the "not reported" reading of the entries it left out)."""
+    for name, idx, val in update.items():
+        flat = acc[name].reshape(-1)
+        flat[idx] += np.asarray(val, dtype=flat.dtype) * flat.dtype.type(weight)
+        if counts is not None:
+            counts[name].reshape(-1)[idx] += weight
+
+
+def count_all(counts: dict[str, np.ndarray], weight: float) -> None:
+    """A dense update reports every entry: add ``weight`` to every count."""
+    for value in counts.values():
+        value += weight
+
+
+def divide_by_counts(acc: dict[str, np.ndarray], counts: Mapping[str, np.ndarray]) -> None:
+    """Each entry's sum over the total weight of the updates that reported it (no report: no change)."""
+    for name, value in acc.items():
+        count = counts[name]
+        np.divide(value, count, out=value, where=count > 0, casting="unsafe")
+        value[count <= 0] = 0
 
 
 def scale(acc: dict[str, np.ndarray], factor: float) -> None:

@@ -4,20 +4,43 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from types import MappingProxyType
+from typing import Literal
+
+import numpy as np
 
 from confide.errors import RoundFailed
-from confide.records import Arrays, Scalar, TrainIns, TrainRes
-from confide.strategies.aggregate import accumulate, apply_delta_in_place, scale, weighted_metrics, zeros_like
+from confide.records import Arrays, Scalar, SparseArrays, TrainIns, TrainRes
+from confide.strategies.aggregate import (
+    accumulate,
+    accumulate_sparse,
+    apply_delta_in_place,
+    count_all,
+    divide_by_counts,
+    scale,
+    weighted_metrics,
+    zeros_like,
+)
 from confide.strategies.base import Aggregate, StrategyState, restore_stateless
+
+Missing = Literal["reported", "zero"]
 
 
 class FedAvg:
-    """Every site trains from the global model; updates are averaged with weights ``num_examples``."""
+    """Every site trains from the global model; updates are averaged with weights ``num_examples``.
+
+    A sparse update (partial sharing) leaves entries out. ``missing="reported"`` averages each entry over the
+    sites that sent it (an entry nobody sent does not change); ``missing="zero"`` reads an entry left out as
+    "no change" and averages it in as zero. The "not reported" reading needs one more model-sized buffer (the
+    weight each entry received), allocated only when a sparse update arrives.
+    """
 
     name = "fedavg"
 
-    def __init__(self, train_config: Mapping[str, Scalar] | None = None) -> None:
+    def __init__(self, train_config: Mapping[str, Scalar] | None = None, *, missing: Missing = "reported") -> None:
+        if missing not in ("reported", "zero"):
+            raise ValueError(f"missing must be 'reported' or 'zero', got {missing!r}")
         self.train_config = MappingProxyType(dict(train_config or {}))
+        self.missing = missing
 
     def configure(self, round: int, global_arrays: Arrays, sites: Sequence[str]) -> dict[str, TrainIns]:
         instruction = TrainIns(round=round, arrays=global_arrays, config=self.train_config)
@@ -31,19 +54,32 @@ class FedAvg:
 
     def aggregate(self, round: int, global_arrays: Arrays, results: Iterable[tuple[str, TrainRes]]) -> Aggregate:
         acc = zeros_like(global_arrays)
+        counts: dict[str, np.ndarray] | None = None
         total = 0
         sites: list[str] = []
         metric_items: list[tuple[Mapping[str, float], float]] = []
         for site, res in results:
             if res.num_examples <= 0:
                 continue
-            accumulate(acc, res.update, float(res.num_examples))
+            weight = float(res.num_examples)
+            if isinstance(res.update, SparseArrays):
+                if self.missing == "reported" and counts is None:
+                    counts = {name: np.full(v.shape, float(total), np.float32) for name, v in acc.items()}
+                accumulate_sparse(acc, res.update, weight, counts)
+            else:
+                accumulate(acc, res.update, weight)
+                if counts is not None:
+                    count_all(counts, weight)
             total += res.num_examples
             sites.append(site)
-            metric_items.append((res.metrics, float(res.num_examples)))
+            metric_items.append((res.metrics, weight))
         if total == 0:
             raise RoundFailed(f"round {round}: no update with examples to aggregate")
-        scale(acc, 1.0 / total)
+        if counts is not None:
+            divide_by_counts(acc, counts)
+            del counts
+        else:
+            scale(acc, 1.0 / total)
         return Aggregate(
             arrays=apply_delta_in_place(global_arrays, acc),
             sites=tuple(sites),

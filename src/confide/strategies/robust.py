@@ -15,7 +15,7 @@ from types import MappingProxyType
 import numpy as np
 
 from confide.errors import RoundFailed
-from confide.records import Arrays, Scalar, TrainIns, TrainRes
+from confide.records import Arrays, Scalar, SparseArrays, TrainIns, TrainRes, Update
 from confide.strategies.aggregate import apply_delta, coordinate_median, trimmed_mean, weighted_metrics
 from confide.strategies.base import Aggregate, StrategyState, restore_stateless
 
@@ -42,16 +42,27 @@ class RobustAggregation:
 
     def aggregate(self, round: int, global_arrays: Arrays, results: Iterable[tuple[str, TrainRes]]) -> Aggregate:
         # A result's arrays are valid only until the next result is drawn (the transport reuses its buffer).
-        kept = [(site, replace(res, update=Arrays.from_dict(res.update.to_dict(), copy=True))) for site, res in results]
+        kept: list[tuple[str, TrainRes]] = []
+        updates: list[Arrays] = []
+        for site, res in results:
+            updates.append(_dense_copy(res.update))
+            kept.append((site, replace(res, update=updates[-1])))
         if not kept:
             raise RoundFailed(f"round {round}: no update to aggregate")
-        delta = self.combine([res.update for _, res in kept])
+        delta = self.combine(updates)
         return Aggregate(
             arrays=apply_delta(global_arrays, delta),
             sites=tuple(site for site, _ in kept),
             num_examples=sum(res.num_examples for _, res in kept),
             metrics=weighted_metrics((res.metrics, float(res.num_examples)) for _, res in kept),
         )
+
+
+def _dense_copy(update: Update) -> Arrays:
+    """A copy the strategy may keep; a sparse update's entries left out read as "no change" (zero)."""
+    if isinstance(update, SparseArrays):
+        return update.densify()
+    return Arrays.from_dict(update.to_dict(), copy=True)
 
 
 def fed_median(train_config: Mapping[str, Scalar] | None = None) -> RobustAggregation:
