@@ -20,6 +20,8 @@ P = ParamSpec("P")
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Confide: federated learning for hospitals.")
 data_app = typer.Typer(no_args_is_help=True, help="Generate and inspect data.")
 app.add_typer(data_app, name="data")
+privacy_app = typer.Typer(no_args_is_help=True, help="Privacy ledgers and policies.")
+app.add_typer(privacy_app, name="privacy")
 console = Console()
 if not console.is_terminal:  # logs and CI: wide enough that the result table is never cut
     console = Console(width=max(console.width, 130))
@@ -190,16 +192,39 @@ def site(
     server_address: Annotated[str | None, typer.Option("--server", help="override the kit's host:port")] = None,
 ) -> None:
     """Run this hospital's side of a federation: dial out, train on local data, send filtered updates."""
-    from confide.deploy import run_site
+    from confide.deploy import private_runner, run_site
     from confide.experiment import site_task
     from confide.site.runner import SiteRunner
 
     def runner(name: str, job: JobConfig) -> SiteRunner:
         console.print(f"site {name}: preparing the cases in {data} for job {job.name}")
-        return SiteRunner(name, site_task(job, data, name), seed=job.seed)
+        return private_runner(kit, name, job, site_task(job, data, name))
 
     answered = run_site(kit, runner, address=server_address)
     console.print(f"job done: answered {answered} instruction(s)")
+
+
+@privacy_app.command("report")
+@_clean_errors
+def privacy_report(run: Annotated[Path, typer.Argument(help="a run's report folder (report.out)")]) -> None:
+    """Print the privacy ledger of every site of a run: mechanism, parameters, epsilon per round and in total."""
+    from rich.table import Table
+
+    from confide.privacy.ledger import read_ledgers
+    from confide.report.tables import ledger_rows
+
+    ledgers = read_ledgers(run)
+    header, body = ledger_rows(ledgers)
+    table = Table(*header, title=f"privacy ledger of {run}")
+    for row in body:
+        table.add_row(*row)
+    console.print(table)
+    for ledger in ledgers:
+        entries = ledger.get("entries") or []
+        total = entries[-1]["epsilon_total"] if entries else 0.0
+        budget = ledger.get("budget")
+        left = "" if budget is None else f" of a budget of {budget:g}"
+        console.print(f"{ledger['site']}: epsilon {total:.4g} at delta {ledger['delta']:g}{left}")
 
 
 def main() -> None:

@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from confide.errors import ConfigError
+from confide.privacy.config import PrivacyConfig
 
 
 class _Strict(BaseModel):
@@ -92,6 +93,7 @@ class JobConfig(_Strict):
     compare: list[Literal["local", "pooled"]] = Field(
         default_factory=list, description="baselines trained with the same budget of local steps"
     )
+    privacy: PrivacyConfig = PrivacyConfig()
     report: ReportConfig = ReportConfig()
 
     def train_config(self, *, batch_size: int | None = None) -> dict[str, float | int]:

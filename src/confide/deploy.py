@@ -18,9 +18,12 @@ import yaml
 from confide import serde
 from confide.config import JobConfig, parse_job
 from confide.errors import ConfigError, RoundFailed
+from confide.privacy.build import site_chain, site_ledger
+from confide.privacy.config import load_policy, stricter
 from confide.provision_kit import load_revoked, load_roster
 from confide.server import checkpoint
 from confide.server.loop import LoopConfig, RoundEvents, ServerLoop
+from confide.site.runner import SiteRunner
 from confide.strategies import make_strategy
 from confide.transport.grpc_client import SiteClient
 from confide.transport.grpc_server import FederationService, ServiceConfig, read_kit_file, start_server
@@ -125,7 +128,13 @@ def serve(
                 f"only {len(present)} of the {start} sites needed joined within {wait_s:.0f} s: {present}"
             )
         loop = ServerLoop(
-            make_strategy(job.federation.strategy, job.train_config(), trim_fraction=job.federation.trim_fraction),
+            make_strategy(
+                job.federation.strategy,
+                job.train_config(),
+                trim_fraction=job.federation.trim_fraction,
+                privacy=job.privacy,
+                seed=job.seed,
+            ),
             service,
             initial(job),
             LoopConfig(
@@ -149,6 +158,18 @@ def serve(
         service.close()
         time.sleep(min(service.config.poll_s, 2.0))  # let waiting sites hear "done"
         server.stop(grace=1.0)
+
+
+def private_runner(kit: Path, name: str, job: JobConfig, task: Any) -> SiteRunner:
+    """A site's runner with its privacy: the job's filters, never weaker than the policy in its kit, and its
+    ledger in ``KIT/ledgers/JOB.json`` (kept across restarts, so the budget holds over the whole job).
+
+    Distributed noise is sized for the quorum (``federation.min_sites``): a round that closes with only the
+    quorum still carries the full noise."""
+    privacy = stricter(job.privacy, load_policy(kit))
+    chain = site_chain(privacy, job.federation.min_sites)
+    ledger = site_ledger(privacy, name, kit / "ledgers" / f"{job.name}.json")
+    return SiteRunner(name, task, chain=chain, ledger=ledger, seed=job.seed)
 
 
 def run_site(

@@ -22,6 +22,9 @@ from confide.config import JobConfig
 from confide.data.federation import SiteCases, load_site, site_folders
 from confide.data.phantom_writer import write_federation
 from confide.data.preprocess import PreprocessConfig
+from confide.privacy.build import site_chain, site_ledger
+from confide.privacy.config import PrivacyConfig
+from confide.privacy.ledger import Ledger
 from confide.records import Arrays
 from confide.report.progress import ProgressDisplay
 from confide.server.loop import LoopConfig, RoundResult
@@ -42,6 +45,7 @@ class ModelRun:
     curve: list[dict[str, float]] = field(default_factory=list)
     seconds: float = 0.0
     coordination_seconds: list[float] = field(default_factory=list)
+    ledgers: dict[str, Ledger] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -142,15 +146,31 @@ def _train_run(
     t0 = time.perf_counter()
     tasks = {site: BrainTumorTask(job.task, train[site], None, site=site, seed=job.seed) for site in run.sites}
     batch = job.task.batch_size * (n_sites if run.kind == "pooled" else 1)
+    private = run.kind == "federated"  # baselines keep their data where it is: nothing leaves, nothing to protect
+    privacy = job.privacy if private else PrivacyConfig()
     strategy = make_strategy(
         job.federation.strategy,
         job.train_config(batch_size=batch),
         trim_fraction=job.federation.trim_fraction,
+        privacy=privacy,
+        seed=job.seed,
     )
+    ledgers = {site: site_ledger(privacy, site, None) for site in tasks}
+    chains = {site: site_chain(privacy, len(tasks)) for site in tasks}
     every = max(1, job.federation.rounds // 5)
     recorder = _Recorder(run, display, evaluator, every)
     loop = LoopConfig(rounds=job.federation.rounds, min_sites=min(job.federation.min_sites, len(tasks)))
-    result = simulate(strategy, tasks, initial_arrays(job.task, job.seed), loop, events=recorder, seed=job.seed)
+    result = simulate(
+        strategy,
+        tasks,
+        initial_arrays(job.task, job.seed),
+        loop,
+        events=recorder,
+        chains=chains,
+        ledgers=ledgers,
+        seed=job.seed,
+    )
+    run.ledgers = {site: ledger for site, ledger in ledgers.items() if ledger is not None}
     run.arrays = result.arrays
     run.seconds = time.perf_counter() - t0
 

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from confide.privacy.filter import FilterChain
+from confide.privacy.ledger import Ledger
 from confide.records import Arrays
 from confide.server.loop import History, LoopConfig, RoundEvents, ServerLoop
 from confide.site.runner import SiteRunner
@@ -31,10 +32,14 @@ def simulate(
     *,
     events: RoundEvents | None = None,
     chains: Mapping[str, FilterChain] | None = None,
+    ledgers: Mapping[str, Ledger | None] | None = None,
     seed: int = 0,
 ) -> SimResult:
     """Run a whole federation of ``tasks`` (one per site) for ``config.rounds`` rounds."""
-    runners = {name: SiteRunner(name, task, chain=(chains or {}).get(name), seed=seed) for name, task in tasks.items()}
+    runners = {
+        name: SiteRunner(name, task, chain=(chains or {}).get(name), ledger=(ledgers or {}).get(name), seed=seed)
+        for name, task in tasks.items()
+    }
     transport = InMemoryTransport(runners)
     loop = ServerLoop(strategy, transport, initial, config, events)
     history = loop.run()

@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from tests.helpers import arrays
 
 from confide import serde
 from confide.errors import UpdateRejected
@@ -10,6 +9,7 @@ from confide.privacy.sparsify import Sparsify
 from confide.records import Arrays, SparseArrays, TrainRes
 from confide.server.checks import check_update
 from confide.strategies import FedAvg
+from tests.helpers import arrays
 
 
 def _res(**values: list[float]) -> TrainRes:

@@ -14,6 +14,7 @@ from typing import Protocol
 import numpy as np
 
 from confide.errors import PrivacyError
+from confide.privacy.spend import Spend
 from confide.records import TrainRes
 
 
@@ -37,6 +38,15 @@ class FilterChain:
     @property
     def names(self) -> tuple[str, ...]:
         return tuple(f.name for f in self.filters)
+
+    def spends(self) -> list[Spend]:
+        """What the chain's differentially private mechanisms will spend on one update, in order."""
+        out: list[Spend] = []
+        for item in self.filters:
+            spend = getattr(item, "spend", None)
+            if callable(spend):
+                out.append(spend())
+        return out
 
     def apply(self, res: TrainRes, rng: np.random.Generator) -> TrainRes:
         current = res

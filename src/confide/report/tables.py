@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from rich.table import Table
 
@@ -60,3 +61,30 @@ def region_rows(cross: Cross) -> tuple[list[str], list[list[str]]]:
                 + [f"{m[k]:.3f}" for k in ("dice_wt", "dice_tc", "dice_et", "dice_mean")]
             )
     return header, body
+
+
+def ledger_rows(ledgers: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """The privacy ledgers of a run: one row per site, round and mechanism, with the cumulative (epsilon, delta)."""
+    header = ["site", "round", "mechanism", "parameters", "epsilon this round", "epsilon total", "delta", "budget"]
+    body = []
+    for ledger in ledgers:
+        budget = ledger.get("budget")
+        for entry in ledger.get("entries", []):
+            params = ", ".join(f"{k}={_short(v)}" for k, v in sorted(entry["params"].items()))
+            body.append(
+                [
+                    str(ledger["site"]),
+                    str(entry["round"]),
+                    str(entry["mechanism"]),
+                    params,
+                    f"{entry['epsilon_round']:.4g}",
+                    f"{entry['epsilon_total']:.4g}",
+                    f"{entry['delta']:g}",
+                    "-" if budget is None else f"{budget:g}",
+                ]
+            )
+    return header, body
+
+
+def _short(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)

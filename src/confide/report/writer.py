@@ -10,7 +10,7 @@ from typing import Any
 from confide import serde
 from confide.experiment import JobResult
 from confide.report import plots
-from confide.report.tables import markdown_table, region_rows, rows
+from confide.report.tables import ledger_rows, markdown_table, region_rows, rows
 
 
 def result_document(result: JobResult) -> dict[str, Any]:
@@ -65,9 +65,14 @@ def write_report(result: JobResult, out: Path) -> dict[str, Path]:
     files["metrics"].write_text(json.dumps(document, indent=1))
     models = out / "models"
     models.mkdir(exist_ok=True)
+    ledgers: list[dict[str, Any]] = []
     for run in result.runs:
         if run.arrays is not None:
             serde.save_arrays(models / f"{run.name.replace(':', '_')}.safetensors", run.arrays)
+        for site, ledger in run.ledgers.items():
+            ledger.path = out / "privacy" / f"{site}.json"
+            ledger.save()
+            ledgers.append(json.loads(ledger.path.read_text()))
     if result.job.report.plots:
         files["curves"] = plots.learning_curves({r.name: r.curve for r in result.runs}, out / "learning_curves.png")
         files["dice"] = plots.dice_per_site(result.cross, out / "dice_per_site.png")
@@ -101,6 +106,16 @@ def write_report(result: JobResult, out: Path) -> dict[str, Path]:
         markdown_table(long_header, long_body),
         "",
     ]
+    if ledgers:
+        final = ", ".join(f"{d['site']} {d['entries'][-1]['epsilon_total']:.3g}" for d in ledgers if d["entries"])
+        md += [
+            "## Privacy ledger",
+            "",
+            f"Epsilon spent by the end (delta {ledgers[0]['delta']:g}): {final}.",
+            "",
+            markdown_table(*ledger_rows(ledgers)),
+            "",
+        ]
     if result.job.report.plots:
         md += ["![learning curves](learning_curves.png)", "", "![Dice per site](dice_per_site.png)", ""]
         md += ["![cross-site heatmap](cross_site_heatmap.png)", ""]

@@ -183,7 +183,10 @@ class ServerLoop:
             encoded[site] = cache.setdefault(id(ins), serde.encode_parts(ins))
         del instructions, cache
         tally = _Tally()
-        accepted = self.strategy.aggregate(rnd, self.global_arrays, self._accepted(rnd, encoded, tally))
+        try:
+            accepted = self.strategy.aggregate(rnd, self.global_arrays, self._accepted(rnd, encoded, tally))
+        except RoundFailed as exc:
+            raise RoundFailed(f"{exc}; failures: {tally.failures}" if tally.failures else str(exc)) from None
         del encoded  # it references the previous model's arrays, which can go once the new model exists
         if len(accepted.sites) < self.config.min_sites:
             raise RoundFailed(

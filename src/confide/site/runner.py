@@ -16,6 +16,8 @@ import numpy as np
 from confide import serde
 from confide.errors import ConfideError, PrivacyError
 from confide.privacy.filter import FilterChain
+from confide.privacy.ledger import Ledger
+from confide.privacy.spend import Spend
 from confide.records import EvalIns, Failure, Record, TrainIns, TrainRes
 from confide.tasks.base import Task
 
@@ -31,12 +33,14 @@ class SiteRunner:
         task: Task,
         *,
         chain: FilterChain | None = None,
+        ledger: Ledger | None = None,
         seed: int = 0,
         max_bytes: int = serde.DEFAULT_MAX_BYTES,
     ) -> None:
         self.name = name
         self.task = task
         self.chain = chain or FilterChain()
+        self.ledger = ledger
         self.max_bytes = max_bytes
         self.notices: list[str] = []
         self._rng = np.random.default_rng(np.random.SeedSequence([seed, *name.encode()]))
@@ -75,9 +79,24 @@ class SiteRunner:
             log.exception("site %s: task failed in round %d", self.name, instruction.round)
             return Failure(round=instruction.round, reason=f"site {self.name}: {type(exc).__name__}: {exc}")
 
-    def _train(self, instruction: TrainIns) -> TrainRes:
+    def _train(self, instruction: TrainIns) -> TrainRes | Failure:
+        spends = [*self._task_spends(instruction), *self.chain.spends()]
+        if self.ledger is not None:
+            refusal = self.ledger.refusal(spends)
+            if refusal is not None:
+                log.warning("site %s: refused round %d: %s", self.name, instruction.round, refusal)
+                return Failure(round=instruction.round, reason=f"site {self.name}: {refusal}", kind="refused")
         t0 = time.perf_counter()
         res = self.task.train(instruction.arrays, instruction.config, instruction.round)
         task_seconds = time.perf_counter() - t0
         filtered = self.chain.apply(res, self._rng)
-        return replace(filtered, meta={**filtered.meta, "task_seconds": task_seconds})
+        meta: dict[str, float | int | str | bool] = {**filtered.meta, "task_seconds": task_seconds}
+        if self.ledger is not None and spends:
+            self.ledger.record(instruction.round, spends)
+            meta.update(epsilon=self.ledger.epsilon, delta=self.ledger.delta)
+        return replace(filtered, meta=meta)
+
+    def _task_spends(self, instruction: TrainIns) -> list[Spend]:
+        """What the task's own private training (DP-SGD) will spend this round, if it does any."""
+        spend = getattr(self.task, "privacy_spend", None)
+        return list(spend(instruction.config)) if callable(spend) else []

@@ -2,17 +2,44 @@
 
 from __future__ import annotations
 
+from confide.privacy.config import PrivacyConfig
 from confide.strategies.base import Aggregate, Strategy
+from confide.strategies.dp_fedavg import DPFedAvg
 from confide.strategies.fedavg import FedAvg
 from confide.strategies.robust import RobustAggregation, fed_median, fed_trimmed_mean
 
-__all__ = ["Aggregate", "FedAvg", "RobustAggregation", "Strategy", "fed_median", "fed_trimmed_mean", "make_strategy"]
+__all__ = [
+    "Aggregate",
+    "DPFedAvg",
+    "FedAvg",
+    "RobustAggregation",
+    "Strategy",
+    "fed_median",
+    "fed_trimmed_mean",
+    "make_strategy",
+]
 
 
-def make_strategy(name: str, train_config: dict[str, float | int], *, trim_fraction: float = 0.2) -> Strategy:
-    """The strategy a job names, with the instruction every site receives."""
+def make_strategy(
+    name: str,
+    train_config: dict[str, float | int],
+    *,
+    trim_fraction: float = 0.2,
+    privacy: PrivacyConfig | None = None,
+    seed: int = 0,
+) -> Strategy:
+    """The strategy a job names, with the instruction every site receives. A job with client-level DP (a
+    gaussian filter) aggregates with DP-FedAvg: equal weights, and the noise added here when it is central."""
+    privacy = privacy or PrivacyConfig()
+    dp = privacy.gaussian
+    if dp is not None:
+        if name != "fedavg":
+            raise ValueError(f"client-level DP averages with DP-FedAvg; strategy {name!r} cannot carry it")
+        return DPFedAvg(
+            train_config, clip=dp.clip, noise_multiplier=dp.noise_multiplier, placement=dp.placement, seed=seed
+        )
     if name == "fedavg":
-        return FedAvg(train_config)
+        return FedAvg(train_config, missing=privacy.missing)
     if name == "median":
         return fed_median(train_config)
     if name == "trimmed_mean":

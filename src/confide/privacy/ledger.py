@@ -1,0 +1,171 @@
+"""A site's privacy ledger: every mechanism it ran, per round, and the (epsilon, delta) spent so far.
+
+Composition is done properly, never by adding up epsilons where a tighter bound exists:
+
+- Gaussian releases (client-level DP-FedAvg, DP-SGD steps) are composed with the Renyi-DP accountant of
+  ``dp-accounting`` (subsampled where a sampling rate below 1 applies) and converted to epsilon at the ledger's delta;
+- pure epsilon-DP releases (the sparse vector technique, Laplace) add their epsilons (basic composition, delta 0);
+- the two parts add: an (eps_g, delta) mechanism composed with an (eps_p, 0) one is (eps_g + eps_p, delta)-DP.
+
+The ledger is written to a JSON file after every round, so a site restarted mid-job keeps counting from where it
+was. ``confide privacy report RUN`` prints the ledgers of a run as a table.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import dp_accounting
+from dp_accounting import rdp
+
+from confide.errors import ConfigError
+from confide.privacy.spend import Spend
+
+
+@dataclass(frozen=True)
+class Entry:
+    round: int
+    mechanism: str
+    params: dict[str, Any]
+    epsilon_round: float
+    epsilon_total: float
+    delta: float
+
+
+@dataclass
+class Ledger:
+    """The spends of one site, with an optional budget (epsilon at ``delta``) that no round may exceed."""
+
+    site: str
+    delta: float = 1e-5
+    budget: float | None = None
+    path: Path | None = None
+    gaussian: list[Spend] = field(default_factory=list)
+    pure_epsilon: float = 0.0
+    entries: list[Entry] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.delta < 1:
+            raise ConfigError(f"privacy ledger of {self.site}: delta must be in (0, 1), got {self.delta}")
+        if self.budget is not None and not self.budget > 0:
+            raise ConfigError(f"privacy ledger of {self.site}: the budget must be > 0, got {self.budget}")
+
+    @property
+    def epsilon(self) -> float:
+        """Epsilon spent so far, at the ledger's delta."""
+        return _epsilon(self.gaussian, self.pure_epsilon, self.delta)
+
+    def after(self, spends: Sequence[Spend]) -> float:
+        """Epsilon spent once ``spends`` are added (what a round would bring the total to)."""
+        gaussian = [*self.gaussian, *(s for s in spends if s.is_gaussian)]
+        pure = self.pure_epsilon + sum(s.epsilon for s in spends if not s.is_gaussian)
+        return _epsilon(gaussian, pure, self.delta)
+
+    def refusal(self, spends: Sequence[Spend]) -> str | None:
+        """Why a round with these spends may not run (it would exceed the budget), or ``None``."""
+        if self.budget is None or not spends:
+            return None
+        total = self.after(spends)
+        if total > self.budget:
+            return (
+                f"privacy budget: this round would bring epsilon to {total:.3g} (delta {self.delta:g}), over the "
+                f"budget of {self.budget:g}; {self.epsilon:.3g} spent so far"
+            )
+        return None
+
+    def record(self, round: int, spends: Sequence[Spend]) -> list[Entry]:
+        """Add a round's spends, in the order the mechanisms ran, and save."""
+        out: list[Entry] = []
+        for spend in spends:
+            before = self.epsilon
+            if spend.is_gaussian:
+                self.gaussian.append(spend)
+            else:
+                self.pure_epsilon += spend.epsilon
+            total = self.epsilon
+            params = {**spend.params, "noise_multiplier": spend.noise_multiplier} if spend.is_gaussian else {}
+            if spend.is_gaussian:
+                params.update(sampling_rate=spend.sampling_rate, steps=spend.steps)
+            entry = Entry(round, spend.mechanism, {**spend.params, **params}, total - before, total, self.delta)
+            self.entries.append(entry)
+            out.append(entry)
+        self.save()
+        return out
+
+    # -- persistence ---------------------------------------------------------------------------
+    def save(self) -> None:
+        if self.path is None:
+            return
+        document = {
+            "site": self.site,
+            "delta": self.delta,
+            "budget": self.budget,
+            "gaussian": [_spend_document(s) for s in self.gaussian],
+            "pure_epsilon": self.pure_epsilon,
+            "entries": [asdict(e) for e in self.entries],
+        }
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        tmp.write_text(json.dumps(document, indent=1))
+        os.replace(tmp, self.path)
+
+    @classmethod
+    def open(cls, site: str, path: Path, *, delta: float, budget: float | None) -> Ledger:
+        """The ledger stored at ``path`` (continuing its count), or a new one there."""
+        if not path.exists():
+            return cls(site=site, delta=delta, budget=budget, path=path)
+        try:
+            document = json.loads(path.read_text())
+            gaussian = [Spend(**s) for s in document["gaussian"]]
+            entries = [Entry(**e) for e in document["entries"]]
+            stored_delta = float(document["delta"])
+            pure = float(document["pure_epsilon"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(f"privacy ledger {path} cannot be read: {exc}") from exc
+        if stored_delta != delta:
+            raise ConfigError(f"privacy ledger {path} counts at delta {stored_delta:g}, the policy asks {delta:g}")
+        return cls(site, delta, budget, path, gaussian, pure, entries)
+
+
+def _spend_document(spend: Spend) -> dict[str, Any]:
+    return {
+        "mechanism": spend.mechanism,
+        "params": dict(spend.params),
+        "epsilon": spend.epsilon,
+        "noise_multiplier": spend.noise_multiplier,
+        "sampling_rate": spend.sampling_rate,
+        "steps": spend.steps,
+    }
+
+
+def _epsilon(gaussian: Sequence[Spend], pure: float, delta: float) -> float:
+    if not gaussian:
+        return pure
+    accountant = rdp.RdpAccountant()
+    for spend in gaussian:
+        event: dp_accounting.DpEvent = dp_accounting.GaussianDpEvent(spend.noise_multiplier)
+        if spend.sampling_rate < 1.0:
+            event = dp_accounting.PoissonSampledDpEvent(spend.sampling_rate, event)
+        accountant.compose(event, spend.steps)
+    epsilon = float(accountant.get_epsilon(delta))
+    return epsilon + pure if math.isfinite(epsilon) else math.inf
+
+
+def read_ledgers(run: Path) -> list[dict[str, Any]]:
+    """The ledgers stored under a run folder (``RUN/privacy/*.json``), for reports."""
+    folder = run / "privacy"
+    if not folder.is_dir():
+        raise ConfigError(f"{run} holds no privacy ledger (no folder {folder})")
+    out = []
+    for path in sorted(folder.glob("*.json")):
+        try:
+            out.append(json.loads(path.read_text()))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"privacy ledger {path} cannot be read: {exc}") from exc
+    return out
