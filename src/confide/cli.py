@@ -192,13 +192,13 @@ def site(
     server_address: Annotated[str | None, typer.Option("--server", help="override the kit's host:port")] = None,
 ) -> None:
     """Run this hospital's side of a federation: dial out, train on local data, send filtered updates."""
-    from confide.deploy import private_runner, run_site
+    from confide.deploy import private_runner, run_site, site_privacy
     from confide.experiment import site_task
     from confide.site.runner import SiteRunner
 
     def runner(name: str, job: JobConfig) -> SiteRunner:
         console.print(f"site {name}: preparing the cases in {data} for job {job.name}")
-        return private_runner(kit, name, job, site_task(job, data, name))
+        return private_runner(kit, name, job, site_task(job, data, name, privacy=site_privacy(kit, job)))
 
     answered = run_site(kit, runner, address=server_address)
     console.print(f"job done: answered {answered} instruction(s)")

@@ -19,7 +19,7 @@ from confide import serde
 from confide.config import JobConfig, parse_job
 from confide.errors import ConfigError, RoundFailed
 from confide.privacy.build import site_chain, site_ledger
-from confide.privacy.config import load_policy, stricter
+from confide.privacy.config import PrivacyConfig, load_policy, stricter
 from confide.provision_kit import load_revoked, load_roster
 from confide.server import checkpoint
 from confide.server.loop import LoopConfig, RoundEvents, ServerLoop
@@ -160,13 +160,18 @@ def serve(
         server.stop(grace=1.0)
 
 
+def site_privacy(kit: Path, job: JobConfig) -> PrivacyConfig:
+    """What a site runs: the job's privacy, never weaker than the policy in its kit."""
+    return stricter(job.privacy, load_policy(kit))
+
+
 def private_runner(kit: Path, name: str, job: JobConfig, task: Any) -> SiteRunner:
     """A site's runner with its privacy: the job's filters, never weaker than the policy in its kit, and its
     ledger in ``KIT/ledgers/JOB.json`` (kept across restarts, so the budget holds over the whole job).
 
     Distributed noise is sized for the quorum (``federation.min_sites``): a round that closes with only the
     quorum still carries the full noise."""
-    privacy = stricter(job.privacy, load_policy(kit))
+    privacy = site_privacy(kit, job)
     chain = site_chain(privacy, job.federation.min_sites)
     ledger = site_ledger(privacy, name, kit / "ledgers" / f"{job.name}.json")
     return SiteRunner(name, task, chain=chain, ledger=ledger, seed=job.seed)

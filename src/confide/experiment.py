@@ -144,10 +144,13 @@ def _train_run(
     """Train one model. Pooled training takes batches as large as the whole federation's (batch size x sites),
     so that it sees as many examples per step as all the sites together, for the same number of steps."""
     t0 = time.perf_counter()
-    tasks = {site: BrainTumorTask(job.task, train[site], None, site=site, seed=job.seed) for site in run.sites}
-    batch = job.task.batch_size * (n_sites if run.kind == "pooled" else 1)
     private = run.kind == "federated"  # baselines keep their data where it is: nothing leaves, nothing to protect
     privacy = job.privacy if private else PrivacyConfig()
+    tasks = {
+        site: BrainTumorTask(job.task, train[site], None, site=site, seed=job.seed, dp_sgd=privacy.dp_sgd)
+        for site in run.sites
+    }
+    batch = job.task.batch_size * (n_sites if run.kind == "pooled" else 1)
     strategy = make_strategy(
         job.federation.strategy,
         job.train_config(batch_size=batch),
@@ -210,8 +213,15 @@ def run_job(job: JobConfig, display: ProgressDisplay) -> JobResult:
     return JobResult(job=job, sites=tuple(sites), runs=tuple(runs), cross=cross, seconds=seconds)
 
 
-def site_task(job: JobConfig, folder: Path, name: str, display: ProgressDisplay | None = None) -> BrainTumorTask:
-    """One hospital's task in a real deployment: its own cases only, split as in simulation."""
+def site_task(
+    job: JobConfig,
+    folder: Path,
+    name: str,
+    display: ProgressDisplay | None = None,
+    privacy: PrivacyConfig | None = None,
+) -> BrainTumorTask:
+    """One hospital's task in a real deployment: its own cases only, split as in simulation; ``privacy`` is what
+    the site runs (the job's, made stricter by its policy)."""
     site = load_site(
         folder,
         PreprocessConfig(roi=job.task.roi),
@@ -223,5 +233,10 @@ def site_task(job: JobConfig, folder: Path, name: str, display: ProgressDisplay 
     for problem in site.problems:
         (display.console.print if display else print)(f"skipped case {problem.case_id}: {problem.reason}")
     return BrainTumorTask(
-        job.task, SegData.from_cases(site.train), SegData.from_cases(site.test), site=name, seed=job.seed
+        job.task,
+        SegData.from_cases(site.train),
+        SegData.from_cases(site.test),
+        site=name,
+        seed=job.seed,
+        dp_sgd=privacy.dp_sgd if privacy is not None else job.privacy.dp_sgd,
     )

@@ -37,8 +37,7 @@ def site_chain(privacy: PrivacyConfig, sites: int) -> FilterChain:
 def site_ledger(privacy: PrivacyConfig, site: str, path: Path | None) -> Ledger | None:
     """The site's ledger (stored at ``path``, continuing what it holds), when its chain spends privacy or a
     budget is set."""
-    spends = any(isinstance(f, GaussianSpec | SvtSpec) for f in privacy.filters)
-    if not spends and privacy.budget is None:
+    if not privacy.spends and privacy.budget is None:
         return None
     delta = privacy.budget.delta if privacy.budget else 1e-5
     budget = privacy.budget.epsilon if privacy.budget else None

@@ -39,6 +39,13 @@ class SvtSpec(_Strict):
 FilterSpec = Annotated[GaussianSpec | SparsifySpec | SvtSpec, Field(discriminator="type")]
 
 
+class DpSgdSpec(_Strict):
+    """Patient-level DP: DP-SGD inside each site's local training."""
+
+    noise_multiplier: float = Field(gt=0, description="noise standard deviation over the clip norm (sigma)")
+    clip: float = Field(gt=0, description="L2 norm each case's gradient is clipped to (C)")
+
+
 class BudgetSpec(_Strict):
     epsilon: float = Field(gt=0, description="most epsilon a site spends over the whole job")
     delta: float = Field(default=1e-5, gt=0, lt=1)
@@ -46,6 +53,7 @@ class BudgetSpec(_Strict):
 
 class PrivacyConfig(_Strict):
     filters: list[FilterSpec] = Field(default_factory=list, description="run at each site, in this order")
+    dp_sgd: DpSgdSpec | None = None
     budget: BudgetSpec | None = None
     missing: Literal["reported", "zero"] = Field(
         default="reported", description="how the server reads an entry a sparse update left out"
@@ -68,9 +76,14 @@ class PrivacyConfig(_Strict):
                 "secure aggregation cannot carry sparse updates: each site's mask covers every entry, so a "
                 "sparse update would have to be sent dense (drop sparsify/svt, or secure aggregation)"
             )
-        if self.budget is not None and not self.filters:
-            raise ValueError("a privacy budget needs a mechanism that spends it (gaussian or svt filter)")
+        if self.budget is not None and not self.spends:
+            raise ValueError("a privacy budget needs a mechanism that spends it (gaussian, svt or dp_sgd)")
         return self
+
+    @property
+    def spends(self) -> bool:
+        """Whether any configured mechanism spends privacy (sparsification does not)."""
+        return self.dp_sgd is not None or any(isinstance(f, GaussianSpec | SvtSpec) for f in self.filters)
 
     @property
     def gaussian(self) -> GaussianSpec | None:
@@ -114,7 +127,13 @@ def stricter(job: PrivacyConfig, policy: PrivacyConfig | None) -> PrivacyConfig:
     budgets = [b for b in (job.budget, policy.budget) if b is not None]
     budget = min(budgets, key=lambda b: (b.epsilon, b.delta)) if budgets else None
     secure = job.secure_aggregation or policy.secure_aggregation
-    return PrivacyConfig(filters=merged, budget=budget, missing=job.missing, secure_aggregation=secure)
+    dp_sgd = policy.dp_sgd or job.dp_sgd
+    if policy.dp_sgd is not None and job.dp_sgd is not None:
+        dp_sgd = DpSgdSpec(
+            noise_multiplier=max(policy.dp_sgd.noise_multiplier, job.dp_sgd.noise_multiplier),
+            clip=min(policy.dp_sgd.clip, job.dp_sgd.clip),
+        )
+    return PrivacyConfig(filters=merged, dp_sgd=dp_sgd, budget=budget, missing=job.missing, secure_aggregation=secure)
 
 
 def load_policy(kit: Path) -> PrivacyConfig | None:

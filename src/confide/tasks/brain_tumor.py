@@ -21,7 +21,10 @@ from confide.config import BrainTumorTaskConfig
 from confide.data.brats import labels_to_regions
 from confide.data.preprocess import PreparedCase
 from confide.errors import DataError, TaskError
+from confide.privacy.config import DpSgdSpec
+from confide.privacy.spend import Spend
 from confide.records import Arrays, Config, EvalRes, TrainRes
+from confide.tasks.dp_sgd import DpSgd
 from confide.tasks.seg_metrics import REGIONS, region_dice
 from confide.tasks.torch_io import difference, load_arrays, module_arrays
 
@@ -109,6 +112,7 @@ class BrainTumorTask:
         *,
         site: str,
         seed: int = 0,
+        dp_sgd: DpSgdSpec | None = None,
     ) -> None:
         self.config = config
         self.train_data = train
@@ -117,6 +121,20 @@ class BrainTumorTask:
         self.seed = seed
         self.model = build_model(config)
         self.loss_fn = DiceCELoss(sigmoid=True, smooth_nr=1e-5, smooth_dr=1e-5)
+        self.dp = (
+            None if dp_sgd is None else DpSgd(self.model, clip=dp_sgd.clip, noise_multiplier=dp_sgd.noise_multiplier)
+        )
+
+    def privacy_spend(self, config: Config) -> list[Spend]:
+        """What a round of training spends on the site's patients (DP-SGD), for the ledger to check first."""
+        if self.dp is None or self.train_data is None or len(self.train_data) == 0:
+            return []
+        steps = int(config.get("local_steps", 1))
+        return [self.dp.spend(self._sampling_rate(config), steps)]
+
+    def _sampling_rate(self, config: Config) -> float:
+        n = len(self.train_data) if self.train_data is not None else 1
+        return min(1.0, int(config.get("batch_size", self.config.batch_size)) / max(n, 1))
 
     def train(self, arrays: Arrays, config: Config, round: int) -> TrainRes:
         data = self.train_data
@@ -132,13 +150,22 @@ class BrainTumorTask:
         images = torch.from_numpy(data.images)
         targets = torch.from_numpy(data.regions)
         losses: list[float] = []
+        rate = self._sampling_rate(config)
         for step in range(steps):
-            idx = torch.randperm(len(data), generator=gen)[:batch]
+            if self.dp is not None:  # Poisson sampling: each case in with probability q, as DP-SGD accounts
+                idx = torch.nonzero(torch.rand(len(data), generator=gen) < rate).flatten()
+            else:
+                idx = torch.randperm(len(data), generator=gen)[:batch]
             x, y = images[idx], targets[idx].float()
             if self.config.augment:
                 flips = [axis for axis in (2, 3, 4) if torch.rand(1, generator=gen).item() < 0.5]
                 if flips:
                     x, y = torch.flip(x, flips), torch.flip(y, flips)
+            if self.dp is not None:
+                value = self.dp.step(self.loss_fn, x, y, expected_batch=rate * len(data), optimiser=optimiser, gen=gen)
+                if np.isfinite(value):
+                    losses.append(value)
+                continue
             optimiser.zero_grad(set_to_none=True)
             loss = self.loss_fn(self.model(x), y)
             if not torch.isfinite(loss):
@@ -147,6 +174,7 @@ class BrainTumorTask:
             optimiser.step()
             losses.append(float(loss.item()))
         after = module_arrays(self.model)
+        losses = losses or [float("nan")]
         return TrainRes(
             round=round,
             update=difference(after, arrays),
