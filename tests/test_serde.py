@@ -9,7 +9,7 @@ import pytest
 
 from confide import serde
 from confide.errors import PayloadError, PayloadTooLarge
-from confide.records import Arrays, EvalIns, EvalRes, Failure, TrainIns, TrainRes
+from confide.records import Arrays, Control, EvalIns, EvalRes, Failure, TrainIns, TrainRes
 
 
 def _arrays() -> Arrays:
@@ -154,3 +154,52 @@ def test_messages_are_standard_safetensors_and_encoding_copies_no_array() -> Non
     weight = np.frombuffer(encoded.parts[1], dtype=np.float32)
     assert np.shares_memory(weight, source["z.weight"])  # the part is the array's own memory
     assert encoded.digest() == encoded.digest() == encoded.known_digest
+
+
+def test_control_round_trip_gives_back_every_field_with_its_type() -> None:
+    fields = {
+        "flag": True,
+        "count": 3,
+        "scale": 0.5,
+        "name": "site-a",
+        "key": bytes(range(32)),
+        "names": ("a", "b"),
+        "keys": (b"\x00\xff", b""),
+        "nobody": (),
+    }
+    control = Control(
+        round=4, topic="secagg/test", fields=fields, arrays=Arrays.from_dict({"v": np.arange(3, dtype=np.uint32)})
+    )
+
+    back = serde.decode_as(serde.encode(control), Control)
+
+    assert back.round == 4 and back.topic == "secagg/test"
+    assert dict(back.fields) == fields
+    assert {name: type(value) for name, value in back.fields.items()} == {name: type(v) for name, v in fields.items()}
+    assert back.arrays["v"].dtype == np.uint32 and back.arrays["v"].tolist() == [0, 1, 2]
+
+
+@pytest.mark.parametrize(
+    ("header", "reason"),
+    [
+        ({"blobs": {"key": "zz"}}, "blobs.key"),
+        ({"blobs": {"key": "abc"}}, "blobs.key"),
+        ({"texts": {"names": ["a", 3]}}, "texts.names"),
+        ({"values": {"x": 1}, "blobs": {"x": "00"}}, "more than one"),
+        ({"topic": ""}, "topic"),
+        ({"topic": "Secagg/Upper"}, "topic"),
+        ({"values": {"x": [1]}}, "values.x"),
+    ],
+)
+def test_malformed_control_fields_are_payload_errors_naming_the_field(header: dict[str, object], reason: str) -> None:
+    forged = _forge({"v": 1, "kind": "control", "round": 1, "topic": "secagg/test", **header})
+
+    with pytest.raises(PayloadError, match=reason):
+        serde.decode(forged)
+
+
+def test_control_fields_on_another_kind_are_refused() -> None:
+    forged = _forge({"v": 1, "kind": "failure", "round": 1, "reason": "x", "values": {"sneaky": 1}})
+
+    with pytest.raises(PayloadError, match="no topic or control fields"):
+        serde.decode(forged)

@@ -96,6 +96,15 @@ class JobConfig(_Strict):
     privacy: PrivacyConfig = PrivacyConfig()
     report: ReportConfig = ReportConfig()
 
+    @model_validator(mode="after")
+    def _secure_strategy(self) -> JobConfig:
+        if self.privacy.secure_aggregation and self.federation.strategy != "fedavg":
+            raise ValueError(
+                f"secure aggregation gives the server only the sum of the updates; strategy "
+                f"{self.federation.strategy!r} needs each update (use fedavg)"
+            )
+        return self
+
     def train_config(self, *, batch_size: int | None = None) -> dict[str, float | int]:
         """What every site is told to do in a round (the same in simulation and deployment)."""
         return {

@@ -23,6 +23,7 @@ from confide.privacy.config import PrivacyConfig, load_policy, stricter
 from confide.provision_kit import load_revoked, load_roster
 from confide.server import checkpoint
 from confide.server.loop import LoopConfig, RoundEvents, ServerLoop
+from confide.server.secure_round import SecureSettings
 from confide.site.runner import SiteRunner
 from confide.strategies import make_strategy
 from confide.transport.grpc_client import SiteClient
@@ -144,6 +145,7 @@ def serve(
                 checkpoint_dir=ckpt_dir,
                 quorum_retries=job.federation.quorum_retries,
                 retry_wait_s=job.federation.retry_wait_s,
+                secure=SecureSettings() if job.privacy.secure_aggregation else None,
             ),
             events,
         )
@@ -170,11 +172,14 @@ def private_runner(kit: Path, name: str, job: JobConfig, task: Any) -> SiteRunne
     ledger in ``KIT/ledgers/JOB.json`` (kept across restarts, so the budget holds over the whole job).
 
     Distributed noise is sized for the quorum (``federation.min_sites``): a round that closes with only the
-    quorum still carries the full noise."""
+    quorum still carries the full noise. A site whose privacy asks for secure aggregation (the job or its policy)
+    sends no update in the clear."""
     privacy = site_privacy(kit, job)
     chain = site_chain(privacy, job.federation.min_sites)
     ledger = site_ledger(privacy, name, kit / "ledgers" / f"{job.name}.json")
-    return SiteRunner(name, task, chain=chain, ledger=ledger, seed=job.seed)
+    return SiteRunner(
+        name, task, chain=chain, ledger=ledger, seed=job.seed, secure_aggregation=privacy.secure_aggregation
+    )
 
 
 def run_site(

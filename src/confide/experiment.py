@@ -28,6 +28,7 @@ from confide.privacy.ledger import Ledger
 from confide.records import Arrays
 from confide.report.progress import ProgressDisplay
 from confide.server.loop import LoopConfig, RoundResult
+from confide.server.secure_round import SecureSettings
 from confide.sim import simulate
 from confide.strategies import make_strategy
 from confide.tasks.brain_tumor import BrainTumorTask, SegData, initial_arrays
@@ -162,7 +163,11 @@ def _train_run(
     chains = {site: site_chain(privacy, len(tasks)) for site in tasks}
     every = max(1, job.federation.rounds // 5)
     recorder = _Recorder(run, display, evaluator, every)
-    loop = LoopConfig(rounds=job.federation.rounds, min_sites=min(job.federation.min_sites, len(tasks)))
+    loop = LoopConfig(
+        rounds=job.federation.rounds,
+        min_sites=min(job.federation.min_sites, len(tasks)),
+        secure=SecureSettings() if privacy.secure_aggregation else None,
+    )
     result = simulate(
         strategy,
         tasks,

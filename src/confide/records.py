@@ -221,4 +221,40 @@ class Failure:
     kind: Literal["error", "refused"] = "error"
 
 
-Record = TrainIns | TrainRes | EvalIns | EvalRes | Failure
+ControlValue = bool | int | float | str | bytes | tuple[str, ...] | tuple[bytes, ...]
+
+
+def _check_control_value(name: object, value: object) -> ControlValue:
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"control field names must be non-empty strings, got {name!r}")
+    if isinstance(value, bool | int | float | str | bytes):
+        return value
+    if isinstance(value, tuple) and (
+        all(isinstance(v, str) for v in value) or all(isinstance(v, bytes) for v in value)
+    ):
+        return value
+    raise TypeError(
+        f"control field {name!r} must be a scalar, bytes, or a tuple of only str or only bytes, "
+        f"got {type(value).__name__}"
+    )
+
+
+@dataclass(frozen=True)
+class Control:
+    """One step of a protocol of several exchanges between the server and a site (secure aggregation): a
+    ``topic`` naming the step, named ``fields`` and ``arrays``. What the fields mean belongs to the protocol
+    (:mod:`confide.privacy.secagg_wire` packs and checks them); the wire only carries them."""
+
+    round: int
+    topic: str
+    fields: Mapping[str, ControlValue] = field(default_factory=dict)
+    arrays: Arrays = field(default_factory=lambda: Arrays(()))
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.topic, str) or not self.topic:
+            raise ValueError(f"a control topic must be a non-empty string, got {self.topic!r}")
+        checked = {name: _check_control_value(name, value) for name, value in self.fields.items()}
+        object.__setattr__(self, "fields", MappingProxyType(checked))
+
+
+Record = TrainIns | TrainRes | EvalIns | EvalRes | Failure | Control

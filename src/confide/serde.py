@@ -1,42 +1,85 @@
-"""Records <-> bytes: the only module that knows Confide's wire format.
+"""Records <-> bytes: with :mod:`confide.serde_container`, the only code that knows Confide's wire format.
 
-A message is one safetensors buffer. Its tensors are the record's arrays; its ``__metadata__``
-holds one entry, ``confide``, a JSON document checked against a pydantic schema (the record's
-kind, round, scalars and the order of the arrays). Nothing is ever unpickled: safetensors holds
-raw numbers only, and the JSON can name no class.
+A message is one safetensors buffer (:mod:`confide.serde_container`). Its tensors are the record's arrays; its
+``__metadata__`` holds one entry, ``confide``, a JSON document checked against a pydantic schema (the record's
+kind, round, scalars and the order of the arrays). Nothing is ever unpickled: safetensors holds raw numbers only,
+and the JSON can name no class.
+
+A :class:`~confide.records.Control` (one step of a protocol such as secure aggregation) carries its fields in four
+typed maps of the header, so that decoding gives back the very types encoding was given: ``values`` (bool, int,
+float, str), ``blobs`` (bytes, as lowercase hex), ``texts`` (tuples of str) and ``blob_lists`` (tuples of bytes, as
+hex); its arrays are tensors like any record's. A field name appears in one map only.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import struct
-import threading
-from pathlib import Path
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal, TypeVar
 
 import numpy as np
-import xxhash
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from confide.errors import PayloadError, PayloadTooLarge
-from confide.records import Arrays, EvalIns, EvalRes, Failure, Record, SparseArrays, TrainIns, TrainRes
+from confide.records import (
+    Arrays,
+    Control,
+    ControlValue,
+    EvalIns,
+    EvalRes,
+    Failure,
+    Record,
+    SparseArrays,
+    TrainIns,
+    TrainRes,
+)
+from confide.serde_container import (
+    DEFAULT_MAX_BYTES,
+    MAX_HEADER_BYTES,
+    Encoded,
+    decode_arrays,
+    encode_arrays,
+    encode_arrays_parts,
+    header_bytes,
+    new_digest,
+    reshaped,
+    safetensors_parts,
+    save_arrays,
+    split_header,
+    views,
+)
+
+__all__ = [
+    "DEFAULT_MAX_BYTES",
+    "MAX_HEADER_BYTES",
+    "WIRE_VERSION",
+    "Encoded",
+    "decode",
+    "decode_arrays",
+    "decode_as",
+    "encode",
+    "encode_arrays",
+    "encode_arrays_parts",
+    "encode_parts",
+    "new_digest",
+    "save_arrays",
+]
 
 WIRE_VERSION = 1
-DEFAULT_MAX_BYTES = 4 * 1024**3
-MAX_HEADER_BYTES = 16 * 1024**2
 MASK_SUFFIX = "@mask"
 
 ScalarValue = bool | int | float | str
 Name = Annotated[str, Field(min_length=1, max_length=512)]
+Hex = Annotated[str, Field(pattern=r"^(?:[0-9a-f]{2})*$")]
+Text = Annotated[str, Field(max_length=4096)]
+Topic = Annotated[str, Field(max_length=64, pattern=r"^[a-z0-9_./-]*$")]
 
 
 class _Header(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, ser_json_inf_nan="constants")
 
     v: Literal[1]
-    kind: Literal["train_ins", "train_res", "eval_ins", "eval_res", "failure"]
+    kind: Literal["train_ins", "train_res", "eval_ins", "eval_res", "failure", "control"]
     round: int = Field(ge=0)
     names: list[Name] = Field(default_factory=list, max_length=1_000_000)
     shapes: list[list[int]] = Field(default_factory=list, max_length=1_000_000)
@@ -48,6 +91,11 @@ class _Header(BaseModel):
     reason: str = ""
     failure_kind: Literal["error", "refused"] = "error"
     sparse: bool = False
+    topic: Topic = ""
+    values: dict[Name, ScalarValue] = Field(default_factory=dict)
+    blobs: dict[Name, Hex] = Field(default_factory=dict)
+    texts: dict[Name, list[Text]] = Field(default_factory=dict)
+    blob_lists: dict[Name, list[Hex]] = Field(default_factory=dict)
 
 
 _KIND = {
@@ -56,83 +104,9 @@ _KIND = {
     EvalIns: "eval_ins",
     EvalRes: "eval_res",
     Failure: "failure",
+    Control: "control",
 }
-
-
-def new_digest() -> xxhash.xxh3_128:
-    """The hash that checks a transfer arrived whole: XXH3-128 (about 30 GB/s; SHA-256 manages 2 GB/s here).
-
-    It guards against chunks lost, repeated or reordered on the way. Tampering is TLS's to stop: every record
-    of the connection is authenticated (AES-GCM) and both ends are verified against the federation's CA.
-    """
-    return xxhash.xxh3_128()
-
-
-class Encoded:
-    """An encoded message as a list of buffers (header, then each array's memory), never concatenated.
-
-    Transports stream the parts as they are; :meth:`tobytes` joins them when one buffer is needed. The
-    arrays are referenced, not copied, so an ``Encoded`` must not outlive a change to them (Confide's
-    arrays are read-only).
-    """
-
-    def __init__(self, parts: list[memoryview]) -> None:
-        self.parts = tuple(parts)
-        self.size = sum(part.nbytes for part in self.parts)
-        self._digest: str | None = None
-        self._lock = threading.Lock()
-
-    def digest(self) -> str:
-        """The message's transfer digest (:func:`new_digest`), computed once."""
-        with self._lock:
-            if self._digest is None:
-                hasher = new_digest()
-                for part in self.parts:
-                    hasher.update(part)
-                self._digest = hasher.hexdigest()
-            return self._digest
-
-    @property
-    def known_digest(self) -> str | None:
-        """The digest if :meth:`digest` has computed it already (a stream then need not hash the parts)."""
-        return self._digest
-
-    def tobytes(self) -> bytes:
-        return b"".join(self.parts)
-
-
-_WIRE_DTYPES = {
-    np.dtype("float16"): "F16",
-    np.dtype("float32"): "F32",
-    np.dtype("float64"): "F64",
-    np.dtype("int8"): "I8",
-    np.dtype("int16"): "I16",
-    np.dtype("int32"): "I32",
-    np.dtype("int64"): "I64",
-    np.dtype("uint8"): "U8",
-    np.dtype("bool"): "BOOL",
-}
-
-
-def _safetensors_parts(arrays: Arrays | None, metadata: dict[str, str]) -> Encoded:
-    """A safetensors buffer as parts: 8-byte length, JSON header padded to 8 bytes, then each array's bytes."""
-    document: dict[str, Any] = {"__metadata__": metadata}
-    buffers: list[memoryview] = []
-    offset = 0
-    for name, value in arrays.items() if arrays is not None else ():
-        if value.dtype not in _WIRE_DTYPES:
-            raise PayloadError(f"array {name!r} has dtype {value.dtype}, which the wire format does not carry")
-        native = np.ascontiguousarray(value, dtype=value.dtype.newbyteorder("<"))
-        document[name] = {
-            "dtype": _WIRE_DTYPES[value.dtype],
-            "shape": list(native.shape),
-            "data_offsets": [offset, offset + native.nbytes],
-        }
-        offset += native.nbytes
-        buffers.append(native.reshape(-1).data.cast("B"))
-    text = json.dumps(document, separators=(",", ":")).encode()
-    text += b" " * (-len(text) % 8)
-    return Encoded([memoryview(struct.pack("<Q", len(text)) + text), *buffers])
+_CONTROL_MAPS = ("values", "blobs", "texts", "blob_lists")
 
 
 def encode_parts(record: Record) -> Encoded:
@@ -149,13 +123,37 @@ def encode_parts(record: Record) -> Encoded:
         arrays = record.update
     elif isinstance(record, EvalRes):
         fields.update(num_examples=record.num_examples, loss=record.loss, metrics=dict(record.metrics))
+    elif isinstance(record, Control):
+        arrays = record.arrays
+        fields.update(topic=record.topic, **_control_maps(record.fields))
     else:
         fields.update(reason=record.reason, failure_kind=record.kind)
     if arrays is not None:
         fields["names"] = list(arrays.names())
         fields["shapes"] = [list(value.shape) for value in arrays.values()]
-    header = _Header(**fields)
-    return _safetensors_parts(arrays, {"confide": header.model_dump_json()})
+    return safetensors_parts(arrays, {"confide": _header(fields).model_dump_json()})
+
+
+def _header(fields: dict[str, Any]) -> _Header:
+    try:
+        return _Header(**fields)
+    except ValidationError as exc:
+        raise PayloadError(f"a {fields['kind']} record cannot be encoded: {_problems(exc)}") from exc
+
+
+def _control_maps(values: Mapping[str, ControlValue]) -> dict[str, dict[str, Any]]:
+    """A control record's fields sorted into the header's typed maps (bytes as hex)."""
+    maps: dict[str, dict[str, Any]] = {key: {} for key in _CONTROL_MAPS}
+    for name, value in values.items():
+        if isinstance(value, bytes):
+            maps["blobs"][name] = value.hex()
+        elif isinstance(value, tuple) and value and isinstance(value[0], bytes):
+            maps["blob_lists"][name] = [item.hex() for item in value if isinstance(item, bytes)]
+        elif isinstance(value, tuple):
+            maps["texts"][name] = list(value)
+        else:
+            maps["values"][name] = value
+    return maps
 
 
 def _sparse_parts(update: SparseArrays, fields: dict[str, Any]) -> Encoded:
@@ -171,8 +169,7 @@ def _sparse_parts(update: SparseArrays, fields: dict[str, Any]) -> Encoded:
         bits[idx] = True
         tensors[name] = val
         tensors[name + MASK_SUFFIX] = np.packbits(bits)
-    header = _Header(**fields)
-    return _safetensors_parts(Arrays.from_dict(tensors), {"confide": header.model_dump_json()})
+    return safetensors_parts(Arrays.from_dict(tensors), {"confide": _header(fields).model_dump_json()})
 
 
 def encode(record: Record) -> bytes:
@@ -180,7 +177,7 @@ def encode(record: Record) -> bytes:
     return encode_parts(record).tobytes()
 
 
-R = TypeVar("R", TrainIns, TrainRes, EvalIns, EvalRes, Failure)
+R = TypeVar("R", TrainIns, TrainRes, EvalIns, EvalRes, Failure, Control)
 
 
 def decode(data: bytes | bytearray | memoryview, *, max_bytes: int = DEFAULT_MAX_BYTES) -> Record:
@@ -189,15 +186,15 @@ def decode(data: bytes | bytearray | memoryview, *, max_bytes: int = DEFAULT_MAX
         raise PayloadError(f"payload must be bytes, got {type(data).__name__}")
     if len(data) > max_bytes:
         raise PayloadTooLarge(f"payload of {len(data)} bytes exceeds the limit of {max_bytes} bytes")
-    header, document, length = _read_header(_header_bytes(data))
-    loaded = _views(data, document, 8 + length)
+    header, document, length = _read_header(header_bytes(data))
+    loaded = views(data, document, 8 + length)
     if not header.sparse and (set(loaded) != set(header.names) or len(loaded) != len(header.names)):
         raise PayloadError("payload arrays do not match the names its header lists")
     if len(header.shapes) != len(header.names):
         raise PayloadError("payload header lists a different number of shapes and names")
     if header.sparse:
         return _build_sparse(header, loaded)
-    arrays = Arrays.from_dict(_reshaped(loaded, header.names, header.shapes))
+    arrays = Arrays.from_dict(reshaped(loaded, header.names, header.shapes))
     return _build(header, arrays)
 
 
@@ -228,19 +225,6 @@ def _build_sparse(header: _Header, loaded: dict[str, np.ndarray]) -> TrainRes:
     )
 
 
-def _reshaped(loaded: dict[str, np.ndarray], names: list[str], shapes: list[list[int]]) -> dict[str, np.ndarray]:
-    """Arrays in the recorded order and shapes (safetensors stores a 0-d array as shape (1,))."""
-    out: dict[str, np.ndarray] = {}
-    for name, shape in zip(names, shapes, strict=True):
-        value = loaded[name]
-        if tuple(shape) != value.shape:
-            if int(np.prod(shape)) != value.size:
-                raise PayloadError(f"array {name!r} holds {value.size} values, its header says shape {shape}")
-            value = value.reshape(shape)
-        out[name] = value
-    return out
-
-
 def decode_as(data: bytes | bytearray | memoryview, kind: type[R], *, max_bytes: int = DEFAULT_MAX_BYTES) -> R:
     """Decode bytes and check that they hold a record of the expected type."""
     record = decode(data, max_bytes=max_bytes)
@@ -249,34 +233,8 @@ def decode_as(data: bytes | bytearray | memoryview, kind: type[R], *, max_bytes:
     return record
 
 
-def _header_bytes(data: bytes | bytearray | memoryview) -> bytes:
-    """The length prefix and the JSON header only (copying no array data)."""
-    if len(data) < 8:
-        return bytes(data)
-    (length,) = struct.unpack("<Q", bytes(data[:8]))
-    return bytes(data[: 8 + min(length, MAX_HEADER_BYTES)])
-
-
-def _split_header(data: bytes) -> tuple[dict[str, Any], int]:
-    """The safetensors JSON header and its length, with every bound checked."""
-    if len(data) < 8:
-        raise PayloadError(f"payload of {len(data)} bytes is too short to hold a header")
-    (length,) = struct.unpack("<Q", data[:8])
-    if length > MAX_HEADER_BYTES:
-        raise PayloadError(f"payload header claims {length} bytes, more than the limit of {MAX_HEADER_BYTES}")
-    if 8 + length > len(data):
-        raise PayloadError(f"payload is truncated: header claims {length} bytes, {len(data) - 8} present")
-    try:
-        document = json.loads(data[8 : 8 + length])
-    except ValueError as exc:
-        raise PayloadError(f"payload header is not JSON: {exc}") from exc
-    if not isinstance(document, dict):
-        raise PayloadError("payload header is not a JSON object")
-    return document, length
-
-
 def _read_header(data: bytes) -> tuple[_Header, dict[str, Any], int]:
-    document, length = _split_header(data)
+    document, length = split_header(data)
     try:
         meta = document["__metadata__"]["confide"]
     except (KeyError, TypeError) as exc:
@@ -286,48 +244,18 @@ def _read_header(data: bytes) -> tuple[_Header, dict[str, Any], int]:
     try:
         return _Header.model_validate_json(meta), document, length
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'header'}: {e['msg']}" for e in exc.errors()[:5])
-        raise PayloadError(f"payload header is invalid: {problems}") from exc
+        raise PayloadError(f"payload header is invalid: {_problems(exc)}") from exc
 
 
-_DTYPES: dict[str, np.dtype[Any]] = {
-    "F16": np.dtype("<f2"),
-    "F32": np.dtype("<f4"),
-    "F64": np.dtype("<f8"),
-    "I8": np.dtype("i1"),
-    "I16": np.dtype("<i2"),
-    "I32": np.dtype("<i4"),
-    "I64": np.dtype("<i8"),
-    "U8": np.dtype("u1"),
-    "BOOL": np.dtype("?"),
-}
-
-
-def _views(data: bytes | bytearray | memoryview, document: dict[str, Any], start: int) -> dict[str, np.ndarray]:
-    """Arrays as read-only views into ``data`` (no copy), after checking every tensor entry's bounds."""
-    available = len(data) - start
-    out: dict[str, np.ndarray] = {}
-    for name, spec in document.items():
-        if name == "__metadata__":
-            continue
-        try:
-            dtype = _DTYPES[spec["dtype"]]
-            shape = [int(n) for n in spec["shape"]]
-            begin, end = (int(n) for n in spec["data_offsets"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise PayloadError(f"tensor entry {name!r} is malformed or has a dtype the wire does not carry") from exc
-        if any(n < 0 for n in shape) or not 0 <= begin <= end <= available:
-            raise PayloadError(f"tensor {name!r} lies outside the payload")
-        count = math.prod(shape)
-        if count * dtype.itemsize != end - begin:
-            raise PayloadError(f"tensor {name!r}: shape {shape} does not fill its {end - begin} bytes")
-        view = np.frombuffer(data, dtype=dtype, count=count, offset=start + begin).reshape(shape)
-        view.flags.writeable = False
-        out[name] = view
-    return out
+def _problems(exc: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'header'}: {e['msg']}" for e in exc.errors()[:5])
 
 
 def _build(header: _Header, arrays: Arrays) -> Record:
+    if header.kind == "control":
+        return _build_control(header, arrays)
+    if header.topic or any(getattr(header, key) for key in _CONTROL_MAPS):
+        raise PayloadError(f"a {header.kind} message carries no topic or control fields")
     if header.kind == "train_ins":
         return TrainIns(round=header.round, arrays=arrays, config=header.config)
     if header.kind == "eval_ins":
@@ -347,43 +275,20 @@ def _build(header: _Header, arrays: Arrays) -> Record:
     return Failure(round=header.round, reason=header.reason, kind=header.failure_kind)
 
 
-def encode_arrays_parts(arrays: Arrays) -> Encoded:
-    """Arrays alone (for checkpoints and model files): safetensors with the array order recorded."""
-    order = json.dumps([[name, list(value.shape)] for name, value in arrays.items()])
-    return _safetensors_parts(arrays, {"confide_order": order})
-
-
-def encode_arrays(arrays: Arrays) -> bytes:
-    return encode_arrays_parts(arrays).tobytes()
-
-
-def save_arrays(path: Path, arrays: Arrays) -> Path:
-    """Write arrays as a safetensors file atomically (a temporary file, synced, then renamed), copying nothing."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as handle:
-        for part in encode_arrays_parts(arrays).parts:
-            handle.write(part)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    return path
-
-
-def decode_arrays(data: bytes | bytearray | memoryview, *, max_bytes: int = DEFAULT_MAX_BYTES) -> Arrays:
-    """Inverse of :func:`encode_arrays`."""
-    if len(data) > max_bytes:
-        raise PayloadTooLarge(f"array file of {len(data)} bytes exceeds the limit of {max_bytes} bytes")
-    document, length = _split_header(_header_bytes(data))
-    try:
-        order = json.loads(document["__metadata__"]["confide_order"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise PayloadError("array file is not a Confide safetensors file (no recorded order)") from exc
-    loaded = _views(data, document, 8 + length)
-    try:
-        names = [str(name) for name, _ in order]
-        shapes = [[int(n) for n in shape] for _, shape in order]
-    except (TypeError, ValueError) as exc:
-        raise PayloadError("array file's recorded order is malformed") from exc
-    if sorted(names) != sorted(loaded):
-        raise PayloadError("array file's recorded order does not match its arrays")
-    return Arrays.from_dict(_reshaped(loaded, names, shapes))
+def _build_control(header: _Header, arrays: Arrays) -> Control:
+    if not header.topic:
+        raise PayloadError("a control message must name its topic")
+    fields: dict[str, ControlValue] = {}
+    for key in _CONTROL_MAPS:
+        for name, value in getattr(header, key).items():
+            if name in fields:
+                raise PayloadError(f"control field {name!r} appears in more than one of the header's maps")
+            if key == "blobs":
+                fields[name] = bytes.fromhex(value)
+            elif key == "blob_lists":
+                fields[name] = tuple(bytes.fromhex(item) for item in value)
+            elif key == "texts":
+                fields[name] = tuple(value)
+            else:
+                fields[name] = value
+    return Control(round=header.round, topic=header.topic, fields=fields, arrays=arrays)

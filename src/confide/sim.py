@@ -35,9 +35,17 @@ def simulate(
     ledgers: Mapping[str, Ledger | None] | None = None,
     seed: int = 0,
 ) -> SimResult:
-    """Run a whole federation of ``tasks`` (one per site) for ``config.rounds`` rounds."""
+    """Run a whole federation of ``tasks`` (one per site) for ``config.rounds`` rounds. With ``config.secure``
+    set, the rounds use secure aggregation and every site refuses to send an update in the clear."""
     runners = {
-        name: SiteRunner(name, task, chain=(chains or {}).get(name), ledger=(ledgers or {}).get(name), seed=seed)
+        name: SiteRunner(
+            name,
+            task,
+            chain=(chains or {}).get(name),
+            ledger=(ledgers or {}).get(name),
+            seed=seed,
+            secure_aggregation=config.secure is not None,
+        )
         for name, task in tasks.items()
     }
     transport = InMemoryTransport(runners)

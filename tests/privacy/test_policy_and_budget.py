@@ -66,6 +66,13 @@ def test_the_policy_file_in_a_kit_is_read_and_checked(tmp_path: Path) -> None:
             "before sparsify",
         ),
         ({"filters": [{"type": "sparsify", "fraction": 0.1}], "secure_aggregation": True}, "secure aggregation"),
+        (
+            {
+                "filters": [{"type": "gaussian", "clip": 1, "noise_multiplier": 1, "placement": "server"}],
+                "secure_aggregation": True,
+            },
+            "placement: site",
+        ),
         ({"budget": {"epsilon": 3}}, "needs a mechanism"),
         ({"filters": [{"type": "laplace"}]}, "laplace"),
     ],

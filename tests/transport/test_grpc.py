@@ -13,6 +13,7 @@ import pytest
 from confide.config import JobConfig, parse_job
 from confide.deploy import run_site, serve
 from confide.errors import TransportError
+from confide.privacy.config import PrivacyConfig
 from confide.provision import parse_federation, provision, revoke_site
 from confide.records import Arrays, Config, TrainRes
 from confide.server.loop import LoopConfig
@@ -106,6 +107,32 @@ def test_three_sites_over_mutual_tls_reach_the_simulators_model(tmp_path: Path) 
     ).arrays
     np.testing.assert_allclose(final["w"], expected["w"], rtol=1e-6)
     assert answers == dict.fromkeys(SITES, 3)
+
+
+def test_secure_aggregation_over_mutual_tls_reaches_the_simulators_model(tmp_path: Path) -> None:
+    from confide import serde
+    from confide.server.secure_round import SecureSettings
+
+    kits = _federation(tmp_path / "kits")
+    job = _job(tmp_path).model_copy(update={"privacy": PrivacyConfig(secure_aggregation=True)})
+    server, result, _ = _start(kits, job)
+    answers: dict[str, object] = {}
+
+    threads = [_site(kits, name, int(result["port"]), answers) for name in SITES]  # type: ignore[call-overload]
+    server.join(60)
+    for t in threads:
+        t.join(30)
+
+    assert "error" not in result, result.get("error")
+    final = serde.decode_arrays(Path(str(result["final"])).read_bytes())
+    expected = simulate(
+        FedAvg({"local_steps": 1, "lr": 0.5}),
+        {n: QuadraticTask(t, examples=10) for n, t in TARGETS.items()},
+        arrays(w=[0.0, 0.0]),
+        LoopConfig(rounds=3, secure=SecureSettings()),
+    ).arrays
+    np.testing.assert_allclose(final["w"], expected["w"], atol=1e-5)
+    assert answers == dict.fromkeys(SITES, 3 * 4)  # four secure-aggregation steps a round
 
 
 def test_a_site_from_another_federation_cannot_connect(tmp_path: Path) -> None:

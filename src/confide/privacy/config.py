@@ -76,6 +76,12 @@ class PrivacyConfig(_Strict):
                 "secure aggregation cannot carry sparse updates: each site's mask covers every entry, so a "
                 "sparse update would have to be sent dense (drop sparsify/svt, or secure aggregation)"
             )
+        gaussian = self.gaussian
+        if self.secure_aggregation and gaussian is not None and gaussian.placement == "server":
+            raise ValueError(
+                "secure aggregation hides single updates from the server, which central noise (placement: server) "
+                "needs to clip them: add the noise at the sites (placement: site)"
+            )
         if self.budget is not None and not self.spends:
             raise ValueError("a privacy budget needs a mechanism that spends it (gaussian, svt or dp_sgd)")
         return self

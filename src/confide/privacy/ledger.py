@@ -14,6 +14,7 @@ was. ``confide privacy report RUN`` prints the ledgers of a run as a table.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from collections.abc import Sequence
@@ -26,6 +27,9 @@ from dp_accounting import rdp
 
 from confide.errors import ConfigError
 from confide.privacy.spend import Spend
+
+# The accountant reports, at warning level, each small Renyi order it leaves out of a bound; the bound stays valid.
+logging.getLogger("absl").setLevel(logging.ERROR)
 
 
 @dataclass(frozen=True)
@@ -169,3 +173,20 @@ def read_ledgers(run: Path) -> list[dict[str, Any]]:
         except (OSError, ValueError) as exc:
             raise ConfigError(f"privacy ledger {path} cannot be read: {exc}") from exc
     return out
+
+
+def noise_multiplier_for(epsilon: float, delta: float, *, sampling_rate: float = 1.0, steps: int = 1) -> float:
+    """The smallest Gaussian noise multiplier whose ``steps`` releases (sampled at ``sampling_rate``) stay within
+    (``epsilon``, ``delta``) by the RDP accountant: to plan a job for a target epsilon."""
+    if not epsilon > 0 or not 0 < delta < 1:
+        raise ConfigError(f"a target needs epsilon > 0 and delta in (0, 1), got {epsilon}, {delta}")
+    spend = lambda z: _epsilon([Spend("plan", noise_multiplier=z, sampling_rate=sampling_rate, steps=steps)], 0, delta)  # noqa: E731
+    low, high = 1e-3, 1.0
+    while spend(high) > epsilon:
+        high *= 2
+        if high > 1e4:
+            raise ConfigError(f"no noise multiplier up to 1e4 reaches epsilon {epsilon} in {steps} steps")
+    for _ in range(50):
+        mid = (low + high) / 2
+        low, high = (mid, high) if spend(mid) > epsilon else (low, mid)
+    return high

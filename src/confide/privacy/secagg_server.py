@@ -72,7 +72,9 @@ class SecAggServer:
         self._roster: Roster | None = None
         self._index: dict[str, int] = {}
         self._participants: tuple[str, ...] = ()
-        self._masked: dict[str, npt.NDArray[np.uint32]] = {}
+        # The masked inputs are only ever summed: keep their running sum mod 2**32, not one vector per client.
+        self._received: set[str] = set()
+        self._masked_sum = np.zeros(self.vector_length, dtype=np.uint32)
         self._commitments: dict[str, bytes] = {}
         self._request: UnmaskRequest | None = None
         self._stage = "new"
@@ -154,7 +156,8 @@ class SecAggServer:
         return {recipient: [by_sender[sender][recipient] for sender in participants] for recipient in participants}
 
     def collect(self, masked_inputs: Iterable[MaskedInput]) -> None:
-        """Step 3: accept masked inputs (may be called several times before ``unmask_request``)."""
+        """Step 3: accept masked inputs (may be called several times before ``unmask_request``). A call either
+        accepts all its inputs or, raising, none of them; the inputs are added to a running sum, not kept."""
         self._expect("routed", "collect()")
         fresh: dict[str, npt.NDArray[np.uint32]] = {}
         commitments: dict[str, bytes] = {}
@@ -165,7 +168,7 @@ class SecAggServer:
                 raise self._fail(f"masked input from {item.sender!r} is for aggregation {item.aggregation_id!r}")
             if item.sender not in self._participants:
                 raise self._fail(f"masked input from {item.sender!r}, which is not a participant")
-            if item.sender in self._masked or item.sender in fresh:
+            if item.sender in self._received or item.sender in fresh:
                 raise self._fail(f"duplicate masked input from {item.sender!r}")
             if tuple(item.peers) != self._participants:
                 raise self._fail(f"masked input from {item.sender!r} was masked with other participants")
@@ -179,18 +182,20 @@ class SecAggServer:
                 )
             if not isinstance(item.seed_commitment, bytes) or len(item.seed_commitment) != hashlib.sha256().digest_size:
                 raise self._fail(f"masked input from {item.sender!r} has a malformed seed commitment")
-            fresh[item.sender] = masked.copy()
+            fresh[item.sender] = masked
             commitments[item.sender] = item.seed_commitment
-        self._masked.update(fresh)
+        for masked in fresh.values():
+            np.add(self._masked_sum, masked, out=self._masked_sum)  # uint32 arithmetic wraps mod 2**32
+        self._received.update(fresh)
         self._commitments.update(commitments)
 
     def unmask_request(self) -> UnmaskRequest:
         """Step 4: name the survivors (masked input received) and the dropped participants."""
         self._expect("routed", "unmask_request()")
-        survivors = tuple(sorted(self._masked))
+        survivors = tuple(sorted(self._received))
         if len(survivors) < self.threshold:
             raise self._shortfall(len(survivors), f"of {len(self._participants)} participants sent masked input")
-        dropped = tuple(name for name in self._participants if name not in self._masked)
+        dropped = tuple(name for name in self._participants if name not in self._received)
         self._request = UnmaskRequest(self.aggregation_id, survivors, dropped)
         self._stage = "requested"
         return self._request
@@ -244,14 +249,14 @@ class SecAggServer:
 
         b_shares = {r: dict(accepted[r].self_mask_shares) for r in responders}
         s_shares = {r: dict(accepted[r].mask_key_shares) for r in responders}
-        total = np.zeros(self.vector_length, dtype=np.uint32)
+        total = self._masked_sum.copy()
         for name in request.survivors:
             seed = rebuild(name, b_shares, "the self mask")
             if not hmac.compare_digest(_commit(seed, self.aggregation_id, name), self._commitments[name]):
                 raise self._fail(
                     f"the rebuilt self mask of {name!r} does not match its commitment (a response is corrupt)"
                 )
-            total = total + self._masked[name] - prg_uint32(seed, self.vector_length)
+            total = total - prg_uint32(seed, self.vector_length)
         for dropped in request.dropped:
             key = X25519PrivateKey.from_private_bytes(rebuild(dropped, s_shares, "the mask key"))
             if key.public_key().public_bytes_raw() != self._roster.advertisements[self._index[dropped]].s_public:

@@ -1,4 +1,9 @@
-"""The server's rounds: configure, exchange, check, aggregate, evaluate, checkpoint."""
+"""The server's rounds: configure, exchange, check, aggregate, evaluate, checkpoint.
+
+With ``LoopConfig.secure`` set, a round's exchange and aggregation are those of
+:class:`~confide.server.secure_round.SecureRound` (secure aggregation: the server sees only the sum of the updates);
+configuration, quorum, evaluation and checkpoints stay here.
+"""
 
 from __future__ import annotations
 
@@ -11,10 +16,11 @@ from typing import Any, Protocol
 
 from confide import serde
 from confide.errors import ConfideError, RoundFailed
-from confide.records import Arrays, EvalIns, EvalRes, Failure, TrainRes
+from confide.records import Arrays, EvalIns, EvalRes, Failure, TrainIns, TrainRes
 from confide.server import checkpoint
 from confide.server.checks import check_update
-from confide.strategies.base import Strategy
+from confide.server.secure_round import SecureRound, SecureSettings, check_secure_strategy
+from confide.strategies.base import Aggregate, Strategy
 from confide.transport.base import Transport
 
 log = logging.getLogger(__name__)
@@ -107,6 +113,7 @@ class LoopConfig:
     checkpoint_dir: Path | None = None
     quorum_retries: int = 0
     retry_wait_s: float = 30.0
+    secure: SecureSettings | None = None  # secure aggregation: the server learns only the sum of the updates
 
 
 class ServerLoop:
@@ -125,6 +132,8 @@ class ServerLoop:
         self.events = events or NoEvents()
         self.history = History()
         self.start_round = 1
+        if config.secure is not None:
+            check_secure_strategy(strategy)
         if config.checkpoint_dir is not None:
             found = checkpoint.load_latest(config.checkpoint_dir)
             if found is not None:
@@ -177,17 +186,11 @@ class ServerLoop:
             raise RoundFailed(f"round {rnd}: {len(sites)} site(s) connected, the quorum is {self.config.min_sites}")
         self.events.round_started(rnd, sites)
         instructions = self.strategy.configure(rnd, self.global_arrays, sites)
-        encoded: dict[str, serde.Encoded] = {}
-        cache: dict[int, serde.Encoded] = {}
-        for site, ins in instructions.items():  # one encoding per distinct instruction, not per site
-            encoded[site] = cache.setdefault(id(ins), serde.encode_parts(ins))
-        del instructions, cache
         tally = _Tally()
-        try:
-            accepted = self.strategy.aggregate(rnd, self.global_arrays, self._accepted(rnd, encoded, tally))
-        except RoundFailed as exc:
-            raise RoundFailed(f"{exc}; failures: {tally.failures}" if tally.failures else str(exc)) from None
-        del encoded  # it references the previous model's arrays, which can go once the new model exists
+        if self.config.secure is not None:
+            accepted = self._secure(rnd, instructions, self.config.secure, tally)
+        else:
+            accepted = self._plain(rnd, instructions, tally)
         if len(accepted.sites) < self.config.min_sites:
             raise RoundFailed(
                 f"round {rnd}: {len(accepted.sites)} update(s) accepted, the quorum is {self.config.min_sites}; "
@@ -213,6 +216,36 @@ class ServerLoop:
             checkpoint.save(self.config.checkpoint_dir, rnd, self.global_arrays, state, self.strategy.state())
         self.events.round_finished(result, self.global_arrays)
         return result
+
+    def _plain(self, rnd: int, instructions: dict[str, TrainIns], tally: _Tally) -> Aggregate:
+        """Each update checked on arrival and folded by the strategy."""
+        encoded: dict[str, serde.Encoded] = {}
+        cache: dict[int, serde.Encoded] = {}
+        for site, ins in instructions.items():  # one encoding per distinct instruction, not per site
+            encoded[site] = cache.setdefault(id(ins), serde.encode_parts(ins))
+        del instructions, cache
+        try:
+            return self.strategy.aggregate(rnd, self.global_arrays, self._accepted(rnd, encoded, tally))
+        except RoundFailed as exc:
+            raise RoundFailed(f"{exc}; failures: {tally.failures}" if tally.failures else str(exc)) from None
+
+    def _secure(
+        self, rnd: int, instructions: dict[str, TrainIns], settings: SecureSettings, tally: _Tally
+    ) -> Aggregate:
+        """Secure aggregation: only the sum of the updates is learnt, checked as a whole (see secure_round)."""
+        secure = SecureRound(
+            self.transport,
+            settings,
+            deadline_s=self.config.deadline_s,
+            min_sites=self.config.min_sites,
+            max_norm=self.config.max_update_norm,
+            on_site=lambda site, ok, detail: self.events.site_finished(rnd, site, ok, detail),
+        )
+        try:
+            return secure.run(rnd, self.global_arrays, instructions)
+        finally:
+            tally.failures.update(secure.failures)
+            tally.site_seconds += secure.site_seconds
 
     def _accepted(
         self, rnd: int, encoded: Mapping[str, serde.Encoded], tally: _Tally

@@ -3,6 +3,10 @@
 Whatever goes wrong inside a site (an undecodable instruction, a task that fails, a privacy
 filter that refuses) becomes a :class:`~confide.records.Failure` message with a reason. An
 update only leaves through the privacy chain; if the chain fails, nothing but the reason leaves.
+
+Secure-aggregation steps (:class:`~confide.records.Control` records) go to :class:`~confide.site.secure.SecureSite`,
+which trains through the same path and sends the filtered update only masked. A site whose privacy asks for secure
+aggregation (``secure_aggregation=True``, from the job or its own policy) refuses a plain training instruction.
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ from confide.errors import ConfideError, PrivacyError
 from confide.privacy.filter import FilterChain
 from confide.privacy.ledger import Ledger
 from confide.privacy.spend import Spend
-from confide.records import EvalIns, Failure, Record, TrainIns, TrainRes
+from confide.records import Control, EvalIns, Failure, Record, TrainIns, TrainRes
+from confide.site.secure import SecureSite
 from confide.tasks.base import Task
 
 log = logging.getLogger(__name__)
@@ -36,6 +41,7 @@ class SiteRunner:
         ledger: Ledger | None = None,
         seed: int = 0,
         max_bytes: int = serde.DEFAULT_MAX_BYTES,
+        secure_aggregation: bool = False,
     ) -> None:
         self.name = name
         self.task = task
@@ -43,6 +49,8 @@ class SiteRunner:
         self.ledger = ledger
         self.max_bytes = max_bytes
         self.notices: list[str] = []
+        self.secure_aggregation = secure_aggregation
+        self.secure = SecureSite(name, self._train)
         self._rng = np.random.default_rng(np.random.SeedSequence([seed, *name.encode()]))
 
     def notice(self, message: str) -> None:
@@ -63,13 +71,19 @@ class SiteRunner:
         except ConfideError as exc:
             log.warning("site %s: refused an instruction it could not decode: %s", self.name, exc)
             return Failure(round=0, reason=f"site {self.name} could not decode the instruction: {exc}")
-        if not isinstance(instruction, TrainIns | EvalIns):
+        if not isinstance(instruction, TrainIns | EvalIns | Control):
             return Failure(
                 round=instruction.round,
                 reason=f"site {self.name} cannot act on a {type(instruction).__name__}",
             )
         try:
+            if isinstance(instruction, Control):
+                return self.secure.answer(instruction)
             if isinstance(instruction, TrainIns):
+                if self.secure_aggregation:
+                    reason = f"site {self.name} requires secure aggregation: it sends no update in the clear"
+                    log.warning("site %s: refused round %d: %s", self.name, instruction.round, reason)
+                    return Failure(round=instruction.round, reason=reason, kind="refused")
                 return self._train(instruction)
             return self.task.evaluate(instruction.arrays, instruction.config, instruction.round)
         except PrivacyError as exc:

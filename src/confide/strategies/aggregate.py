@@ -145,3 +145,34 @@ def trimmed_mean(updates: Sequence[Arrays], trim_fraction: float) -> dict[str, n
         kept = stacked[cut : len(updates) - cut]
         out[name] = kept.mean(axis=0).astype(_acc_dtype(first.dtype))
     return out
+
+
+def model_size(like: Arrays) -> int:
+    """The number of entries of all arrays together (the length of :func:`flatten`'s vector)."""
+    return sum(int(value.size) for value in like.values())
+
+
+def flatten(update: Arrays, like: Arrays) -> np.ndarray:
+    """One float64 vector of ``update``'s entries, array after array in ``like``'s order (each in C order).
+
+    Refuses an update whose names or shapes differ from ``like``'s: a vector is only meaningful in one layout."""
+    if update.names() != like.names():
+        raise ValueError(f"the update's arrays {list(update.names())[:5]} are not the model's {list(like.names())[:5]}")
+    for name, value in like.items():
+        if update[name].shape != value.shape:
+            raise ValueError(f"array {name!r} has shape {update[name].shape}, the model's is {value.shape}")
+    if not len(like):
+        return np.zeros(0, dtype=np.float64)
+    return np.concatenate([np.asarray(update[name], dtype=np.float64).reshape(-1) for name in like.names()])
+
+
+def unflatten(vector: np.ndarray, like: Arrays) -> dict[str, np.ndarray]:
+    """The inverse of :func:`flatten`: float64 arrays shaped as ``like``'s (views into ``vector``)."""
+    if vector.shape != (model_size(like),):
+        raise ValueError(f"a vector of shape {vector.shape} does not fit a model of {model_size(like)} entries")
+    out: dict[str, np.ndarray] = {}
+    offset = 0
+    for name, value in like.items():
+        out[name] = np.asarray(vector[offset : offset + value.size], dtype=np.float64).reshape(value.shape)
+        offset += value.size
+    return out

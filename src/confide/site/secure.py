@@ -1,0 +1,163 @@
+"""One site's side of secure-aggregation rounds: a :class:`~confide.privacy.secagg.SecAggClient` per aggregation,
+kept between the round's four exchanges, so that the update leaves the site only masked.
+
+The steps, in this order and once each (anything else is refused and ends the site's part in the aggregation):
+
+1. ``secagg/advertise``: make the client (fresh keys), answer its two public keys;
+2. ``secagg/roster``: check the roster (this site on it, a threshold above half of it), answer the sealed shares;
+3. ``secagg/train``: train and filter exactly as a plain round does (the budget check first, the privacy chain,
+   the ledger), flatten the dense update into one float vector in the model's array order, mask it with the
+   shares routed here, answer the masked vector with the number of examples and the metrics in clear;
+4. ``secagg/unmask``: answer the shares the server may have (one request only).
+
+Under secure aggregation the server sums the updates with equal weights: it cannot weigh what it cannot see,
+and it divides the sum by the number of sites in it. Entries beyond the fixed point's range (``clip_range``) are
+clipped; the site logs how many. Only meta that describes the site's privacy (filters run, epsilon spent) and
+its timing travels in clear: nothing that describes the update itself (such as its norm before clipping).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from confide.errors import PayloadError
+from confide.privacy.secagg import RandomBytes, Roster, SecAggClient, SecAggError, UnmaskRequest
+from confide.privacy.secagg_wire import (
+    TOPICS,
+    MaskedTrainRes,
+    SecAggSetup,
+    SecureTrainIns,
+    pack,
+    pack_masked,
+    pack_shares,
+    unpack,
+)
+from confide.records import Control, Failure, Record, SparseArrays, TrainIns, TrainRes
+from confide.strategies.aggregate import flatten
+
+log = logging.getLogger(__name__)
+
+SHARED_META = frozenset({"filters", "epsilon", "delta", "task_seconds", "dp_clip", "dp_noise_std"})
+"""Meta keys a masked update carries in clear: how the site protected it, never what it holds."""
+
+_NEXT = {  # the step each topic needs the aggregation to be at
+    TOPICS[Roster]: "advertised",
+    TOPICS[SecureTrainIns]: "shared",
+    TOPICS[UnmaskRequest]: "masked",
+}
+
+
+@dataclass
+class _Aggregation:
+    round: int
+    setup: SecAggSetup
+    client: SecAggClient
+    stage: str = "advertised"
+
+
+class SecureSite:
+    """The secure-aggregation steps of one site. ``train`` is the site's plain training path (budget, task,
+    privacy chain, ledger), which returns the filtered update or a refusal."""
+
+    def __init__(
+        self, name: str, train: Callable[[TrainIns], TrainRes | Failure], *, rng: RandomBytes | None = None
+    ) -> None:
+        self.name = name
+        self._train = train
+        self._rng = rng
+        self._current: _Aggregation | None = None
+
+    def _refuse(self, round: int, reason: str) -> Failure:
+        log.warning("site %s: secure aggregation, round %d: %s", self.name, round, reason)
+        return Failure(round=round, reason=f"site {self.name}: {reason}", kind="refused")
+
+    def answer(self, control: Control) -> Record:
+        """The answer to one step. Whatever goes wrong ends this site's part in the aggregation."""
+        current, self._current = self._current, None  # put back only when the step succeeds
+        try:
+            if control.topic == TOPICS[SecAggSetup]:
+                return self._advertise(control)
+            expected = _NEXT.get(control.topic)
+            if expected is None:
+                return self._refuse(control.round, f"unknown secure-aggregation step {control.topic!r}")
+            if current is None or current.stage != expected or current.round != control.round:
+                state = "none under way" if current is None else f"round {current.round} at {current.stage!r}"
+                return self._refuse(
+                    control.round,
+                    f"secure-aggregation step {control.topic!r} of round {control.round} is out of order "
+                    f"(needs an aggregation at {expected!r}; {state})",
+                )
+            if control.topic == TOPICS[Roster]:
+                return self._share(current, control)
+            if control.topic == TOPICS[SecureTrainIns]:
+                return self._mask(current, control)
+            return self._unmask(current, control)
+        except (PayloadError, SecAggError) as exc:
+            return self._refuse(control.round, f"secure aggregation refused: {exc}")
+
+    def _check_id(self, current: _Aggregation, aggregation_id: str) -> None:
+        if aggregation_id != current.setup.aggregation_id:
+            raise SecAggError(
+                f"message for aggregation {aggregation_id!r}, this site is in {current.setup.aggregation_id!r}"
+            )
+
+    def _advertise(self, control: Control) -> Control:
+        setup = unpack(control, SecAggSetup)
+        client = SecAggClient(
+            self.name,
+            setup.aggregation_id,
+            setup.vector_length,
+            scale=setup.scale,
+            clip_range=setup.clip_range,
+            rng=self._rng,
+        )
+        self._current = _Aggregation(control.round, setup, client)
+        return pack(control.round, client.advertise())
+
+    def _share(self, current: _Aggregation, control: Control) -> Control:
+        roster = unpack(control, Roster)
+        self._check_id(current, roster.aggregation_id)
+        if 2 * roster.threshold <= len(roster.advertisements):
+            raise SecAggError(
+                f"the roster's threshold {roster.threshold} is not above half of its {len(roster.advertisements)} "
+                "members: a server lying about dropouts could unmask a single update"
+            )
+        shares = current.client.share(roster)
+        current.stage = "shared"
+        self._current = current
+        return pack_shares(control.round, current.setup.aggregation_id, shares)
+
+    def _mask(self, current: _Aggregation, control: Control) -> Record:
+        ins = unpack(control, SecureTrainIns)
+        self._check_id(current, ins.aggregation_id)
+        res = self._train(ins.train)
+        if isinstance(res, Failure):
+            return res
+        if isinstance(res.update, SparseArrays):
+            return self._refuse(control.round, "a sparse update cannot be masked (secure aggregation sums every entry)")
+        try:
+            vector = flatten(res.update, ins.train.arrays)
+        except ValueError as exc:
+            return self._refuse(control.round, f"the update does not fit the model: {exc}")
+        clipped = int(np.count_nonzero(np.abs(vector) > current.setup.clip_range))
+        if clipped:
+            log.warning(
+                "site %s: %d update entries exceed the secure-aggregation range +-%g and are clipped",
+                self.name,
+                clipped,
+                current.setup.clip_range,
+            )
+        masked = current.client.mask(vector, ins.shares)
+        current.stage = "masked"
+        self._current = current
+        meta = {key: value for key, value in res.meta.items() if key in SHARED_META}
+        return pack_masked(control.round, MaskedTrainRes(masked, res.num_examples, res.metrics, meta))
+
+    def _unmask(self, current: _Aggregation, control: Control) -> Control:
+        request = unpack(control, UnmaskRequest)
+        self._check_id(current, request.aggregation_id)
+        return pack(control.round, current.client.unmask(request))
