@@ -13,6 +13,7 @@ was. ``confide privacy report RUN`` prints the ledgers of a run as a table.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import dp_accounting
+import numpy as np
 from dp_accounting import rdp
 
 from confide.errors import ConfigError
@@ -30,6 +32,7 @@ from confide.privacy.spend import Spend
 
 # The accountant reports, at warning level, each small Renyi order it leaves out of a bound; the bound stays valid.
 logging.getLogger("absl").setLevel(logging.ERROR)
+ORDERS = tuple(rdp.rdp_privacy_accountant.DEFAULT_RDP_ORDERS)
 
 
 @dataclass(frozen=True)
@@ -148,16 +151,25 @@ def _spend_document(spend: Spend) -> dict[str, Any]:
     }
 
 
+@functools.lru_cache(maxsize=1024)
+def _unit_rdp(noise_multiplier: float, sampling_rate: float) -> tuple[float, ...]:
+    """The Renyi-DP of one (subsampled) Gaussian release at the accountant's orders: computed once per distinct
+    mechanism, since the subsampled case is costly and rounds repeat the same mechanism."""
+    event: dp_accounting.DpEvent = dp_accounting.GaussianDpEvent(noise_multiplier)
+    if sampling_rate < 1.0:
+        event = dp_accounting.PoissonSampledDpEvent(sampling_rate, event)
+    accountant = rdp.RdpAccountant(ORDERS)
+    accountant.compose(event, 1)
+    return tuple(float(v) for v in accountant._rdp)  # composition adds these: k releases cost k times them
+
+
 def _epsilon(gaussian: Sequence[Spend], pure: float, delta: float) -> float:
     if not gaussian:
         return pure
-    accountant = rdp.RdpAccountant()
+    total = np.zeros(len(ORDERS))
     for spend in gaussian:
-        event: dp_accounting.DpEvent = dp_accounting.GaussianDpEvent(spend.noise_multiplier)
-        if spend.sampling_rate < 1.0:
-            event = dp_accounting.PoissonSampledDpEvent(spend.sampling_rate, event)
-        accountant.compose(event, spend.steps)
-    epsilon = float(accountant.get_epsilon(delta))
+        total += spend.steps * np.asarray(_unit_rdp(spend.noise_multiplier, spend.sampling_rate))
+    epsilon = float(rdp.rdp_privacy_accountant.compute_epsilon(ORDERS, total, delta)[0])
     return epsilon + pure if math.isfinite(epsilon) else math.inf
 
 
