@@ -102,3 +102,25 @@ def test_bad_arguments_are_refused() -> None:
             Sparsify(fraction)
     with pytest.raises(ValueError, match="select"):
         Sparsify(0.5, select="largest")  # type: ignore[arg-type]
+
+
+def test_the_chain_records_each_filters_name_parameters_and_spend() -> None:
+    import json
+
+    from confide.privacy.filter import FilterChain
+    from confide.privacy.gaussian import GaussianClientDP
+
+    chain = FilterChain([GaussianClientDP(1.0, 2.0, sites=4), Sparsify(0.25)])
+
+    out = chain.apply(_res(w=[0.5, -0.2, 0.1, 0.0]), np.random.default_rng(0))
+
+    recorded = json.loads(str(out.meta["filter_params"]))
+    assert out.meta["filters"] == "gaussian,sparsify"
+    assert recorded[0]["name"] == "gaussian" and recorded[0]["params"]["z"] == 2.0
+    assert recorded[0]["noise_multiplier"] == 1.0  # z / sqrt(4): what protects the site without secure aggregation
+    assert recorded[1] == {
+        "name": "sparsify",
+        "params": {"fraction": 0.25, "select": "topk"},
+        "epsilon": 0.0,
+        "noise_multiplier": 0.0,
+    }

@@ -7,6 +7,7 @@ Each filter's name is recorded in the update's ``meta`` (``filters``), in the or
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Protocol
@@ -59,4 +60,24 @@ class FilterChain:
                 raise PrivacyError(f"privacy filter {item.name!r} returned {type(out).__name__}, update blocked")
             current = out
         history = ",".join(self.names)
-        return replace(current, meta={**current.meta, "filters": history})
+        return replace(current, meta={**current.meta, "filters": history, "filter_params": self.describe()})
+
+    def describe(self) -> str:
+        """Every filter's name, parameters and spend per update, as JSON (recorded with the update)."""
+        out = []
+        for item in self.filters:
+            spend = getattr(item, "spend", None)
+            if callable(spend):
+                cost = spend()
+                out.append(
+                    {
+                        "name": item.name,
+                        "params": dict(cost.params),
+                        "epsilon": cost.epsilon,
+                        "noise_multiplier": cost.noise_multiplier,
+                    }
+                )
+            else:
+                simple = {k: v for k, v in vars(item).items() if isinstance(v, int | float | str | bool)}
+                out.append({"name": item.name, "params": simple, "epsilon": 0.0, "noise_multiplier": 0.0})
+        return json.dumps(out, sort_keys=True)
