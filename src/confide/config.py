@@ -103,6 +103,11 @@ class JobConfig(_Strict):
                 f"secure aggregation gives the server only the sum of the updates; strategy "
                 f"{self.federation.strategy!r} needs each update (use fedavg)"
             )
+        if self.privacy.gaussian is not None and self.federation.strategy != "fedavg":
+            raise ValueError(
+                f"client-level DP averages with DP-FedAvg (equal weights, clipped updates); strategy "
+                f"{self.federation.strategy!r} cannot carry it (use fedavg)"
+            )
         return self
 
     def train_config(self, *, batch_size: int | None = None) -> dict[str, float | int]:

@@ -74,12 +74,14 @@ def test_the_policy_file_in_a_kit_is_read_and_checked(tmp_path: Path) -> None:
             "placement: site",
         ),
         ({"budget": {"epsilon": 3}}, "needs a mechanism"),
+        ({"filters": [{"type": "gaussian", "clip": 1, "noise_multiplier": 1}], "strategy": "median"}, "DP-FedAvg"),
         ({"filters": [{"type": "laplace"}]}, "laplace"),
     ],
 )
 def test_combinations_that_cannot_work_are_refused_with_a_reason(privacy: dict[str, object], named: str) -> None:
+    strategy = privacy.pop("strategy", "fedavg")
     with pytest.raises(ConfigError, match=named):
-        parse_job({"data": {"root": "x"}, "privacy": privacy})
+        parse_job({"data": {"root": "x"}, "federation": {"strategy": strategy}, "privacy": privacy})
 
 
 def test_a_site_out_of_budget_refuses_the_round_and_the_server_records_why() -> None:
