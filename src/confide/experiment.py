@@ -152,10 +152,15 @@ def _train_run(
         for site in run.sites
     }
     batch = job.task.batch_size * (n_sites if run.kind == "pooled" else 1)
+    # a baseline trains alone: its update is taken as it is (FedAvg of one), not through a server optimiser
     strategy = make_strategy(
-        job.federation.strategy,
+        job.federation.strategy if run.kind == "federated" else "fedavg",
         job.train_config(batch_size=batch),
         trim_fraction=job.federation.trim_fraction,
+        server_lr=job.federation.server_lr,
+        beta1=job.federation.beta1,
+        beta2=job.federation.beta2,
+        tau=job.federation.tau,
         privacy=privacy,
         seed=job.seed,
     )

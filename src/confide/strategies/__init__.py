@@ -4,14 +4,18 @@ from __future__ import annotations
 
 from confide.privacy.config import PrivacyConfig
 from confide.strategies.base import Aggregate, Strategy
+from confide.strategies.cyclic import Cyclic
 from confide.strategies.dp_fedavg import DPFedAvg
 from confide.strategies.fedavg import FedAvg
+from confide.strategies.fedopt import FedOpt, Variant
 from confide.strategies.robust import RobustAggregation, fed_median, fed_trimmed_mean
 
 __all__ = [
     "Aggregate",
+    "Cyclic",
     "DPFedAvg",
     "FedAvg",
+    "FedOpt",
     "RobustAggregation",
     "Strategy",
     "fed_median",
@@ -19,17 +23,24 @@ __all__ = [
     "make_strategy",
 ]
 
+FEDOPT: dict[str, Variant] = {"fedadam": "adam", "fedyogi": "yogi", "fedadagrad": "adagrad"}
+
 
 def make_strategy(
     name: str,
     train_config: dict[str, float | int],
     *,
     trim_fraction: float = 0.2,
+    server_lr: float = 1e-2,
+    beta1: float = 0.9,
+    beta2: float = 0.99,
+    tau: float = 1e-3,
     privacy: PrivacyConfig | None = None,
     seed: int = 0,
 ) -> Strategy:
     """The strategy a job names, with the instruction every site receives. A job with client-level DP (a
-    gaussian filter) aggregates with DP-FedAvg: equal weights, and the noise added here when it is central."""
+    gaussian filter) aggregates with DP-FedAvg: equal weights, and the noise added here when it is central.
+    ``server_lr``, ``beta1``, ``beta2`` and ``tau`` are the server optimiser's (fedadam, fedyogi, fedadagrad)."""
     privacy = privacy or PrivacyConfig()
     dp = privacy.gaussian
     if dp is not None:
@@ -40,6 +51,18 @@ def make_strategy(
         )
     if name == "fedavg":
         return FedAvg(train_config, missing=privacy.missing)
+    if name in FEDOPT:
+        return FedOpt(
+            train_config,
+            variant=FEDOPT[name],
+            server_lr=server_lr,
+            beta1=beta1,
+            beta2=beta2,
+            tau=tau,
+            missing=privacy.missing,
+        )
+    if name == "cyclic":
+        return Cyclic(train_config)
     if name == "median":
         return fed_median(train_config)
     if name == "trimmed_mean":

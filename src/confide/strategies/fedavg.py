@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Literal
 
@@ -23,6 +24,16 @@ from confide.strategies.aggregate import (
 from confide.strategies.base import Aggregate, StrategyState, restore_stateless
 
 Missing = Literal["reported", "zero"]
+
+
+@dataclass(frozen=True)
+class MeanUpdate:
+    """One round's example-weighted mean update (``delta``: writable buffers, one per array) and its sources."""
+
+    delta: dict[str, np.ndarray]
+    sites: tuple[str, ...]
+    num_examples: int
+    metrics: Mapping[str, float]
 
 
 class FedAvg:
@@ -53,6 +64,17 @@ class FedAvg:
         restore_stateless(self.name, state)
 
     def aggregate(self, round: int, global_arrays: Arrays, results: Iterable[tuple[str, TrainRes]]) -> Aggregate:
+        mean = self.mean_update(round, global_arrays, results)
+        return Aggregate(
+            arrays=apply_delta_in_place(global_arrays, mean.delta),
+            sites=mean.sites,
+            num_examples=mean.num_examples,
+            metrics=mean.metrics,
+        )
+
+    def mean_update(self, round: int, global_arrays: Arrays, results: Iterable[tuple[str, TrainRes]]) -> MeanUpdate:
+        """The streaming fold on its own: the example-weighted mean of the updates, in a buffer the caller owns
+        (server optimisers such as FedOpt take it as their pseudo-gradient)."""
         acc = zeros_like(global_arrays)
         counts: dict[str, np.ndarray] | None = None
         total = 0
@@ -80,9 +102,4 @@ class FedAvg:
             del counts
         else:
             scale(acc, 1.0 / total)
-        return Aggregate(
-            arrays=apply_delta_in_place(global_arrays, acc),
-            sites=tuple(sites),
-            num_examples=total,
-            metrics=weighted_metrics(metric_items),
-        )
+        return MeanUpdate(delta=acc, sites=tuple(sites), num_examples=total, metrics=weighted_metrics(metric_items))
