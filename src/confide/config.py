@@ -75,12 +75,17 @@ class FederationConfig(_Strict):
     site_timeout_s: float = Field(
         default=30.0, ge=1, description="deployment: a site silent this long (no heartbeat) is dropped from the round"
     )
-    strategy: Literal["fedavg", "median", "trimmed_mean", "fedadam", "fedyogi", "fedadagrad", "cyclic"] = "fedavg"
+    strategy: Literal["fedavg", "median", "trimmed_mean", "fedadam", "fedyogi", "fedadagrad", "cyclic", "fedprox"] = (
+        "fedavg"
+    )
     trim_fraction: float = Field(default=0.2, ge=0, lt=0.5, description="trimmed_mean: share cut at each end")
     server_lr: float = Field(default=0.01, gt=0, allow_inf_nan=False, description="fedadam/fedyogi/fedadagrad: eta")
     beta1: float = Field(default=0.9, ge=0, lt=1, description="fedadam/fedyogi/fedadagrad: first-moment decay")
     beta2: float = Field(default=0.99, ge=0, lt=1, description="fedadam/fedyogi: second-moment decay")
     tau: float = Field(default=1e-3, gt=0, le=1, description="fedadam/fedyogi/fedadagrad: adaptivity (tau)")
+    proximal_mu: float = Field(
+        default=0.01, ge=0, allow_inf_nan=False, description="fedprox: strength of the sites' proximal term (mu)"
+    )
 
     @model_validator(mode="after")
     def _cyclic_quorum(self) -> FederationConfig:

@@ -137,6 +137,7 @@ def serve(
                 beta1=job.federation.beta1,
                 beta2=job.federation.beta2,
                 tau=job.federation.tau,
+                mu=job.federation.proximal_mu,
                 privacy=job.privacy,
                 seed=job.seed,
             ),

@@ -161,6 +161,7 @@ def _train_run(
         beta1=job.federation.beta1,
         beta2=job.federation.beta2,
         tau=job.federation.tau,
+        mu=job.federation.proximal_mu,
         privacy=privacy,
         seed=job.seed,
     )

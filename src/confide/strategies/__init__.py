@@ -8,6 +8,7 @@ from confide.strategies.cyclic import Cyclic
 from confide.strategies.dp_fedavg import DPFedAvg
 from confide.strategies.fedavg import FedAvg
 from confide.strategies.fedopt import FedOpt, Variant
+from confide.strategies.fedprox import FedProx
 from confide.strategies.robust import RobustAggregation, fed_median, fed_trimmed_mean
 
 __all__ = [
@@ -16,6 +17,7 @@ __all__ = [
     "DPFedAvg",
     "FedAvg",
     "FedOpt",
+    "FedProx",
     "RobustAggregation",
     "Strategy",
     "fed_median",
@@ -35,12 +37,14 @@ def make_strategy(
     beta1: float = 0.9,
     beta2: float = 0.99,
     tau: float = 1e-3,
+    mu: float = 0.01,
     privacy: PrivacyConfig | None = None,
     seed: int = 0,
 ) -> Strategy:
     """The strategy a job names, with the instruction every site receives. A job with client-level DP (a
     gaussian filter) aggregates with DP-FedAvg: equal weights, and the noise added here when it is central.
-    ``server_lr``, ``beta1``, ``beta2`` and ``tau`` are the server optimiser's (fedadam, fedyogi, fedadagrad)."""
+    ``server_lr``, ``beta1``, ``beta2`` and ``tau`` are the server optimiser's (fedadam, fedyogi, fedadagrad);
+    ``mu`` is FedProx's proximal strength, sent to the sites."""
     privacy = privacy or PrivacyConfig()
     dp = privacy.gaussian
     if dp is not None:
@@ -61,6 +65,8 @@ def make_strategy(
             tau=tau,
             missing=privacy.missing,
         )
+    if name == "fedprox":
+        return FedProx(train_config, mu=mu, missing=privacy.missing)
     if name == "cyclic":
         return Cyclic(train_config)
     if name == "median":

@@ -25,6 +25,7 @@ from confide.privacy.config import DpSgdSpec
 from confide.privacy.spend import Spend
 from confide.records import Arrays, Config, EvalRes, TrainRes
 from confide.tasks.dp_sgd import DpSgd
+from confide.tasks.proximal import Proximal
 from confide.tasks.seg_metrics import REGIONS, region_dice
 from confide.tasks.torch_io import difference, load_arrays, module_arrays
 
@@ -144,6 +145,7 @@ class BrainTumorTask:
         lr = float(config.get("lr", self.config.lr))
         batch = min(int(config.get("batch_size", self.config.batch_size)), len(data))
         load_arrays(self.model, arrays)
+        proximal = Proximal.from_config(self.model, config)
         self.model.train()
         optimiser = torch.optim.Adam(self.model.parameters(), lr=lr)
         gen = torch.Generator().manual_seed(_seed(self.seed, self.site, round, "train"))
@@ -162,7 +164,15 @@ class BrainTumorTask:
                 if flips:
                     x, y = torch.flip(x, flips), torch.flip(y, flips)
             if self.dp is not None:
-                value = self.dp.step(self.loss_fn, x, y, expected_batch=rate * len(data), optimiser=optimiser, gen=gen)
+                value = self.dp.step(
+                    self.loss_fn,
+                    x,
+                    y,
+                    expected_batch=rate * len(data),
+                    optimiser=optimiser,
+                    gen=gen,
+                    proximal=proximal,
+                )
                 if np.isfinite(value):
                     losses.append(value)
                 continue
@@ -170,7 +180,8 @@ class BrainTumorTask:
             loss = self.loss_fn(self.model(x), y)
             if not torch.isfinite(loss):
                 raise TaskError(f"site {self.site}: training loss became {loss.item()} at step {step + 1}")
-            loss.backward()
+            objective = loss if proximal is None else loss + proximal.penalty(self.model)
+            objective.backward()
             optimiser.step()
             losses.append(float(loss.item()))
         after = module_arrays(self.model)

@@ -21,6 +21,7 @@ import torch
 
 from confide.errors import TaskError
 from confide.privacy.spend import Spend
+from confide.tasks.proximal import Proximal
 
 
 class DpSgd:
@@ -58,8 +59,10 @@ class DpSgd:
         expected_batch: float,
         optimiser: torch.optim.Optimizer,
         gen: torch.Generator,
+        proximal: Proximal | None = None,
     ) -> float:
-        """One private step on the Poisson-sampled batch (x, y), which may be empty; returns the batch loss."""
+        """One private step on the Poisson-sampled batch (x, y), which may be empty; returns the batch loss.
+        ``proximal`` (FedProx) adds its gradient after the noise: it reads no data, so it spends no privacy."""
         params = [p for p in self.model.parameters() if p.requires_grad]
         summed = [torch.zeros_like(p) for p in params]
         loss_value = float("nan")
@@ -81,5 +84,7 @@ class DpSgd:
         for p, total in zip(params, summed, strict=True):
             noise = torch.normal(0.0, std, size=p.shape, generator=gen)
             p.grad = (total + noise) / expected_batch
+        if proximal is not None:
+            proximal.add_gradient(self.model)
         optimiser.step()
         return loss_value

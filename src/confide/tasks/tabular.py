@@ -13,6 +13,7 @@ from confide.privacy.config import DpSgdSpec
 from confide.privacy.spend import Spend
 from confide.records import Arrays, Config, EvalRes, TrainRes
 from confide.tasks.dp_sgd import DpSgd
+from confide.tasks.proximal import Proximal
 from confide.tasks.torch_io import difference, load_arrays, module_arrays
 
 Model = Literal["logistic", "mlp"]
@@ -71,6 +72,7 @@ class TabularTask:
         steps = int(config.get("local_steps", 1))
         batch = int(config.get("batch_size", 16))
         load_arrays(self.model, arrays)
+        proximal = Proximal.from_config(self.model, config)
         self.model.train()
         optimiser = torch.optim.Adam(self.model.parameters(), lr=float(config.get("lr", 0.05)))
         digest = hashlib.sha256(f"{self.seed}/{self.site}/{round}".encode()).digest()
@@ -81,7 +83,13 @@ class TabularTask:
             if self.dp is not None:
                 idx = torch.nonzero(torch.rand(len(self.y), generator=gen) < rate).flatten()
                 value = self.dp.step(
-                    _bce, self.x[idx], self.y[idx], expected_batch=rate * len(self.y), optimiser=optimiser, gen=gen
+                    _bce,
+                    self.x[idx],
+                    self.y[idx],
+                    expected_batch=rate * len(self.y),
+                    optimiser=optimiser,
+                    gen=gen,
+                    proximal=proximal,
                 )
                 if np.isfinite(value):
                     losses.append(value)
@@ -89,7 +97,8 @@ class TabularTask:
             idx = torch.randperm(len(self.y), generator=gen)[:batch]
             optimiser.zero_grad(set_to_none=True)
             loss = _bce(self.model(self.x[idx]), self.y[idx])
-            loss.backward()
+            objective = loss if proximal is None else loss + proximal.penalty(self.model)
+            objective.backward()
             optimiser.step()
             losses.append(float(loss.item()))
         return TrainRes(
