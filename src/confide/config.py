@@ -75,9 +75,9 @@ class FederationConfig(_Strict):
     site_timeout_s: float = Field(
         default=30.0, ge=1, description="deployment: a site silent this long (no heartbeat) is dropped from the round"
     )
-    strategy: Literal["fedavg", "median", "trimmed_mean", "fedadam", "fedyogi", "fedadagrad", "cyclic", "fedprox"] = (
-        "fedavg"
-    )
+    strategy: Literal[
+        "fedavg", "median", "trimmed_mean", "fedadam", "fedyogi", "fedadagrad", "cyclic", "fedprox", "scaffold", "fedbn"
+    ] = "fedavg"
     trim_fraction: float = Field(default=0.2, ge=0, lt=0.5, description="trimmed_mean: share cut at each end")
     server_lr: float = Field(default=0.01, gt=0, allow_inf_nan=False, description="fedadam/fedyogi/fedadagrad: eta")
     beta1: float = Field(default=0.9, ge=0, lt=1, description="fedadam/fedyogi/fedadagrad: first-moment decay")
@@ -117,6 +117,11 @@ class JobConfig(_Strict):
             raise ValueError(
                 f"secure aggregation gives the server only the sum of the updates; strategy "
                 f"{self.federation.strategy!r} needs each update (use fedavg)"
+            )
+        if self.privacy.filters and self.federation.strategy == "scaffold":
+            raise ValueError(
+                "scaffold sends each site's control-variate change beside its update; the privacy filters do not "
+                "cover it: use fedavg or fedprox with privacy filters"
             )
         if self.privacy.gaussian is not None and self.federation.strategy != "fedavg":
             raise ValueError(

@@ -141,6 +141,12 @@ class SparseArrays:
         total = sum(int(np.prod(shape)) for _, shape in self.shapes)
         return sum(int(v.size) for v in self.values.values()) / total if total else 0.0
 
+    def without(self, names: frozenset[str]) -> SparseArrays:
+        """The same update with no entry sent for the arrays ``names`` (they stay named, with empty indices)."""
+        indices = {n: (np.zeros(0, np.int64) if n in names else i) for n, i, _ in self.items()}
+        values = {n: (v[:0] if n in names else v) for n, _, v in self.items()}
+        return SparseArrays(self.shapes, Arrays.from_dict(indices), Arrays.from_dict(values))
+
     def densify(self) -> Arrays:
         """The update with every entry not sent set to zero."""
         out: dict[str, np.ndarray] = {}

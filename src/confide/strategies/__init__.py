@@ -7,18 +7,22 @@ from confide.strategies.base import Aggregate, Strategy
 from confide.strategies.cyclic import Cyclic
 from confide.strategies.dp_fedavg import DPFedAvg
 from confide.strategies.fedavg import FedAvg
+from confide.strategies.fedbn import FedBN
 from confide.strategies.fedopt import FedOpt, Variant
 from confide.strategies.fedprox import FedProx
 from confide.strategies.robust import RobustAggregation, fed_median, fed_trimmed_mean
+from confide.strategies.scaffold import Scaffold
 
 __all__ = [
     "Aggregate",
     "Cyclic",
     "DPFedAvg",
     "FedAvg",
+    "FedBN",
     "FedOpt",
     "FedProx",
     "RobustAggregation",
+    "Scaffold",
     "Strategy",
     "fed_median",
     "fed_trimmed_mean",
@@ -40,11 +44,15 @@ def make_strategy(
     mu: float = 0.01,
     privacy: PrivacyConfig | None = None,
     seed: int = 0,
+    total_sites: int = 1,
+    norm_names: frozenset[str] = frozenset(),
 ) -> Strategy:
     """The strategy a job names, with the instruction every site receives. A job with client-level DP (a
     gaussian filter) aggregates with DP-FedAvg: equal weights, and the noise added here when it is central.
     ``server_lr``, ``beta1``, ``beta2`` and ``tau`` are the server optimiser's (fedadam, fedyogi, fedadagrad);
-    ``mu`` is FedProx's proximal strength, sent to the sites."""
+    ``mu`` is FedProx's proximal strength, sent to the sites; ``total_sites`` is SCAFFOLD's N (its control variate
+    moves by the sum of this round's control changes over N); ``norm_names`` are the arrays FedBN keeps at the
+    sites."""
     privacy = privacy or PrivacyConfig()
     dp = privacy.gaussian
     if dp is not None:
@@ -67,6 +75,10 @@ def make_strategy(
         )
     if name == "fedprox":
         return FedProx(train_config, mu=mu, missing=privacy.missing)
+    if name == "scaffold":
+        return Scaffold(train_config, total_sites=total_sites)
+    if name == "fedbn":
+        return FedBN(train_config, local_names=norm_names, missing=privacy.missing)
     if name == "cyclic":
         return Cyclic(train_config)
     if name == "median":

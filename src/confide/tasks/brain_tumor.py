@@ -25,9 +25,9 @@ from confide.privacy.config import DpSgdSpec
 from confide.privacy.spend import Spend
 from confide.records import Arrays, Config, EvalRes, TrainRes
 from confide.tasks.dp_sgd import DpSgd
-from confide.tasks.proximal import Proximal
+from confide.tasks.local_rules import LocalRules, SiteMemory
 from confide.tasks.seg_metrics import REGIONS, region_dice
-from confide.tasks.torch_io import difference, load_arrays, module_arrays
+from confide.tasks.torch_io import load_arrays, module_arrays
 
 
 @dataclass(frozen=True)
@@ -125,6 +125,11 @@ class BrainTumorTask:
         self.dp = (
             None if dp_sgd is None else DpSgd(self.model, clip=dp_sgd.clip, noise_multiplier=dp_sgd.noise_multiplier)
         )
+        self.memory = SiteMemory()
+
+    def personal(self, arrays: Arrays) -> Arrays:
+        """The global model as this site uses it (its own normalisation layers under FedBN)."""
+        return self.memory.personal(arrays)
 
     def privacy_spend(self, config: Config) -> list[Spend]:
         """What a round of training spends on the site's patients (DP-SGD), for the ledger to check first."""
@@ -144,8 +149,7 @@ class BrainTumorTask:
         steps = int(config.get("local_steps", 1))
         lr = float(config.get("lr", self.config.lr))
         batch = min(int(config.get("batch_size", self.config.batch_size)), len(data))
-        load_arrays(self.model, arrays)
-        proximal = Proximal.from_config(self.model, config)
+        rules = LocalRules.begin(self.model, arrays, {**config, "lr": lr}, self.memory)
         self.model.train()
         optimiser = torch.optim.Adam(self.model.parameters(), lr=lr)
         gen = torch.Generator().manual_seed(_seed(self.seed, self.site, round, "train"))
@@ -171,8 +175,9 @@ class BrainTumorTask:
                     expected_batch=rate * len(data),
                     optimiser=optimiser,
                     gen=gen,
-                    proximal=proximal,
+                    proximal=rules,
                 )
+                rules.after_step()
                 if np.isfinite(value):
                     losses.append(value)
                 continue
@@ -180,15 +185,14 @@ class BrainTumorTask:
             loss = self.loss_fn(self.model(x), y)
             if not torch.isfinite(loss):
                 raise TaskError(f"site {self.site}: training loss became {loss.item()} at step {step + 1}")
-            objective = loss if proximal is None else loss + proximal.penalty(self.model)
-            objective.backward()
+            rules.objective(loss).backward()
             optimiser.step()
+            rules.after_step()
             losses.append(float(loss.item()))
-        after = module_arrays(self.model)
         losses = losses or [float("nan")]
         return TrainRes(
             round=round,
-            update=difference(after, arrays),
+            update=rules.finish(),
             num_examples=len(data),
             metrics={"loss": float(np.mean(losses)), "loss_last": losses[-1], "steps": float(steps)},
         )
@@ -196,7 +200,7 @@ class BrainTumorTask:
     @torch.no_grad()
     def predict(self, arrays: Arrays, images: np.ndarray) -> np.ndarray:
         """Boolean region masks (N, 3, *roi) for images (N, 4, *roi)."""
-        load_arrays(self.model, arrays)
+        load_arrays(self.model, self.memory.personal(arrays))
         self.model.eval()
         out = []
         for start in range(0, images.shape[0], 4):

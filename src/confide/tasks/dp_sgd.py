@@ -16,12 +16,18 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable
+from typing import Protocol
 
 import torch
 
 from confide.errors import TaskError
 from confide.privacy.spend import Spend
-from confide.tasks.proximal import Proximal
+
+
+class GradientAddOn(Protocol):
+    """What may add a data-free gradient after the noise (FedProx's proximal term through LocalRules)."""
+
+    def add_gradient(self, model: torch.nn.Module) -> None: ...
 
 
 class DpSgd:
@@ -59,7 +65,7 @@ class DpSgd:
         expected_batch: float,
         optimiser: torch.optim.Optimizer,
         gen: torch.Generator,
-        proximal: Proximal | None = None,
+        proximal: GradientAddOn | None = None,
     ) -> float:
         """One private step on the Poisson-sampled batch (x, y), which may be empty; returns the batch loss.
         ``proximal`` (FedProx) adds its gradient after the noise: it reads no data, so it spends no privacy."""
