@@ -126,12 +126,13 @@ def main() -> None:
                 "data": {"root": str(data), "test_fraction": 0.25},
                 "federation": {"rounds": args.rounds, "local_steps": args.local_steps, "min_sites": args.sites},
                 "privacy": privacy,
+                "finetune": {"steps": 0},
                 "report": {"out": str(args.out / "runs" / label.replace(" ", "_")), "plots": False},
             }
         )
         t0 = time.perf_counter()
         result = run_job(job, ProgressDisplay(enabled=False))
-        run = result.runs[-1]
+        run = next(r for r in result.runs if r.kind == "federated")
         dice = float(result.cross[run.name]["all"]["dice_mean"])
         epsilon = max((ledger.epsilon for ledger in run.ledgers.values()), default=0.0)
         fraction = next((f["fraction"] for f in privacy.get("filters", []) if f["type"] == "sparsify"), 1.0)

@@ -44,7 +44,7 @@ def _clean_errors(command: Callable[P, None]) -> Callable[P, None]:
 def _run_job(job: JobConfig) -> None:
     from confide.experiment import run_job
     from confide.report.progress import ProgressDisplay
-    from confide.report.tables import rich_table
+    from confide.report.tables import rich_gains, rich_table
     from confide.report.writer import write_report
 
     start = time.perf_counter()
@@ -52,7 +52,18 @@ def _run_job(job: JobConfig) -> None:
         result = run_job(job, display)
     files = write_report(result, job.report.out)
     console.print()
-    console.print(rich_table(result.cross, title=f"Dice on every site's held-out test cases ({job.name})"))
+    label = result.metric.replace("_", " ")
+    console.print(
+        rich_table(result.cross, result.metric, title=f"{label} on every site's held-out test split ({job.name})")
+    )
+    console.print(
+        rich_gains(
+            result.cross,
+            result.metric,
+            result.federated,
+            title=f"what federation gained each site ({label}, own test split)",
+        )
+    )
     console.print(f"report: {files['html']} (also {files['markdown'].name}, metrics.json, plots)")
     console.print(f"wall time: {time.perf_counter() - start:.0f} s")
 
@@ -169,13 +180,14 @@ def server(
 ) -> None:
     """Serve a job to the federation's sites over gRPC with mutual TLS (sites dial in)."""
     from confide.deploy import serve
-    from confide.tasks.brain_tumor import initial_arrays
+    from confide.experiment import initial_global
+    from confide.workloads.registry import make_workload
 
     job = load_job(job_file)
     final = serve(
         kit,
         job,
-        initial=lambda j: initial_arrays(j.task, j.seed),
+        initial=lambda j: initial_global(j, make_workload(j.task)),
         resume=resume,
         port=port,
         wait_s=wait,
@@ -188,7 +200,7 @@ def server(
 @_clean_errors
 def site(
     kit: Annotated[Path, typer.Option(help="this site's kit (site.yaml, certificate, key, CA)")],
-    data: Annotated[Path, typer.Option(help="this site's own folder of BraTS cases")],
+    data: Annotated[Path, typer.Option(help="this site's own data (its folder of cases, images or slides; its table)")],
     server_address: Annotated[str | None, typer.Option("--server", help="override the kit's host:port")] = None,
 ) -> None:
     """Run this hospital's side of a federation: dial out, train on local data, send filtered updates."""
@@ -197,7 +209,7 @@ def site(
     from confide.site.runner import SiteRunner
 
     def runner(name: str, job: JobConfig) -> SiteRunner:
-        console.print(f"site {name}: preparing the cases in {data} for job {job.name}")
+        console.print(f"site {name}: preparing its data in {data} for job {job.name}")
         return private_runner(kit, name, job, site_task(job, data, name, privacy=site_privacy(kit, job)))
 
     answered = run_site(kit, runner, address=server_address)

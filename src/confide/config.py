@@ -94,6 +94,19 @@ class FederationConfig(_Strict):
         return self
 
 
+class FinetuneConfig(_Strict):
+    """After federation, each site adapts the federated model to its own training split."""
+
+    steps: int | None = Field(
+        default=None, ge=0, le=1_000_000, description="local steps at each site (default: local_steps; 0: off)"
+    )
+    lr: float | None = Field(default=None, gt=0, le=1, description="learning rate (default: the task's)")
+
+    @property
+    def enabled(self) -> bool:
+        return self.steps is None or self.steps > 0
+
+
 class ReportConfig(_Strict):
     out: Path = Path("runs/job")
     plots: bool = True
@@ -109,6 +122,7 @@ class JobConfig(_Strict):
         default_factory=list, description="baselines trained with the same budget of local steps"
     )
     privacy: PrivacyConfig = PrivacyConfig()
+    finetune: FinetuneConfig = FinetuneConfig()
     report: ReportConfig = ReportConfig()
 
     @model_validator(mode="after")
@@ -134,8 +148,8 @@ class JobConfig(_Strict):
         """What every site is told to do in a round (the same in simulation and deployment)."""
         return {
             "local_steps": self.federation.local_steps,
-            "lr": self.task.lr,
-            "batch_size": batch_size or self.task.batch_size,
+            "lr": float(self.task.lr),
+            "batch_size": batch_size or int(self.task.batch_size),
         }
 
 

@@ -25,7 +25,7 @@ from confide.server import checkpoint
 from confide.server.loop import LoopConfig, RoundEvents, ServerLoop
 from confide.server.secure_round import SecureSettings
 from confide.site.runner import SiteRunner
-from confide.strategies import make_strategy
+from confide.strategies import Strategy
 from confide.transport.grpc_client import SiteClient
 from confide.transport.grpc_server import FederationService, ServiceConfig, read_kit_file, start_server
 from confide.transport.inmemory import Endpoint
@@ -129,18 +129,7 @@ def serve(
                 f"only {len(present)} of the {start} sites needed joined within {wait_s:.0f} s: {present}"
             )
         loop = ServerLoop(
-            make_strategy(
-                job.federation.strategy,
-                job.train_config(),
-                trim_fraction=job.federation.trim_fraction,
-                server_lr=job.federation.server_lr,
-                beta1=job.federation.beta1,
-                beta2=job.federation.beta2,
-                tau=job.federation.tau,
-                mu=job.federation.proximal_mu,
-                privacy=job.privacy,
-                seed=job.seed,
-            ),
+            _strategy(job, roster_size=len(service.config.roster() or {}) or len(present)),
             service,
             initial(job),
             LoopConfig(
@@ -165,6 +154,17 @@ def serve(
         service.close()
         time.sleep(min(service.config.poll_s, 2.0))  # let waiting sites hear "done"
         server.stop(grace=1.0)
+
+
+def _strategy(job: JobConfig, *, roster_size: int) -> Strategy:
+    """The job's strategy on the server. SCAFFOLD's N is the number of sites on the roster (every site that may
+    take part); FedBN learns the normalisation layers to leave at the sites from the task's model."""
+    from confide.experiment import build_strategy
+    from confide.workloads.registry import make_workload
+
+    return build_strategy(
+        job, make_workload(job.task), kind="federated", sites=max(roster_size, 1), batch=int(job.task.batch_size)
+    )
 
 
 def site_privacy(kit: Path, job: JobConfig) -> PrivacyConfig:

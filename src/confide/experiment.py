@@ -1,4 +1,4 @@
-"""A job from start to finish: data, the federated run, the baselines, and the cross-site evaluation.
+"""A job from start to finish: data, the federated run, the baselines, fine-tuning and the cross-site evaluation.
 
 Every model gets the same budget of local optimisation steps (rounds x local_steps at each of its
 sites) and the same hyper-parameters; pooled training takes batches as large as the federation's
@@ -6,22 +6,26 @@ combined batch, so it processes as many examples per step as all sites together:
 
 - ``federated``: all sites, through the simulator and the job's strategy;
 - ``local:<site>``: a federation of that site alone (what the hospital could do by itself);
-- ``pooled``: one site holding every site's training cases (what sharing the data would give).
+- ``pooled``: one site holding every site's training cases (what sharing the data would give);
+- ``finetuned:<site>``: the federated model, adapted by that site on its own training split.
 
-Each final model is then evaluated on every site's held-out test cases.
+Each final model is then evaluated on every site's held-out test split. Under FedBN (and SCAFFOLD), the federated
+model a site uses is its personal version: its own normalisation layers, no control variate.
+
+What a task is (brain tumours, mammography, tables, slides) lives in its workload (:mod:`confide.workloads`).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from confide.config import JobConfig
-from confide.data.federation import SiteCases, load_site, site_folders
-from confide.data.phantom_writer import write_federation
-from confide.data.preprocess import PreprocessConfig
 from confide.privacy.build import site_chain, site_ledger
 from confide.privacy.config import PrivacyConfig
 from confide.privacy.ledger import Ledger
@@ -30,39 +34,89 @@ from confide.report.progress import ProgressDisplay
 from confide.server.loop import LoopConfig, RoundResult
 from confide.server.secure_round import SecureSettings
 from confide.sim import simulate
-from confide.strategies import make_strategy
-from confide.tasks.brain_tumor import BrainTumorTask, SegData, initial_arrays
-from confide.tasks.seg_metrics import REGIONS
-
-METRIC_KEYS = (*(f"dice_{r}" for r in REGIONS), "dice_mean")
+from confide.strategies import Strategy, make_strategy
+from confide.tasks.local_rules import model_part, with_controls
+from confide.workloads.base import SiteSplit, SiteTask, Workload
+from confide.workloads.registry import make_workload
 
 
 @dataclass
 class ModelRun:
     name: str
-    kind: str
+    kind: str  # federated, local, pooled, finetuned
     sites: tuple[str, ...]
     arrays: Arrays | None = None
+    personal: dict[str, Arrays] = field(default_factory=dict)  # the model as each site uses it, where it differs
     curve: list[dict[str, float]] = field(default_factory=list)
     seconds: float = 0.0
     coordination_seconds: list[float] = field(default_factory=list)
     ledgers: dict[str, Ledger] = field(default_factory=dict)
 
+    def for_site(self, site: str) -> Arrays:
+        assert self.arrays is not None
+        return self.personal.get(site, self.arrays)
+
+
+Cross = Mapping[str, Mapping[str, Mapping[str, float]]]  # model -> site (or "all") -> metric
+
 
 @dataclass(frozen=True)
 class JobResult:
     job: JobConfig
-    sites: tuple[SiteCases, ...]
+    sites: tuple[SiteSplit, ...]
+    sizes: Mapping[str, tuple[int, int]]  # site -> (training examples, test examples)
     runs: tuple[ModelRun, ...]
-    cross: Mapping[str, Mapping[str, Mapping[str, float]]]  # model -> site (or "all") -> metric
+    cross: Cross
     seconds: Mapping[str, float]
+    metric: str
+    metric_keys: tuple[str, ...]
+    description: str
+
+    @property
+    def federated(self) -> str:
+        return next(r.name for r in self.runs if r.kind == "federated")
+
+
+class Evaluator:
+    """Scores a model on every site's test split, in this process (the simulator's view of all sites)."""
+
+    def __init__(self, workload: Workload, tests: Mapping[str, Any], seed: int) -> None:
+        first = next(iter(tests.values()))
+        self.task = workload.task(first, first, site="evaluator", seed=seed, dp_sgd=None)
+        self.tests = dict(tests)
+        self.keys = workload.metric_keys
+        self.size = workload.size
+
+    def per_site(self, model: Callable[[str], Arrays]) -> dict[str, dict[str, float]]:
+        """Every metric of ``model(site)`` on each site's test split; "all" holds their mean over the sites (each
+        hospital counts once) and ``<metric>_sd`` their spread."""
+        out: dict[str, dict[str, float]] = {}
+        for site, data in self.tests.items():
+            out[site] = {**self.task.score(model_part(model(site)), data), "cases": float(self.size(data))}
+        every: dict[str, float] = {"cases": float(sum(v["cases"] for v in out.values()))}
+        for key in self.keys:
+            values = np.array([out[s][key] for s in self.tests], dtype=np.float64)
+            every[key] = float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
+            every[f"{key}_sd"] = float(np.nanstd(values)) if np.isfinite(values).any() else float("nan")
+        out["all"] = every
+        return out
+
+    def all_sites(self, model: Callable[[str], Arrays]) -> dict[str, float]:
+        return {k: v for k, v in self.per_site(model)["all"].items() if k in self.keys}
 
 
 class _Recorder:
     """Round events -> learning curve and progress display."""
 
-    def __init__(self, run: ModelRun, display: ProgressDisplay, evaluate: SegEvaluator, every: int) -> None:
-        self.run, self.display, self.evaluate, self.every = run, display, evaluate, every
+    def __init__(
+        self,
+        run: ModelRun,
+        display: ProgressDisplay,
+        evaluate: Evaluator,
+        every: int,
+        personal: Callable[[str, Arrays], Arrays],
+    ) -> None:
+        self.run, self.display, self.evaluate, self.every, self.personal = run, display, evaluate, every, personal
 
     def round_started(self, round: int, sites: list[str]) -> None:
         self.display.status(f"{self.run.name}: round {round}, {len(sites)} site(s) training")
@@ -73,120 +127,116 @@ class _Recorder:
     def round_finished(self, result: RoundResult, global_arrays: Arrays) -> None:
         point = {"round": float(result.round), "loss": result.train_metrics.get("loss", float("nan"))}
         if result.round % self.every == 0:
-            point.update(self.evaluate.all_sites(global_arrays))
+            point.update(self.evaluate.all_sites(lambda site: self.personal(site, global_arrays)))
         self.run.curve.append(point)
         self.run.coordination_seconds.append(result.coordination_seconds)
         self.display.advance(1, status=f"{self.run.name}: round {result.round} loss {point['loss']:.3f}")
 
 
-class SegEvaluator:
-    """Scores a model on every site's test cases, in this process (the simulator's view of all sites)."""
-
-    def __init__(self, job: JobConfig, tests: Mapping[str, SegData]) -> None:
-        self.task = BrainTumorTask(job.task, None, None, site="evaluator", seed=job.seed)
-        self.tests = dict(tests)
-
-    def per_site(self, arrays: Arrays) -> dict[str, dict[str, float]]:
-        out: dict[str, dict[str, float]] = {}
-        total = sum(len(d) for d in self.tests.values())
-        pooled = dict.fromkeys(METRIC_KEYS, 0.0)
-        for site, data in self.tests.items():
-            scores = self.task.score(arrays, data)
-            out[site] = {**scores, "cases": float(len(data))}
-            for key in METRIC_KEYS:
-                pooled[key] += scores[key] * len(data) / total
-        out["all"] = {**pooled, "cases": float(total)}
-        return out
-
-    def all_sites(self, arrays: Arrays) -> dict[str, float]:
-        return {k: v for k, v in self.per_site(arrays)["all"].items() if k != "cases"}
+def build_strategy(job: JobConfig, workload: Workload, *, kind: str, sites: int, batch: int) -> Strategy:
+    """The job's strategy for the federated run; a baseline trains alone and takes its update as it is (FedAvg
+    of one site), not through a server optimiser."""
+    privacy = job.privacy if kind == "federated" else PrivacyConfig()
+    fed = job.federation
+    return make_strategy(
+        fed.strategy if kind == "federated" else "fedavg",
+        job.train_config(batch_size=batch),
+        trim_fraction=fed.trim_fraction,
+        server_lr=fed.server_lr,
+        beta1=fed.beta1,
+        beta2=fed.beta2,
+        tau=fed.tau,
+        mu=fed.proximal_mu,
+        privacy=privacy,
+        seed=job.seed,
+        total_sites=sites,
+        norm_names=workload.norm_names() if fed.strategy == "fedbn" else frozenset(),
+    )
 
 
-def prepare_data(job: JobConfig, display: ProgressDisplay) -> list[SiteCases]:
-    root = job.data.root
-    if job.data.phantoms is not None and not root.exists():
-        spec = job.data.phantoms
-        display.phase("generating phantoms", spec.sites * spec.cases)
-        write_federation(
-            root,
-            spec.sites,
-            spec.cases,
-            job.seed,
-            on_case=lambda site, case: display.advance(1, status=f"{site} {case}"),
-        )
-    folders = site_folders(root, job.data.sites)
-    pre = PreprocessConfig(roi=job.task.roi)
-    display.phase("preparing cases", len(folders))
-    sites = []
-    for folder in folders:
-        sites.append(
-            load_site(
-                folder,
-                pre,
-                test_fraction=job.data.test_fraction,
-                seed=job.seed,
-                max_cases=job.data.max_cases_per_site,
-                on_bad_case=job.data.on_bad_case,
-                on_case=lambda site, case: display.status(f"{site} {case}"),
-            )
-        )
-        display.advance(1)
-    return sites
+def initial_global(job: JobConfig, workload: Workload) -> Arrays:
+    """The job's first global model (with SCAFFOLD's zero control variate when the strategy needs one)."""
+    arrays = workload.initial(job.seed)
+    return with_controls(arrays) if job.federation.strategy == "scaffold" else arrays
 
 
 def _train_run(
     job: JobConfig,
+    workload: Workload,
     run: ModelRun,
-    train: Mapping[str, SegData],
-    evaluator: SegEvaluator,
+    train: Mapping[str, Any],
+    evaluator: Evaluator,
     display: ProgressDisplay,
     n_sites: int,
-) -> None:
-    """Train one model. Pooled training takes batches as large as the whole federation's (batch size x sites),
-    so that it sees as many examples per step as all the sites together, for the same number of steps."""
+) -> dict[str, SiteTask]:
+    """Train one model; return its sites' tasks (they hold what a site keeps between rounds)."""
     t0 = time.perf_counter()
     private = run.kind == "federated"  # baselines keep their data where it is: nothing leaves, nothing to protect
     privacy = job.privacy if private else PrivacyConfig()
     tasks = {
-        site: BrainTumorTask(job.task, train[site], None, site=site, seed=job.seed, dp_sgd=privacy.dp_sgd)
-        for site in run.sites
+        site: workload.task(train[site], None, site=site, seed=job.seed, dp_sgd=privacy.dp_sgd) for site in run.sites
     }
-    batch = job.task.batch_size * (n_sites if run.kind == "pooled" else 1)
-    # a baseline trains alone: its update is taken as it is (FedAvg of one), not through a server optimiser
-    strategy = make_strategy(
-        job.federation.strategy if run.kind == "federated" else "fedavg",
-        job.train_config(batch_size=batch),
-        trim_fraction=job.federation.trim_fraction,
-        server_lr=job.federation.server_lr,
-        beta1=job.federation.beta1,
-        beta2=job.federation.beta2,
-        tau=job.federation.tau,
-        mu=job.federation.proximal_mu,
-        privacy=privacy,
-        seed=job.seed,
-    )
+    batch = workload.batch_size() * (n_sites if run.kind == "pooled" else 1)
+    strategy = build_strategy(job, workload, kind=run.kind, sites=len(tasks), batch=batch)
     ledgers = {site: site_ledger(privacy, site, None) for site in tasks}
     chains = {site: site_chain(privacy, len(tasks)) for site in tasks}
     every = max(1, job.federation.rounds // 5)
-    recorder = _Recorder(run, display, evaluator, every)
+
+    def personal(site: str, arrays: Arrays) -> Arrays:
+        task = tasks.get(site)
+        return task.personal(arrays) if task is not None else model_part(arrays)
+
+    recorder = _Recorder(run, display, evaluator, every, personal)
     loop = LoopConfig(
         rounds=job.federation.rounds,
         min_sites=min(job.federation.min_sites, len(tasks)),
         secure=SecureSettings() if privacy.secure_aggregation else None,
     )
+    start = initial_global(job, workload) if run.kind == "federated" else workload.initial(job.seed)
     result = simulate(
-        strategy,
-        tasks,
-        initial_arrays(job.task, job.seed),
-        loop,
-        events=recorder,
-        chains=chains,
-        ledgers=ledgers,
-        seed=job.seed,
+        strategy, tasks, start, loop, events=recorder, chains=chains, ledgers=ledgers, seed=job.seed
     )
     run.ledgers = {site: ledger for site, ledger in ledgers.items() if ledger is not None}
-    run.arrays = result.arrays
+    run.arrays = model_part(result.arrays)
+    if run.kind == "federated":
+        run.personal = {site: task.personal(result.arrays) for site, task in tasks.items()}
     run.seconds = time.perf_counter() - t0
+    return tasks
+
+
+def finetune(
+    job: JobConfig,
+    workload: Workload,
+    federated: ModelRun,
+    train: Mapping[str, Any],
+    display: ProgressDisplay,
+) -> list[ModelRun]:
+    """Each site adapts the federated model (as it uses it) to its own training split: ``finetune.steps`` local
+    steps, plain (no privacy filter: the adapted model stays at its hospital; this simulation evaluates it on every
+    site to show how far it still generalises)."""
+    steps = job.finetune.steps if job.finetune.steps is not None else job.federation.local_steps
+    runs: list[ModelRun] = []
+    config = {
+        "local_steps": steps,
+        "lr": job.finetune.lr if job.finetune.lr is not None else workload.lr(),
+        "batch_size": workload.batch_size(),
+    }
+    for site in federated.sites:
+        t0 = time.perf_counter()
+        start = federated.for_site(site)
+        task = workload.task(train[site], None, site=site, seed=job.seed + 1, dp_sgd=None)
+        res = task.train(start, config, round=0)
+        update = res.update
+        assert isinstance(update, Arrays)
+        tuned = Arrays.from_dict(
+            {name: (value + update[name]).astype(value.dtype, copy=False) for name, value in start.items()}
+        )
+        run = ModelRun(name=f"finetuned:{site}", kind="finetuned", sites=(site,), arrays=tuned)
+        run.curve.append({"round": 0.0, "loss": float(res.metrics.get("loss", float("nan")))})
+        run.seconds = time.perf_counter() - t0
+        runs.append(run)
+        display.advance(1, status=f"fine-tuning at {site}")
+    return runs
 
 
 def plan_runs(job: JobConfig, site_names: Sequence[str]) -> list[ModelRun]:
@@ -200,53 +250,62 @@ def plan_runs(job: JobConfig, site_names: Sequence[str]) -> list[ModelRun]:
 
 
 def run_job(job: JobConfig, display: ProgressDisplay) -> JobResult:
-    """Run the job's federation and its baselines, then evaluate every model on every site."""
+    """Run the job's federation and its baselines, fine-tune at each site, then evaluate every model on every
+    site."""
     t0 = time.perf_counter()
-    sites = prepare_data(job, display)
+    workload = make_workload(job.task)
+    display.phase("reading data", None)
+    sites = workload.load_sites(job.data, job.seed, display.status)
     t_data = time.perf_counter() - t0
-    train = {s.name: SegData.from_cases(s.train) for s in sites}
-    tests = {s.name: SegData.from_cases(s.test) for s in sites}
+    train = {s.name: s.train for s in sites}
+    tests = {s.name: s.test for s in sites}
     if "pooled" in job.compare:
-        train["pooled"] = SegData.concat([train[s.name] for s in sites])
-    evaluator = SegEvaluator(job, tests)
+        train["pooled"] = workload.pool([s.train for s in sites])
+    evaluator = Evaluator(workload, tests, job.seed)
     runs = plan_runs(job, [s.name for s in sites])
     display.phase("training", job.federation.rounds * len(runs))
     for run in runs:
-        _train_run(job, run, train, evaluator, display, n_sites=len(sites))
+        _train_run(job, workload, run, train, evaluator, display, n_sites=len(sites))
+    federated = next(r for r in runs if r.kind == "federated")
+    if job.finetune.enabled:
+        display.phase("fine-tuning at each site", len(sites))
+        runs += finetune(job, workload, federated, train, display)
     display.phase("cross-site evaluation", len(runs))
     cross: dict[str, dict[str, dict[str, float]]] = {}
     for run in runs:
-        assert run.arrays is not None
-        cross[run.name] = evaluator.per_site(run.arrays)
+        cross[run.name] = evaluator.per_site(run.for_site)
         display.advance(1, status=run.name)
     seconds = {"data": t_data, "total": time.perf_counter() - t0}
     seconds.update({f"train:{run.name}": run.seconds for run in runs})
-    return JobResult(job=job, sites=tuple(sites), runs=tuple(runs), cross=cross, seconds=seconds)
+    return JobResult(
+        job=job,
+        sites=tuple(sites),
+        sizes={s.name: (workload.size(s.train), workload.size(s.test)) for s in sites},
+        runs=tuple(runs),
+        cross=cross,
+        seconds=seconds,
+        metric=workload.metric,
+        metric_keys=tuple(workload.metric_keys),
+        description=workload.describe(),
+    )
 
 
 def site_task(
     job: JobConfig,
-    folder: Path,
+    root: Path,
     name: str,
     display: ProgressDisplay | None = None,
     privacy: PrivacyConfig | None = None,
-) -> BrainTumorTask:
-    """One hospital's task in a real deployment: its own cases only, split as in simulation; ``privacy`` is what
-    the site runs (the job's, made stricter by its policy)."""
-    site = load_site(
-        folder,
-        PreprocessConfig(roi=job.task.roi),
-        test_fraction=job.data.test_fraction,
-        seed=job.seed,
-        max_cases=job.data.max_cases_per_site,
-        on_bad_case=job.data.on_bad_case,
-    )
-    for problem in site.problems:
-        (display.console.print if display else print)(f"skipped case {problem.case_id}: {problem.reason}")
-    return BrainTumorTask(
-        job.task,
-        SegData.from_cases(site.train),
-        SegData.from_cases(site.test),
+) -> SiteTask:
+    """One hospital's task in a real deployment: its own data only (``root``), split as in simulation;
+    ``privacy`` is what the site runs (the job's, made stricter by its policy)."""
+    workload = make_workload(job.task)
+    site = workload.load_site(job.data, job.seed, root, name)
+    for problem in site.skipped:
+        (display.console.print if display else print)(f"skipped {problem.item}: {problem.reason}")
+    return workload.task(
+        site.train,
+        site.test,
         site=name,
         seed=job.seed,
         dp_sgd=privacy.dp_sgd if privacy is not None else job.privacy.dp_sgd,

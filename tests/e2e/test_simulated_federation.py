@@ -38,13 +38,21 @@ def test_three_site_federation_changes_the_model_and_lowers_the_loss(phantom_roo
 
     result = run_job(job, ProgressDisplay(enabled=False))
 
-    run = result.runs[-1]
-    assert run.kind == "federated" and run.sites == ("site-1", "site-2", "site-3")
+    run = next(r for r in result.runs if r.kind == "federated")
+    assert run.name == result.federated and run.sites == ("site-1", "site-2", "site-3")
     assert run.arrays is not None and not run.arrays.allclose(initial_arrays(job.task, job.seed))
     losses = [p["loss"] for p in run.curve]
     assert len(losses) == 3 and losses[-1] < losses[0]
     assert set(result.cross["fedavg"]) == {"site-1", "site-2", "site-3", "all"}
     assert all(len(s.train) == 3 and len(s.test) == 1 for s in result.sites)
+    # every site fine-tunes the federated model; the fine-tuned models join the cross-site matrix
+    tuned = [r for r in result.runs if r.kind == "finetuned"]
+    assert [r.name for r in tuned] == ["finetuned:site-1", "finetuned:site-2", "finetuned:site-3"]
+    assert all(r.arrays is not None and not r.arrays.allclose(run.arrays) for r in tuned)
+    assert set(result.cross) == {"fedavg", *(r.name for r in tuned)}
+    all_sites = result.cross["fedavg"]["all"]
+    per_site = [result.cross["fedavg"][s]["dice_mean"] for s in ("site-1", "site-2", "site-3")]
+    assert all_sites["dice_mean"] == pytest.approx(sum(per_site) / 3)
 
 
 def test_demo_command_prints_the_table_and_writes_the_report(tmp_path: Path) -> None:
@@ -54,12 +62,24 @@ def test_demo_command_prints_the_table_and_writes_the_report(tmp_path: Path) -> 
     result = CliRunner().invoke(app, [*args, "--local-steps", "2", "--filters", "4"])
 
     assert result.exit_code == 0, result.output
-    for model in ("local:site-1", "local:site-2", "pooled", "fedavg"):
+    for model in ("local:site-1", "local:site-2", "pooled", "fedavg", "finetuned:site-1"):
         assert model in result.output
-    for name in ("metrics.json", "report.md", "report.html", "learning_curves.png", "dice_per_site.png"):
+    assert "what federation gained each site" in result.output
+    for name in (
+        "metrics.json",
+        "report.md",
+        "report.html",
+        "learning_curves.png",
+        "cross_site_heatmap.png",
+        "gains.png",
+    ):
         assert (out / name).stat().st_size > 0
     metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics["cross_site"]) == {"local:site-1", "local:site-2", "pooled", "fedavg"}
+    tuned = {"finetuned:site-1", "finetuned:site-2"}
+    assert set(metrics["cross_site"]) == {"local:site-1", "local:site-2", "pooled", "fedavg", *tuned}
+    gains = metrics["gains"]["site-1"]
+    assert gains["gain federated"] == pytest.approx(gains["federated"] - gains["local"])
+    assert "What federation gained each site" in (out / "report.md").read_text()
     assert (out / "models" / "fedavg.safetensors").exists()
 
 

@@ -244,6 +244,7 @@ def test_a_job_with_secure_aggregation_runs_its_simulation_securely(monkeypatch:
     from confide.report.progress import ProgressDisplay
     from confide.server.loop import History
     from confide.sim import SimResult
+    from confide.workloads.registry import make_workload
 
     seen: list[LoopConfig] = []
 
@@ -256,8 +257,9 @@ def test_a_job_with_secure_aggregation_runs_its_simulation_securely(monkeypatch:
     sites = ("site-1", "site-2")
     runs = {kind: experiment.ModelRun(name=kind, kind=kind, sites=sites) for kind in ("federated", "pooled")}
 
+    workload = make_workload(job.task)
     for run in runs.values():
-        experiment._train_run(job, run, dict.fromkeys(sites), None, ProgressDisplay(enabled=False), 2)  # type: ignore[arg-type]
+        experiment._train_run(job, workload, run, dict.fromkeys(sites), None, ProgressDisplay(enabled=False), 2)  # type: ignore[arg-type]
 
     assert seen[0].secure == SecureSettings() and seen[1].secure is None  # baselines keep their data at home
 

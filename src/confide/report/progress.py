@@ -47,14 +47,14 @@ class ProgressDisplay:
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         self._progress.stop()
 
-    def phase(self, description: str, total: int) -> None:
-        """Start a new bar (the previous one stays on screen, complete)."""
+    def phase(self, description: str, total: int | None) -> None:
+        """Start a new bar (the previous one stays on screen, complete); ``total`` None: steps unknown."""
         if self._task is not None:
             self._progress.update(self._task, status="")
         self._task = self._progress.add_task(description, total=total, status="")
-        self._done, self._total = 0, total
+        self._done, self._total = 0, total or 0
         if self._plain:
-            self.console.print(f"{description} ({total} steps)", highlight=False)
+            self.console.print(description + ("" if total is None else f" ({total} steps)"), highlight=False)
 
     def advance(self, steps: int = 1, status: str | None = None) -> None:
         if self._task is None:

@@ -1,7 +1,9 @@
-"""The job's comparison table: every model's Dice on every site's held-out cases (terminal and Markdown)."""
+"""The job's tables: every model on every site's held-out split, each site's gain, the privacy ledger
+(terminal and Markdown)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -10,36 +12,44 @@ from rich.table import Table
 Cross = Mapping[str, Mapping[str, Mapping[str, float]]]
 
 
-def _site_names(cross: Cross) -> list[str]:
+def site_names(cross: Cross) -> list[str]:
     first = next(iter(cross.values()))
     return [s for s in first if s != "all"]
 
 
-def rows(cross: Cross) -> tuple[list[str], list[list[str]]]:
-    """Header and rows: model, mean Dice per site, then WT/TC/ET/mean over all sites' test cases."""
-    sites = _site_names(cross)
-    header = ["model", *[f"{s} mean" for s in sites], "all WT", "all TC", "all ET", "all mean"]
+def _f(value: float) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
+
+
+def rows(cross: Cross, metric: str) -> tuple[list[str], list[list[str]]]:
+    """Header and rows: model, ``metric`` on each site's test split, then its mean over the sites and spread."""
+    sites = site_names(cross)
+    header = ["model", *sites, "mean over sites", "sd"]
     body = []
     for model, per_site in cross.items():
         every = per_site["all"]
         body.append(
             [
                 model,
-                *[f"{per_site[s]['dice_mean']:.3f}" for s in sites],
-                *[f"{every[k]:.3f}" for k in ("dice_wt", "dice_tc", "dice_et", "dice_mean")],
+                *[_f(per_site[s][metric]) for s in sites],
+                _f(every[metric]),
+                _f(every.get(f"{metric}_sd", math.nan)),
             ]
         )
     return header, body
 
 
-def rich_table(cross: Cross, title: str) -> Table:
-    header, body = rows(cross)
+def rich_table(cross: Cross, metric: str, title: str) -> Table:
+    header, body = rows(cross, metric)
     table = Table(title=title, title_justify="left")
     for i, name in enumerate(header):
-        table.add_column(name, justify="left" if i == 0 else "right", style="bold" if name == "all mean" else None)
-    best = max(float(r[-1]) for r in body)
+        table.add_column(
+            name, justify="left" if i == 0 else "right", style="bold" if name == "mean over sites" else None
+        )
+    scores = [float(r[-2]) for r in body if r[-2] != "-"]
+    best = max(scores) if scores else math.nan
     for row in body:
-        style = "green" if float(row[-1]) == best else None
+        style = "green" if row[-2] != "-" and float(row[-2]) == best else None
         table.add_row(*row, style=style)
     return table
 
@@ -50,17 +60,69 @@ def markdown_table(header: Sequence[str], body: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
-def region_rows(cross: Cross) -> tuple[list[str], list[list[str]]]:
-    """Long form: one row per model and site, with every region's Dice."""
-    header = ["model", "site", "cases", "WT", "TC", "ET", "mean"]
+def metric_rows(cross: Cross, keys: Sequence[str]) -> tuple[list[str], list[list[str]]]:
+    """Long form: one row per model and site, with every metric."""
+    header = ["model", "site", "examples", *keys]
     body = []
     for model, per_site in cross.items():
         for site, m in per_site.items():
-            body.append(
-                [model, site, f"{int(m['cases'])}"]
-                + [f"{m[k]:.3f}" for k in ("dice_wt", "dice_tc", "dice_et", "dice_mean")]
-            )
+            body.append([model, site, f"{int(m['cases'])}", *[_f(m.get(k, math.nan)) for k in keys]])
     return header, body
+
+
+def gains(cross: Cross, metric: str, federated: str) -> dict[str, dict[str, float]]:
+    """For each site, on its own test split: its local-only model, the federated model, its fine-tuned model and
+    the pooled one (where trained), and the gains of the federated and fine-tuned models over local-only."""
+    out: dict[str, dict[str, float]] = {}
+    for site in site_names(cross):
+        row = {"federated": cross[federated][site][metric]}
+        if f"local:{site}" in cross:
+            row["local"] = cross[f"local:{site}"][site][metric]
+        if f"finetuned:{site}" in cross:
+            row["finetuned"] = cross[f"finetuned:{site}"][site][metric]
+        if "pooled" in cross:
+            row["pooled"] = cross["pooled"][site][metric]
+        if "local" in row:
+            row["gain federated"] = row["federated"] - row["local"]
+            if "finetuned" in row:
+                row["gain fine-tuned"] = row["finetuned"] - row["local"]
+        out[site] = row
+    return out
+
+
+GAIN_COLUMNS = ("local", "federated", "finetuned", "pooled", "gain federated", "gain fine-tuned")
+
+
+def gain_rows(cross: Cross, metric: str, federated: str) -> tuple[list[str], list[list[str]]]:
+    table = gains(cross, metric, federated)
+    present = [c for c in GAIN_COLUMNS if any(c in row for row in table.values())]
+    header = ["site (own test split)", *present]
+    body = []
+    for site, row in table.items():
+        cells = []
+        for c in present:
+            value = row.get(c, math.nan)
+            cells.append(f"{value:+.3f}" if c.startswith("gain") and not math.isnan(value) else _f(value))
+        body.append([site, *cells])
+    return header, body
+
+
+def rich_gains(cross: Cross, metric: str, federated: str, title: str) -> Table:
+    header, body = gain_rows(cross, metric, federated)
+    table = Table(title=title, title_justify="left")
+    for i, name in enumerate(header):
+        table.add_column(name, justify="left" if i == 0 else "right")
+    for row in body:
+        table.add_row(*[_coloured(c) for c in row])
+    return table
+
+
+def _coloured(cell: str) -> str:
+    if cell.startswith("+"):
+        return f"[green]{cell}[/]"
+    if cell.startswith("-") and cell != "-":
+        return f"[red]{cell}[/]"
+    return cell
 
 
 def ledger_rows(ledgers: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[list[str]]]:

@@ -10,18 +10,21 @@ from typing import Any
 from confide import serde
 from confide.experiment import JobResult
 from confide.report import plots
-from confide.report.tables import ledger_rows, markdown_table, region_rows, rows
+from confide.report.tables import gain_rows, gains, ledger_rows, markdown_table, metric_rows, rows
 
 
 def result_document(result: JobResult) -> dict[str, Any]:
     """Everything the job measured, as plain JSON-ready data."""
     return {
         "job": json.loads(result.job.model_dump_json()),
+        "task": result.description,
+        "metric": result.metric,
         "sites": {
             s.name: {
-                "train_cases": len(s.train),
-                "test_cases": len(s.test),
-                "skipped": [{"case": p.case_id, "reason": p.reason} for p in s.problems],
+                "train_examples": result.sizes[s.name][0],
+                "test_examples": result.sizes[s.name][1],
+                "skipped": [{"item": p.item, "reason": p.reason} for p in s.skipped],
+                "notes": list(s.notes),
             }
             for s in result.sites
         },
@@ -36,14 +39,16 @@ def result_document(result: JobResult) -> dict[str, Any]:
             for run in result.runs
         },
         "cross_site": {m: {s: dict(v) for s, v in per.items()} for m, per in result.cross.items()},
+        "gains": gains(result.cross, result.metric, result.federated),
         "seconds": dict(result.seconds),
     }
 
 
 def _verdict(result: JobResult) -> list[str]:
-    fed = next(r.name for r in result.runs if r.kind == "federated")
-    every = {m: per["all"]["dice_mean"] for m, per in result.cross.items()}
-    lines = [f"- Federated ({fed}) mean Dice over all sites' test cases: **{every[fed]:.3f}**"]
+    fed, metric = result.federated, result.metric
+    every = {m: per["all"][metric] for m, per in result.cross.items()}
+    label = metric.replace("_", " ")
+    lines = [f"- Federated ({fed}) {label}, mean over the sites' test splits: **{every[fed]:.3f}**"]
     locals_ = {m: v for m, v in every.items() if m.startswith("local:")}
     if locals_:
         best_local = max(locals_, key=lambda m: locals_[m])
@@ -54,6 +59,17 @@ def _verdict(result: JobResult) -> list[str]:
         )
     if "pooled" in every:
         lines.append(f"- Pooled: {every['pooled']:.3f} (federated - pooled = {every[fed] - every['pooled']:+.3f})")
+    table = gains(result.cross, metric, fed)
+    gained = [row["gain federated"] for row in table.values() if "gain federated" in row]
+    if gained:
+        better = sum(g > 0 for g in gained)
+        lines.append(
+            f"- On its own test split, federation beat local-only training at {better} of {len(gained)} sites "
+            f"(mean gain {sum(gained) / len(gained):+.3f})"
+        )
+    tuned = [row["finetuned"] - row["federated"] for row in table.values() if "finetuned" in row]
+    if tuned:
+        lines.append(f"- Fine-tuning at each site changed its own score by {sum(tuned) / len(tuned):+.3f} on average")
     return lines
 
 
@@ -73,35 +89,51 @@ def write_report(result: JobResult, out: Path) -> dict[str, Path]:
             ledger.path = out / "privacy" / f"{site}.json"
             ledger.save()
             ledgers.append(json.loads(ledger.path.read_text()))
+    metric = result.metric
+    label = metric.replace("_", " ")
     if result.job.report.plots:
-        files["curves"] = plots.learning_curves({r.name: r.curve for r in result.runs}, out / "learning_curves.png")
-        files["dice"] = plots.dice_per_site(result.cross, out / "dice_per_site.png")
-        files["heatmap"] = plots.heatmap(result.cross, out / "cross_site_heatmap.png")
-    header, body = rows(result.cross)
-    long_header, long_body = region_rows(result.cross)
+        files["curves"] = plots.learning_curves(
+            {r.name: r.curve for r in result.runs}, metric, out / "learning_curves.png"
+        )
+        files["per_site"] = plots.metric_per_site(result.cross, metric, out / "per_site.png")
+        files["heatmap"] = plots.heatmap(result.cross, metric, out / "cross_site_heatmap.png")
+        files["gains"] = plots.site_gains(gains(result.cross, metric, result.federated), metric, out / "gains.png")
+    header, body = rows(result.cross, metric)
+    gain_header, gain_body = gain_rows(result.cross, metric, result.federated)
+    long_header, long_body = metric_rows(result.cross, result.metric_keys)
     sites = "\n".join(
-        f"- {s.name}: {len(s.train)} training and {len(s.test)} test cases"
-        + (f", {len(s.problems)} skipped" if s.problems else "")
+        f"- {s.name}: {result.sizes[s.name][0]} training and {result.sizes[s.name][1]} test examples"
+        + (f", {len(s.skipped)} skipped" if s.skipped else "")
+        + "".join(f"; {note}" for note in s.notes)
         for s in result.sites
     )
+    skipped = [f"- {s.name}: {p.item}: {p.reason}" for s in result.sites for p in s.skipped]
     fed = result.job.federation
     md = [
         f"# Confide report: {result.job.name}",
         "",
-        f"{len(result.sites)} sites, {fed.rounds} rounds of {fed.local_steps} local steps, strategy {fed.strategy}, "
-        f"model {result.job.task.model} (init_filters {result.job.task.init_filters}), "
-        f"ROI {list(result.job.task.roi)}.",
-        "Every model had the same budget of local optimisation steps.",
+        f"{result.description}. {len(result.sites)} sites, {fed.rounds} rounds of {fed.local_steps} local steps, "
+        f"strategy {fed.strategy}.",
+        "Every model had the same budget of local optimisation steps; fine-tuned models add "
+        f"{_finetune_steps(result)} steps at their own site.",
         "",
         sites,
         "",
-        "## Dice on every site's held-out test cases",
+        *(["Skipped inputs:", "", *skipped, ""] if skipped else []),
+        f"## {label} on every site's held-out test split",
         "",
         markdown_table(header, body),
         "",
         *_verdict(result),
         "",
-        "## Per region, per site",
+        "## What federation gained each site",
+        "",
+        f"Each site's own test split, {label}: its local-only model, the federated model as the site uses it, "
+        "the federated model fine-tuned at the site, and pooled training.",
+        "",
+        markdown_table(gain_header, gain_body),
+        "",
+        "## Every metric, per site",
         "",
         markdown_table(long_header, long_body),
         "",
@@ -117,13 +149,13 @@ def write_report(result: JobResult, out: Path) -> dict[str, Path]:
             "",
         ]
     if result.job.report.plots:
-        md += ["![learning curves](learning_curves.png)", "", "![Dice per site](dice_per_site.png)", ""]
-        md += ["![cross-site heatmap](cross_site_heatmap.png)", ""]
+        md += ["![cross-site heatmap](cross_site_heatmap.png)", "", "![gains per site](gains.png)", ""]
+        md += ["![learning curves](learning_curves.png)", "", "![per site](per_site.png)", ""]
     md += [f"Wall time: {result.seconds['total']:.0f} s (data {result.seconds['data']:.0f} s)."]
     files["markdown"] = out / "report.md"
     files["markdown"].write_text("\n".join(md) + "\n")
     files["html"] = out / "report.html"
-    files["html"].write_text(_html(result, header, body, long_header, long_body))
+    files["html"].write_text(_html(result, (header, body), (gain_header, gain_body), (long_header, long_body)))
     return files
 
 
@@ -133,28 +165,34 @@ def _html_table(header: list[str], body: list[list[str]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{rows_}</tbody></table>"
 
 
-def _html(
-    result: JobResult,
-    header: list[str],
-    body: list[list[str]],
-    long_header: list[str],
-    long_body: list[list[str]],
-) -> str:
+def _finetune_steps(result: JobResult) -> int:
+    steps = result.job.finetune.steps
+    return result.job.federation.local_steps if steps is None else steps
+
+
+Rows = tuple[list[str], list[list[str]]]
+
+
+def _html(result: JobResult, main: Rows, gain: Rows, long: Rows) -> str:
     verdict = "".join(f"<li>{html.escape(line[2:]).replace('**', '')}</li>" for line in _verdict(result))
+    label = html.escape(result.metric.replace("_", " "))
     images = ""
     if result.job.report.plots:
         images = "".join(
             f'<img src="{name}" alt="{name}">'
-            for name in ("learning_curves.png", "dice_per_site.png", "cross_site_heatmap.png")
+            for name in ("cross_site_heatmap.png", "gains.png", "learning_curves.png", "per_site.png")
         )
     style = (
         "body{font-family:system-ui,sans-serif;margin:2em;max-width:1100px}"
         "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"
         "td:first-child,th:first-child{text-align:left}img{max-width:100%;margin:1em 0;display:block}"
     )
+    name = html.escape(result.job.name)
     return (
-        f"<!doctype html><html><head><meta charset='utf-8'><title>Confide: {html.escape(result.job.name)}</title>"
-        f"<style>{style}</style></head><body><h1>Confide report: {html.escape(result.job.name)}</h1>"
-        f"<h2>Dice on every site's held-out test cases</h2>{_html_table(header, body)}<ul>{verdict}</ul>"
-        f"{images}<h2>Per region, per site</h2>{_html_table(long_header, long_body)}</body></html>"
+        f"<!doctype html><html><head><meta charset='utf-8'><title>Confide: {name}</title>"
+        f"<style>{style}</style></head><body><h1>Confide report: {name}</h1>"
+        f"<p>{html.escape(result.description)}</p>"
+        f"<h2>{label} on every site's held-out test split</h2>{_html_table(*main)}<ul>{verdict}</ul>"
+        f"<h2>What federation gained each site</h2>{_html_table(*gain)}"
+        f"{images}<h2>Every metric, per site</h2>{_html_table(*long)}</body></html>"
     )

@@ -1,0 +1,30 @@
+"""The workload a job's task names."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from confide.errors import ConfigError
+from confide.workloads.base import Workload
+
+
+def make_workload(task: Any) -> Workload:
+    """The workload for ``job.task`` (dispatched on its ``name``)."""
+    name = getattr(task, "name", None)
+    if name == "brain_tumor":
+        from confide.workloads.brain_tumor import BrainTumorWorkload
+
+        return BrainTumorWorkload(task)
+    if name == "mammo_density":
+        from confide.workloads.mammo import MammoWorkload
+
+        return MammoWorkload(task)
+    if name == "table":
+        from confide.workloads.tables import TableWorkload
+
+        return TableWorkload(task)
+    if name == "mil":
+        from confide.workloads.histo import MilWorkload
+
+        return MilWorkload(task)
+    raise ConfigError(f"task: unknown task {name!r}")
