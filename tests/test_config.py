@@ -50,3 +50,25 @@ def test_example_jobs_are_valid() -> None:
     assert jobs, "jobs/ should hold example job files"
     for path in jobs:
         assert load_job(path).name
+
+
+@pytest.mark.parametrize(
+    ("task", "named"),
+    [
+        ({"name": "tabel"}, "does not match any of the expected tags"),
+        ({"name": "table"}, "task.target"),
+        ({"name": "table", "target": "num", "kind": "survival"}, "event column"),
+        ({"name": "mammo_density", "target": "shape"}, "task.target"),
+        ({"name": "mil", "pooling": "max"}, "task.pooling"),
+    ],
+)
+def test_every_task_names_its_bad_fields(task: dict[str, object], named: str) -> None:
+    with pytest.raises(ConfigError, match=named.replace(".", r"\.")):
+        parse_job({"data": {"root": "x"}, "task": task})
+
+
+def test_a_task_without_a_name_is_the_brain_tumour_task_and_finetuning_is_on_by_default() -> None:
+    job = parse_job({"data": {"root": "x"}, "task": {"roi": [16, 16, 16]}})
+
+    assert job.task.name == "brain_tumor" and job.finetune.enabled and job.finetune.steps is None
+    assert not parse_job({"data": {"root": "x"}, "finetune": {"steps": 0}}).finetune.enabled

@@ -102,11 +102,14 @@ def demo(
 def simulate(
     job_file: Annotated[Path, typer.Argument(help="job file (YAML)")],
     out: Annotated[Path | None, typer.Option(help="report folder (overrides report.out)")] = None,
+    data: Annotated[Path | None, typer.Option(help="the data (overrides data.root): a folder, or a CSV table")] = None,
 ) -> None:
     """Run a job file in the simulator: all sites and the server in this process."""
     job = load_job(job_file)
     if out is not None:
         job = job.model_copy(update={"report": job.report.model_copy(update={"out": out})})
+    if data is not None:
+        job = job.model_copy(update={"data": job.data.model_copy(update={"root": data})})
     _run_job(job)
 
 

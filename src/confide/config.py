@@ -8,13 +8,16 @@ command runs in.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from confide.errors import ConfigError
 from confide.privacy.config import PrivacyConfig
+from confide.tasks.mammo_config import MammoTaskConfig
+from confide.tasks.mil_config import MilTaskConfig
+from confide.tasks.table_config import TableTaskConfig
 
 
 class _Strict(BaseModel):
@@ -112,10 +115,18 @@ class ReportConfig(_Strict):
     plots: bool = True
 
 
+TaskConfig = Annotated[
+    BrainTumorTaskConfig | MammoTaskConfig | TableTaskConfig | MilTaskConfig, Field(discriminator="name")
+]
+TASK_NAMES = ("brain_tumor", "mammo_density", "table", "mil")
+
+
 class JobConfig(_Strict):
     name: str = Field(default="job", min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")
     seed: int = Field(default=0, ge=0)
-    task: BrainTumorTaskConfig = BrainTumorTaskConfig()
+    task: TaskConfig = Field(
+        default_factory=BrainTumorTaskConfig, description=f"what the sites learn; task.name is one of {TASK_NAMES}"
+    )
     data: DataConfig
     federation: FederationConfig = FederationConfig()
     compare: list[Literal["local", "pooled"]] = Field(
@@ -124,6 +135,14 @@ class JobConfig(_Strict):
     privacy: PrivacyConfig = PrivacyConfig()
     finetune: FinetuneConfig = FinetuneConfig()
     report: ReportConfig = ReportConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _task_name(cls, document: Any) -> Any:
+        """A task without a name is the brain-tumour task (job files written before there were others)."""
+        if isinstance(document, dict) and isinstance(document.get("task"), dict) and "name" not in document["task"]:
+            return {**document, "task": {**document["task"], "name": "brain_tumor"}}
+        return document
 
     @model_validator(mode="after")
     def _secure_strategy(self) -> JobConfig:
@@ -155,7 +174,10 @@ class JobConfig(_Strict):
 
 def describe(error: Any) -> str:
     """One pydantic error as ``field.path: message (got value)``."""
-    where = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    loc = list(error["loc"])
+    if len(loc) > 2 and loc[0] == "task" and loc[1] in TASK_NAMES:
+        del loc[1]  # the union's tag: the job file says task.name, not task.<name>.field
+    where = ".".join(str(part) for part in loc) or "(top level)"
     given = error.get("input")
     shown = "" if isinstance(given, dict) else f" (got {given!r})"
     return f"{where}: {error['msg']}{shown}"

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from confide.config import JobConfig
+from confide.errors import ConfigError
 from confide.privacy.build import site_chain, site_ledger
 from confide.privacy.config import PrivacyConfig
 from confide.privacy.ledger import Ledger
@@ -138,6 +139,12 @@ def build_strategy(job: JobConfig, workload: Workload, *, kind: str, sites: int,
     of one site), not through a server optimiser."""
     privacy = job.privacy if kind == "federated" else PrivacyConfig()
     fed = job.federation
+    norms = workload.norm_names() if fed.strategy == "fedbn" else frozenset()
+    if fed.strategy == "fedbn" and kind == "federated" and not norms:
+        raise ConfigError(
+            f"federation.strategy fedbn keeps normalisation layers at the sites, but the model of task "
+            f"{job.task.name!r} has none: choose a model with them (for example norm: batch) or another strategy"
+        )
     return make_strategy(
         fed.strategy if kind == "federated" else "fedavg",
         job.train_config(batch_size=batch),
@@ -150,7 +157,7 @@ def build_strategy(job: JobConfig, workload: Workload, *, kind: str, sites: int,
         privacy=privacy,
         seed=job.seed,
         total_sites=sites,
-        norm_names=workload.norm_names() if fed.strategy == "fedbn" else frozenset(),
+        norm_names=norms,
     )
 
 

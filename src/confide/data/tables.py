@@ -1,27 +1,113 @@
-"""Clinical tables split by hospital: read a CSV with a site column, prepare features per site.
+"""Clinical tables split by site: read a CSV with a site column, prepare each site's features and targets.
 
-Nothing is shared between sites: each site standardises its numeric columns with the mean and standard deviation
-of its own training rows (its test rows use the same), so no statistic of one hospital reaches another.
+What is computed from where:
+
+- **Per site, from its own training rows only**: the mean and standard deviation that standardise each numeric
+  column (its test rows use the same), and, under ``missing: impute``, the mean that fills a missing numeric cell.
+  No statistic of one site reaches another, and none comes from the test rows. The train/test split of a site
+  depends only on its own rows and the seed (stratified by label; for survival by event).
+- **From the whole file (the schema, not statistics)**: which columns are categorical when not declared, the levels
+  of a categorical column not given in ``categories``, and the classes of a multiclass target not given in
+  ``classes``. In a deployment each site reads only what it is given: give every site the same levels and classes
+  (``categories``, ``classes`` and an explicit ``features`` list in the job), or the one-hot layout of a site that
+  lacks a level may differ from the others'. A site's value outside declared levels or classes is refused, naming
+  the file, column, site and line.
+
+Encoding: numeric columns standardised; categorical columns one-hot without their first level (the reference);
+under ``impute`` every numeric column gets a missing-indicator column ``name:missing`` (its missing cells become the
+site's training mean, 0 after standardisation) and every categorical column an extra level ``(missing)``, whether or
+not a site has missing cells, so every site has the same layout. Under ``drop`` a row missing any used cell is dropped.
+Targets: binary (n,) float32 0/1; multiclass (n,) int64 class indices; survival (n, 2) float32 (time, event).
 """
 
 from __future__ import annotations
 
-import csv
-from dataclasses import dataclass
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
+from confide.data.table_read import RawTable, as_number, is_missing, read_table
 from confide.errors import DataError
 
-HEART_NUMERIC = ("age", "trestbps", "chol", "thalch", "oldpeak")
-HEART_CATEGORICAL = ("sex", "cp", "fbs", "restecg", "exang")
-HEART_DROPPED = ("slope", "ca", "thal")  # most hospitals did not record them
+Kind = Literal["binary", "multiclass", "survival"]
+MissingPolicy = Literal["drop", "impute"]
+MISSING_LEVEL = "(missing)"
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """How to read a table: which column names the site, the target, the features and their kinds."""
+
+    target: str
+    kind: Kind = "binary"
+    site_column: str = "site"
+    event: str | None = None  # survival: 1 = event, 0 = censored
+    positive_above: float | None = None  # binary: target > this is positive
+    positive: str | None = None  # binary: target == this is positive
+    classes: tuple[str, ...] | None = None  # multiclass: class order (default: sorted values of the file)
+    drop: tuple[str, ...] = ()
+    features: tuple[str, ...] | None = None  # explicit: then only declared columns are categorical
+    categorical: tuple[str, ...] = ()
+    categories: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    missing: MissingPolicy = "drop"
+    min_rows: int = 4
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    levels: tuple[str, ...] | None  # None: numeric
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The encoded columns, identical at every site that has the same levels."""
+
+    columns: tuple[Column, ...]
+    missing: MissingPolicy
+
+    def features(self) -> tuple[str, ...]:
+        names: list[str] = []
+        for column in self.columns:
+            if column.levels is None:
+                names.append(column.name)
+                if self.missing == "impute":
+                    names.append(f"{column.name}:missing")
+            else:
+                names.extend(f"{column.name}={level}" for level in column.levels[1:])
+                if self.missing == "impute":
+                    names.append(f"{column.name}={MISSING_LEVEL}")
+        return tuple(names)
+
+
+@dataclass(frozen=True)
+class TableRows:
+    """Rows of one split: features (n, d) float32 and targets (see the module's docstring)."""
+
+    x: np.ndarray
+    y: np.ndarray
+    kind: Kind = "binary"
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+    @classmethod
+    def concat(cls, parts: Sequence[TableRows]) -> TableRows:
+        """Several sites' rows as one, each as its own site prepared (standardised) them."""
+        if not parts:
+            raise DataError("no table rows to pool")
+        if len({p.x.shape[1] for p in parts}) != 1 or len({p.kind for p in parts}) != 1:
+            raise DataError("the sites' tables differ in features or kind and cannot be pooled")
+        return cls(np.concatenate([p.x for p in parts]), np.concatenate([p.y for p in parts]), parts[0].kind)
 
 
 @dataclass(frozen=True)
 class TableSplit:
-    """One site's rows: features (n, d) float32 and binary labels (n,), for training and for testing."""
+    """One site's rows: features (n, d) float32 and targets, for training and for testing."""
 
     site: str
     x_train: np.ndarray
@@ -29,56 +115,285 @@ class TableSplit:
     x_test: np.ndarray
     y_test: np.ndarray
     features: tuple[str, ...]
+    kind: Kind = "binary"
+    classes: tuple[str, ...] = ()  # multiclass: the class of each index
+    dropped: tuple[tuple[int, str], ...] = ()  # (file line, reason) of this site's rows left out
+
+    @property
+    def train(self) -> TableRows:
+        return TableRows(self.x_train, self.y_train, self.kind)
+
+    @property
+    def test(self) -> TableRows:
+        return TableRows(self.x_test, self.y_test, self.kind)
 
 
-def read_rows(path: Path) -> list[dict[str, str]]:
-    try:
-        with open(path, newline="") as handle:
-            rows = list(csv.DictReader(handle))
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise DataError(f"table {path} cannot be read: {exc}") from None
-    if not rows:
-        raise DataError(f"table {path} holds no rows")
-    return rows
+def load_table(
+    path: Path,
+    spec: TableSpec,
+    *,
+    seed: int,
+    test_fraction: float,
+    sites: Sequence[str] | None = None,
+    max_rows: int | None = None,
+) -> dict[str, TableSplit]:
+    """Every site of the table at ``path`` (or only ``sites``), split and prepared as the module describes."""
+    if not 0 < test_fraction < 1:
+        raise DataError(f"test_fraction must lie between 0 and 1, got {test_fraction}")
+    table = read_table(path)
+    columns = _feature_columns(table, spec)
+    outcome = [spec.site_column, spec.target, *([spec.event] if spec.event else [])]
+    table.require([*outcome, *columns, *spec.drop, *spec.categorical, *spec.categories])
+    for name in (*spec.categorical, *spec.categories):
+        if name not in columns:
+            raise DataError(f"table {path}: column {name!r} is declared categorical but is not a feature")
+    needed = outcome + (list(columns) if spec.missing == "drop" else [])
+    at = [table.index(c) for c in needed]
+    kept = [i for i, row in enumerate(table.rows) if not any(is_missing(row[j]) for j in at)]
+    layout = Layout(tuple(_column(table, spec, name, kept) for name in columns), spec.missing)
+    classes = _classes(table, spec, kept) if spec.kind == "multiclass" else ()
+    by_site: dict[str, list[int]] = {}
+    for i in kept:
+        by_site.setdefault(table.rows[i][table.index(spec.site_column)], []).append(i)
+    dropped = _dropped(table, needed, spec.site_column, set(kept))
+    named = sorted({v for v in table.values(spec.site_column) if not is_missing(v)})
+    wanted = list(sites) if sites else named
+    unknown = [s for s in wanted if s not in named]
+    if unknown:
+        raise DataError(f"table {path} has no rows for the sites {unknown} (column {spec.site_column!r}: {named})")
+    out: dict[str, TableSplit] = {}
+    for site in wanted:
+        rows, lost = by_site.get(site, []), dropped.get(site, [])
+        out[site] = _site_split(table, spec, layout, classes, site, rows, lost, seed, 1.0 - test_fraction, max_rows)
+    return out
 
 
-def _stratified_split(labels: np.ndarray, train_share: float, rng: np.random.Generator) -> np.ndarray:
-    """A boolean mask of training rows: ``train_share`` of each class, chosen at random."""
-    train = np.zeros(labels.size, dtype=bool)
-    for value in np.unique(labels):
-        rows = np.flatnonzero(labels == value)
-        rng.shuffle(rows)
-        train[rows[: round(train_share * rows.size)]] = True
-    return train
+def declared_layout(spec: TableSpec) -> Layout | None:
+    """The layout the spec alone fixes (explicit features, levels of every categorical column), else None."""
+    if spec.features is None:
+        return None
+    columns = []
+    for name in spec.features:
+        if name in spec.categories:
+            columns.append(Column(name, tuple(spec.categories[name])))
+        elif name in spec.categorical:
+            return None
+        else:
+            columns.append(Column(name, None))
+    return Layout(tuple(columns), spec.missing)
+
+
+def _feature_columns(table: RawTable, spec: TableSpec) -> tuple[str, ...]:
+    outcome = {spec.site_column, spec.target, *([spec.event] if spec.event else [])}
+    if spec.features is not None:
+        clash = sorted(outcome & set(spec.features))
+        if clash:
+            raise DataError(f"table {table.path}: the features include the site or outcome columns {clash}")
+        columns = tuple(spec.features)
+    else:
+        columns = tuple(h for h in table.header if h not in outcome and h not in spec.drop)
+    if not columns:
+        raise DataError(f"table {table.path} has no feature column left (after dropping {list(spec.drop)})")
+    return columns
+
+
+def _column(table: RawTable, spec: TableSpec, name: str, kept: list[int]) -> Column:
+    if name in spec.categories:
+        levels = tuple(spec.categories[name])
+        if not levels or len(set(levels)) != len(levels):
+            raise DataError(f"categories of column {name!r} must be distinct and not empty, got {list(levels)}")
+        return Column(name, levels)
+    at = table.index(name)
+    cells = [table.rows[i][at] for i in kept if not is_missing(table.rows[i][at])]
+    categorical = name in spec.categorical or (
+        spec.features is None and any(as_number(v) is None for v in table.values(name) if not is_missing(v))
+    )
+    return Column(name, _sorted_levels(set(cells))) if categorical else Column(name, None)
+
+
+def _sorted_levels(values: set[str]) -> tuple[str, ...]:
+    numbers = {v: as_number(v) for v in values}
+    if all(n is not None for n in numbers.values()):
+        return tuple(sorted(values, key=lambda v: (numbers[v], v)))
+    return tuple(sorted(values))
+
+
+def _match(value: str, levels: tuple[str, ...]) -> int | None:
+    """The index of ``value`` among ``levels``: exact, else numerically equal ("1" matches "1.0")."""
+    if value in levels:
+        return levels.index(value)
+    number = as_number(value)
+    if number is not None:
+        for k, level in enumerate(levels):
+            if as_number(level) == number:
+                return k
+    return None
+
+
+def _classes(table: RawTable, spec: TableSpec, kept: list[int]) -> tuple[str, ...]:
+    at = table.index(spec.target)
+    classes = tuple(spec.classes) if spec.classes else _sorted_levels({table.rows[i][at] for i in kept})
+    if len(classes) < 2 or len(set(classes)) != len(classes):
+        raise DataError(f"table {table.path}: a multiclass target needs 2 or more distinct classes, got {classes}")
+    return classes
+
+
+def _dropped(table: RawTable, needed: list[str], site_column: str, kept: set[int]) -> dict[str, list[tuple[int, str]]]:
+    out: dict[str, list[tuple[int, str]]] = {}
+    at = {c: table.index(c) for c in needed}
+    for i, row in enumerate(table.rows):
+        site = row[table.index(site_column)]
+        if i in kept or is_missing(site):
+            continue
+        absent = [c for c in needed if is_missing(row[at[c]])]
+        out.setdefault(site, []).append((table.lines[i], f"no value for {', '.join(absent)}"))
+    return out
+
+
+def _site_rng(seed: int, site: str) -> np.random.Generator:
+    digest = hashlib.sha256(f"{seed}/{site}/table-split".encode()).digest()
+    return np.random.default_rng(int.from_bytes(digest[:8], "little"))
+
+
+def _site_split(
+    table: RawTable,
+    spec: TableSpec,
+    layout: Layout,
+    classes: tuple[str, ...],
+    site: str,
+    rows: list[int],
+    dropped: list[tuple[int, str]],
+    seed: int,
+    train_share: float,
+    max_rows: int | None,
+) -> TableSplit:
+    where = f"table {table.path}, site {site}"
+    rng = _site_rng(seed, site)
+    if max_rows is not None and len(rows) > max_rows:
+        rows = sorted(rng.choice(np.asarray(rows), size=max_rows, replace=False).tolist())
+    if len(rows) < spec.min_rows:
+        raise DataError(
+            f"{where}: {len(rows)} usable rows ({len(dropped)} dropped as incomplete); at least {spec.min_rows} "
+            "are needed"
+        )
+    y = _targets(table, spec, rows, classes, site)
+    strata = y[:, 1] if spec.kind == "survival" else y
+    train = np.zeros(len(rows), dtype=bool)
+    for value in np.unique(strata):
+        members = np.flatnonzero(strata == value)
+        rng.shuffle(members)
+        train[members[: round(train_share * members.size)]] = True
+    if train.all() or not train.any():
+        raise DataError(f"{where}: {len(rows)} usable rows leave no {'test' if train.all() else 'training'} rows")
+    _check_training_classes(where, spec.kind, y[train], classes)
+    x = _encode(table, layout, rows, train, site)
+    features = layout.features()
+    return TableSplit(site, x[train], y[train], x[~train], y[~train], features, spec.kind, classes, tuple(dropped))
+
+
+def _targets(table: RawTable, spec: TableSpec, rows: list[int], classes: tuple[str, ...], site: str) -> np.ndarray:
+    at = table.index(spec.target)
+    where = f"table {table.path}, site {site}"
+    if spec.kind == "survival":
+        assert spec.event is not None
+        time = np.array([table.number(i, spec.target, site) for i in rows])
+        event = np.array([table.number(i, spec.event, site) for i in rows])
+        for values, name, ok in ((time, spec.target, time >= 0), (event, spec.event, np.isin(event, (0.0, 1.0)))):
+            if not ok.all():
+                bad = int(np.flatnonzero(~ok)[0])
+                expected = "a time >= 0" if name == spec.target else "1 (event) or 0 (censored)"
+                raise DataError(
+                    f"{where}, line {table.lines[rows[bad]]}: column {name!r} holds {values[bad]}, expected {expected}"
+                )
+        return np.stack([time, event], axis=1).astype(np.float32)
+    labels: list[float] = []
+    for i in rows:
+        value = table.rows[i][at]
+        if spec.kind == "multiclass":
+            k = _match(value, classes)
+            if k is None:
+                raise DataError(f"{where}, line {table.lines[i]}: target {value!r} is not one of the classes {classes}")
+            labels.append(k)
+        elif spec.positive_above is not None:
+            labels.append(float(table.number(i, spec.target, site) > spec.positive_above))
+        elif spec.positive is not None:
+            labels.append(float(_match(value, (spec.positive,)) == 0))
+        else:
+            labels.append(_binary(value, f"{where}, line {table.lines[i]}: target {spec.target!r}"))
+    return np.array(labels, dtype=np.int64 if spec.kind == "multiclass" else np.float32)
+
+
+def _binary(value: str, where: str) -> float:
+    if value.lower() in ("true", "false"):
+        return float(value.lower() == "true")
+    number = as_number(value)
+    if number not in (0.0, 1.0):
+        raise DataError(f"{where} holds {value!r}; a binary target is 0/1 (or set positive_above or positive)")
+    return float(number)
+
+
+def _check_training_classes(where: str, kind: Kind, y: np.ndarray, classes: tuple[str, ...]) -> None:
+    if kind == "survival":
+        if not (y[:, 1] == 1).any():
+            raise DataError(f"{where}: the training rows hold no event (every time is censored)")
+        return
+    names = classes if kind == "multiclass" else ("0 (negative)", "1 (positive)")
+    absent = [name for k, name in enumerate(names) if not (y == k).any()]
+    if absent:
+        raise DataError(f"{where}: the training rows hold no case of the classes {absent}")
+
+
+def _encode(table: RawTable, layout: Layout, rows: list[int], train: np.ndarray, site: str) -> np.ndarray:
+    impute = layout.missing == "impute"
+    blocks: list[np.ndarray] = []
+    for column in layout.columns:
+        at = table.index(column.name)
+        cells = [table.rows[i][at] for i in rows]
+        absent = np.array([is_missing(c) for c in cells])
+        if column.levels is None:
+            values = np.array(
+                [np.nan if a else table.number(i, column.name, site) for i, a in zip(rows, absent, strict=True)]
+            )
+            observed = values[train & ~absent]
+            mean = float(observed.mean()) if observed.size else 0.0
+            std = float(observed.std()) if observed.size else 1.0
+            z = (values - mean) / (std if std > 1e-12 else 1.0)
+            z[absent] = 0.0  # the site's own training mean
+            blocks.append(z[:, None])
+            if impute:
+                blocks.append(absent[:, None].astype(np.float64))
+            continue
+        levels = column.levels
+        codes = np.empty(len(rows), dtype=np.int64)
+        for r, (i, cell) in enumerate(zip(rows, cells, strict=True)):
+            k = len(levels) if absent[r] else _match(cell, levels)
+            if k is None:
+                raise DataError(
+                    f"table {table.path}, site {site}, line {table.lines[i]}: column {column.name!r} holds {cell!r}, "
+                    f"which is not one of its levels {list(levels)}"
+                )
+            codes[r] = k
+        kept_levels = list(range(1, len(levels))) + ([len(levels)] if impute else [])
+        blocks.append((codes[:, None] == np.array(kept_levels)[None, :]).astype(np.float64))
+    return np.concatenate(blocks, axis=1).astype(np.float32)
+
+
+HEART_FEATURES = ("age", "sex", "cp", "trestbps", "chol", "fbs", "restecg", "thalch", "exang", "oldpeak")
+HEART_CATEGORICAL = ("sex", "cp", "fbs", "restecg", "exang")
+HEART_DROPPED = ("slope", "ca", "thal")  # most hospitals did not record them
+HEART_SPEC = TableSpec(
+    target="num",
+    kind="binary",
+    site_column="dataset",
+    positive_above=0.0,
+    features=HEART_FEATURES,
+    categorical=HEART_CATEGORICAL,
+    missing="drop",
+)
 
 
 def heart_disease(path: Path, *, seed: int = 0, train_share: float = 2 / 3) -> dict[str, TableSplit]:
-    """The UCI heart-disease table by hospital (column ``dataset``): ``slope``, ``ca`` and ``thal`` dropped, then
-    the rows still incomplete; label ``num > 0``; a stratified ``train_share`` of each hospital for training."""
-    rows = read_rows(path)
-    needed = {"dataset", "num", *HEART_NUMERIC, *HEART_CATEGORICAL}
-    missing = needed - set(rows[0])
-    if missing:
-        raise DataError(f"table {path} lacks the columns {sorted(missing)}")
-    complete = [r for r in rows if all(r[c].strip() for c in needed)]
-    levels = {c: sorted({r[c] for r in complete}) for c in HEART_CATEGORICAL}
-    features = [*HEART_NUMERIC, *(f"{c}={v}" for c in HEART_CATEGORICAL for v in levels[c][1:])]
-    out: dict[str, TableSplit] = {}
-    rng = np.random.default_rng(seed)
-    for site in sorted({r["dataset"] for r in complete}):
-        mine = [r for r in complete if r["dataset"] == site]
-        try:
-            numeric = np.array([[float(r[c]) for c in HEART_NUMERIC] for r in mine], dtype=np.float64)
-            labels = np.array([int(float(r["num"])) > 0 for r in mine], dtype=np.float32)
-        except ValueError as exc:
-            raise DataError(f"table {path}, hospital {site}: a value is not a number: {exc}") from None
-        onehot = np.array(
-            [[float(r[c] == v) for c in HEART_CATEGORICAL for v in levels[c][1:]] for r in mine], dtype=np.float64
-        )
-        train = _stratified_split(labels, train_share, rng)
-        mean = numeric[train].mean(axis=0)
-        std = numeric[train].std(axis=0)
-        std[std == 0] = 1.0
-        x = np.concatenate([(numeric - mean) / std, onehot], axis=1).astype(np.float32)
-        out[site] = TableSplit(site, x[train], labels[train], x[~train], labels[~train], tuple(features))
-    return out
+    """The UCI heart-disease table by hospital (column ``dataset``): ``slope``, ``ca`` and ``thal`` left out, then
+    the rows still incomplete; label ``num > 0``; a stratified ``train_share`` of each hospital for training.
+    The same as the generic reader with ``drop: [id, slope, ca, thal]`` (see jobs/heart_disease.yaml)."""
+    return load_table(path, HEART_SPEC, seed=seed, test_fraction=1.0 - train_share)

@@ -1,0 +1,93 @@
+"""The clinical-table task's section of a job file (``task: {name: table, ...}``)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from confide.data.tables import TableSpec
+
+
+class TableTaskConfig(BaseModel):
+    """A clinical table with one row per patient and a column naming each row's site: binary, multiclass or
+    survival prediction with a linear model or a small MLP."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True)
+
+    name: Literal["table"] = "table"
+    site_column: str = Field(default="site", description="the column naming each row's site (hospital)")
+    target: str = Field(description="the label column; for survival, the time to event or censoring")
+    kind: Literal["binary", "multiclass", "survival"] = "binary"
+    event: str | None = Field(default=None, description="survival: the event column, 1 = event, 0 = censored")
+    positive_above: float | None = Field(default=None, description="binary: a target above this is positive")
+    positive: str | None = Field(default=None, description="binary: the target value that is positive")
+    classes: tuple[str, ...] | None = Field(
+        default=None, description="multiclass: the classes in order (default: the sorted values of the file)"
+    )
+    drop: tuple[str, ...] = Field(default=(), description="columns never used as features (ids, sparse columns)")
+    features: tuple[str, ...] | None = Field(
+        default=None,
+        description="the feature columns (default: all but site, target, event and drop); when given, a column is "
+        "categorical only if listed in categorical or categories",
+    )
+    categorical: tuple[str, ...] = Field(
+        default=(), description="columns to one-hot even if numeric (levels from the file unless in categories)"
+    )
+    categories: dict[str, tuple[str, ...]] = Field(
+        default_factory=dict,
+        description="levels of categorical columns, first = reference; give them so every site has the same layout",
+    )
+    missing: Literal["drop", "impute"] = Field(
+        default="drop",
+        description="drop: leave out rows missing a used cell; impute: each site's own training mean plus a "
+        "missing-indicator column (numeric), an extra level (categorical)",
+    )
+    model: Literal["linear", "mlp"] = "linear"
+    hidden: int = Field(default=16, ge=1, le=4096, description="MLP: units of the hidden layer")
+    norm: Literal["none", "batch"] = Field(
+        default="none", description="MLP: a BatchNorm layer after the hidden layer (FedBN keeps it at each site)"
+    )
+    lr: float = Field(default=0.05, gt=0, le=1)
+    batch_size: int = Field(default=32, ge=1, le=65_536)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TableTaskConfig:
+        if self.kind == "survival" and not self.event:
+            raise ValueError("a survival task needs the event column (event: ...)")
+        if self.kind != "survival" and self.event:
+            raise ValueError(f"event is for survival tasks, not {self.kind}")
+        if self.kind != "binary" and (self.positive_above is not None or self.positive is not None):
+            raise ValueError(f"positive_above and positive are for binary tasks, not {self.kind}")
+        if self.positive_above is not None and self.positive is not None:
+            raise ValueError("give positive_above or positive, not both")
+        if self.classes is not None and self.kind != "multiclass":
+            raise ValueError(f"classes are for multiclass tasks, not {self.kind}")
+        if self.classes is not None and (len(self.classes) < 2 or len(set(self.classes)) != len(self.classes)):
+            raise ValueError(f"classes must be 2 or more distinct values, got {list(self.classes)}")
+        if self.norm == "batch" and self.model != "mlp":
+            raise ValueError("norm: batch needs model: mlp (the linear model has no hidden layer)")
+        outcome = {self.site_column, self.target, *([self.event] if self.event else [])}
+        if len(outcome) != (3 if self.event else 2):
+            raise ValueError("site_column, target and event must be different columns")
+        used = outcome & {*(self.features or ()), *self.drop, *self.categorical, *self.categories}
+        if used:
+            raise ValueError(f"the site and outcome columns {sorted(used)} cannot be features or dropped")
+        return self
+
+    def spec(self) -> TableSpec:
+        """How the data layer reads the table for this task."""
+        return TableSpec(
+            target=self.target,
+            kind=self.kind,
+            site_column=self.site_column,
+            event=self.event,
+            positive_above=self.positive_above,
+            positive=self.positive,
+            classes=self.classes,
+            drop=self.drop,
+            features=self.features,
+            categorical=self.categorical,
+            categories=dict(self.categories),
+            missing=self.missing,
+        )
