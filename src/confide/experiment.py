@@ -261,8 +261,9 @@ def run_job(job: JobConfig, display: ProgressDisplay) -> JobResult:
     site."""
     t0 = time.perf_counter()
     workload = make_workload(job.task)
-    display.phase("reading data", None)
+    display.phase("reading data", 1)
     sites = workload.load_sites(job.data, job.seed, display.status)
+    display.advance(1, status=f"{len(sites)} sites")
     t_data = time.perf_counter() - t0
     train = {s.name: s.train for s in sites}
     tests = {s.name: s.test for s in sites}
