@@ -97,6 +97,82 @@ def test_the_simulated_and_the_deployed_federation_reach_the_same_model(tmp_path
     assert apart <= 1e-3 * moved
 
 
+def test_a_table_job_with_scaffold_deploys_as_it_simulates(tmp_path: Path) -> None:
+    """SCAFFOLD over the wire: the control variate travels with the model, each site keeps its own between rounds,
+    and the deployed model (controls stripped) matches the simulated one."""
+    from confide.experiment import initial_global
+    from confide.tasks.local_rules import CONTROL_PREFIX, model_part
+    from confide.workloads.registry import make_workload
+    from tests.e2e.test_table_jobs import _binary_table
+
+    csv = _binary_table(tmp_path / "table.csv")
+    sites = ["north", "south", "east"]
+
+    def job_file(out: Path) -> Path:
+        document = {
+            "seed": 2,
+            "task": {
+                "name": "table",
+                "target": "label",
+                "features": ["x1", "x2", "sex"],
+                "categories": {"sex": ["F", "M"]},
+                "lr": 0.05,
+            },
+            "data": {"root": str(csv), "test_fraction": 0.3},
+            "federation": {"rounds": 3, "local_steps": 5, "min_sites": 3, "strategy": "scaffold"},
+            "finetune": {"steps": 0},
+            "report": {"out": str(out), "plots": False},
+        }
+        path = tmp_path / f"job-{out.name}.yaml"
+        path.write_text(yaml.safe_dump(document))
+        return path
+
+    simulated = CliRunner().invoke(app, ["simulate", str(job_file(tmp_path / "sim"))])
+    assert simulated.exit_code == 0, simulated.output
+    job = load_job(job_file(tmp_path / "deployed"))
+    kits = tmp_path / "kits"
+    provision(parse_federation({"name": "tables", "server": {"host": "127.0.0.1", "port": 8443}, "sites": sites}), kits)
+    port: dict[str, int] = {}
+    listening = threading.Event()
+
+    def runner(name: str, site_job: JobConfig) -> SiteRunner:
+        return SiteRunner(name, site_task(site_job, csv, name), seed=site_job.seed)
+
+    serving = threading.Thread(
+        target=serve,
+        args=(kits / "server", job),
+        kwargs={
+            "initial": lambda j: initial_global(j, make_workload(j.task)),
+            "port": 0,
+            "wait_s": 60,
+            "on_listen": lambda p: (port.update(p=p), listening.set()),
+        },
+        daemon=True,
+    )
+    serving.start()
+    assert listening.wait(30)
+    threads = [
+        threading.Thread(
+            target=run_site, args=(kits / "sites" / n, runner), kwargs={"address": f"localhost:{port['p']}"}
+        )
+        for n in sites
+    ]
+    for t in threads:
+        t.start()
+    serving.join(120)
+    for t in threads:
+        t.join(30)
+
+    sim = serde.decode_arrays((tmp_path / "sim" / "models" / "scaffold.safetensors").read_bytes())
+    deployed = serde.decode_arrays((tmp_path / "deployed" / "global.safetensors").read_bytes())
+    assert any(n.startswith(CONTROL_PREFIX) for n in deployed.names())  # the server's control variate moved too
+    assert np.any(deployed[CONTROL_PREFIX + "0.weight"])
+    real = model_part(deployed)
+    start = make_workload(job.task).initial(job.seed)
+    assert sim.same_layout(real)
+    assert _norm(sim, real) <= 1e-3 * _norm(sim, start)
+
+
 def _norm(a: Arrays, b: Arrays) -> float:
     """L2 distance between two models' parameters."""
     squares = (float(np.sum((x.astype(np.float64) - y) ** 2)) for x, y in zip(a.values(), b.values(), strict=True))
