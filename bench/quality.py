@@ -194,7 +194,9 @@ def write(out: Path, results: dict[str, tuple[str, int, list[tuple[str, float, f
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--datasets", nargs="+", choices=list(DATASETS), default=list(DATASETS))
-    parser.add_argument("--seeds", type=int, default=None, help="seeds per dataset (default: 5 heart disease, 3 MIAS, 1 phantoms)")
+    parser.add_argument(
+        "--seeds", type=int, default=None, help="seeds per dataset (default: 5 heart disease, 3 MIAS, 1 phantoms)"
+    )
     parser.add_argument("--data", type=Path, default=DATA, help="the shared data folder (mias/, heart_disease/)")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "quality")
     args = parser.parse_args()
