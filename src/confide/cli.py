@@ -207,17 +207,38 @@ def site(
     kit: Annotated[Path, typer.Option(help="this site's kit (site.yaml, certificate, key, CA)")],
     data: Annotated[Path, typer.Option(help="this site's own data (its folder of cases, images or slides; its table)")],
     server_address: Annotated[str | None, typer.Option("--server", help="override the kit's host:port")] = None,
+    models: Annotated[
+        Path | None, typer.Option(help="where the site keeps the final and fine-tuned models (default: KIT/models)")
+    ] = None,
 ) -> None:
-    """Run this hospital's side of a federation: dial out, train on local data, send filtered updates."""
+    """Run this hospital's side of a federation: dial out, train on local data, send filtered updates; at the end,
+    keep the final model and fine-tune it on the site's own training split."""
+    from rich.table import Table
+
     from confide.deploy import private_runner, run_site, site_privacy
     from confide.experiment import site_task
+    from confide.records import Arrays
+    from confide.site.finish import keep_and_adapt
     from confide.site.runner import SiteRunner
+    from confide.workloads.base import SiteTask
+
+    tasks: dict[str, SiteTask] = {}
 
     def runner(name: str, job: JobConfig) -> SiteRunner:
         console.print(f"site {name}: preparing its data in {data} for job {job.name}")
-        return private_runner(kit, name, job, site_task(job, data, name, privacy=site_privacy(kit, job)))
+        tasks["mine"] = site_task(job, data, name, privacy=site_privacy(kit, job))
+        return private_runner(kit, name, job, tasks["mine"])
 
-    answered = run_site(kit, runner, address=server_address)
+    def finish(job: JobConfig, final: Arrays) -> None:
+        console.print("the job is done: keeping the final model and fine-tuning it on this site's training split")
+        kept = keep_and_adapt(tasks["mine"], job, final, models or kit / "models")
+        table = Table("model", *next(iter(kept.scores.values())), title="this site's own test split")
+        for name, values in kept.scores.items():
+            table.add_row(name, *(f"{v:.3f}" for v in values.values()))
+        console.print(table)
+        console.print(f"kept: {kept.global_model}" + (f" and {kept.finetuned}" if kept.finetuned else ""))
+
+    answered = run_site(kit, runner, address=server_address, on_final=finish)
     console.print(f"job done: answered {answered} instruction(s)")
 
 

@@ -21,6 +21,7 @@ from confide.errors import ConfigError, RoundFailed
 from confide.privacy.build import site_chain, site_ledger
 from confide.privacy.config import PrivacyConfig, load_policy, stricter
 from confide.provision_kit import load_revoked, load_roster
+from confide.records import Arrays
 from confide.server import checkpoint
 from confide.server.loop import LoopConfig, RoundEvents, ServerLoop
 from confide.server.secure_round import SecureSettings
@@ -147,6 +148,7 @@ def serve(
         job.report.out.mkdir(parents=True, exist_ok=True)
         final = job.report.out / "global.safetensors"
         serde.save_arrays(final, loop.global_arrays)
+        service.close(final=serde.encode_arrays_parts(loop.global_arrays))  # every site leaves with the final model
         rounds = [{**r.to_dict(), "coordination_seconds": r.coordination_seconds} for r in history.rounds]
         (job.report.out / "rounds.json").write_text(json.dumps(rounds, indent=1))
         return final
@@ -193,14 +195,18 @@ def run_site(
     *,
     address: str | None = None,
     give_up_after_s: float = 600.0,
+    on_final: Callable[[JobConfig, Arrays], None] | None = None,
 ) -> int:
     """Run this site's side until the server says the job is done; return the instructions answered.
 
-    ``address`` overrides the server address of the kit (host:port)."""
+    ``address`` overrides the server address of the kit (host:port). ``on_final`` receives the job and its final
+    model, which the server sends with "done" (for the site to keep it and adapt it to its own patients)."""
     cfg = read_kit_config(kit, "site.yaml", ("site", "server", "certificate", "private_key", "ca"))
+    jobs: list[JobConfig] = []
 
     def endpoint(job_document: dict[str, Any]) -> Endpoint:
         job = parse_job(job_document, source="job sent by the server")
+        jobs.append(job)
         return make_runner(str(cfg["site"]), job)
 
     client = SiteClient(
@@ -211,4 +217,7 @@ def run_site(
         ca_pem=read_kit_file(kit, cfg["ca"]),
         make_endpoint=endpoint,
     )
-    return client.run()
+    answered = client.run()
+    if on_final is not None and client.final is not None and jobs:
+        on_final(jobs[-1], client.final)
+    return answered

@@ -211,6 +211,27 @@ def _train_run(
     return tasks
 
 
+def finetune_config(job: JobConfig, workload: Workload) -> dict[str, float | int]:
+    """What fine-tuning at a site does: ``finetune.steps`` local steps (default: one round's), plain."""
+    return {
+        "local_steps": job.finetune.steps if job.finetune.steps is not None else job.federation.local_steps,
+        "lr": job.finetune.lr if job.finetune.lr is not None else workload.lr(),
+        "batch_size": workload.batch_size(),
+    }
+
+
+def adapt(task: SiteTask, start: Arrays, config: Mapping[str, float | int]) -> tuple[Arrays, float]:
+    """``start`` trained further on the task's own training split: (the adapted model, its training loss)."""
+    res = task.train(start, config, round=0)
+    update = res.update
+    if not isinstance(update, Arrays):
+        raise ConfigError("fine-tuning produced a sparse update; it runs without privacy filters")
+    tuned = Arrays.from_dict(
+        {name: (value + update[name]).astype(value.dtype, copy=False) for name, value in start.items()}
+    )
+    return tuned, float(res.metrics.get("loss", float("nan")))
+
+
 def finetune(
     job: JobConfig,
     workload: Workload,
@@ -221,25 +242,14 @@ def finetune(
     """Each site adapts the federated model (as it uses it) to its own training split: ``finetune.steps`` local
     steps, plain (no privacy filter: the adapted model stays at its hospital; this simulation evaluates it on every
     site to show how far it still generalises)."""
-    steps = job.finetune.steps if job.finetune.steps is not None else job.federation.local_steps
+    config = finetune_config(job, workload)
     runs: list[ModelRun] = []
-    config = {
-        "local_steps": steps,
-        "lr": job.finetune.lr if job.finetune.lr is not None else workload.lr(),
-        "batch_size": workload.batch_size(),
-    }
     for site in federated.sites:
         t0 = time.perf_counter()
-        start = federated.for_site(site)
         task = workload.task(train[site], None, site=site, seed=job.seed + 1, dp_sgd=None)
-        res = task.train(start, config, round=0)
-        update = res.update
-        assert isinstance(update, Arrays)
-        tuned = Arrays.from_dict(
-            {name: (value + update[name]).astype(value.dtype, copy=False) for name, value in start.items()}
-        )
+        tuned, loss = adapt(task, federated.for_site(site), config)
         run = ModelRun(name=f"finetuned:{site}", kind="finetuned", sites=(site,), arrays=tuned)
-        run.curve.append({"round": 0.0, "loss": float(res.metrics.get("loss", float("nan")))})
+        run.curve.append({"round": 0.0, "loss": loss})
         run.seconds = time.perf_counter() - t0
         runs.append(run)
         display.advance(1, status=f"fine-tuning at {site}")

@@ -8,7 +8,9 @@ level and is bounded here: the distance between the two models is at most 0.1 % 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -101,6 +103,7 @@ def test_a_table_job_with_scaffold_deploys_as_it_simulates(tmp_path: Path) -> No
     """SCAFFOLD over the wire: the control variate travels with the model, each site keeps its own between rounds,
     and the deployed model (controls stripped) matches the simulated one."""
     from confide.experiment import initial_global
+    from confide.site.finish import SiteModels, keep_and_adapt
     from confide.tasks.local_rules import CONTROL_PREFIX, model_part
     from confide.workloads.registry import make_workload
     from tests.e2e.test_table_jobs import _binary_table
@@ -120,7 +123,7 @@ def test_a_table_job_with_scaffold_deploys_as_it_simulates(tmp_path: Path) -> No
             },
             "data": {"root": str(csv), "test_fraction": 0.3},
             "federation": {"rounds": 3, "local_steps": 5, "min_sites": 3, "strategy": "scaffold"},
-            "finetune": {"steps": 0},
+            "finetune": {"steps": 4},
             "report": {"out": str(out), "plots": False},
         }
         path = tmp_path / f"job-{out.name}.yaml"
@@ -135,8 +138,15 @@ def test_a_table_job_with_scaffold_deploys_as_it_simulates(tmp_path: Path) -> No
     port: dict[str, int] = {}
     listening = threading.Event()
 
+    tasks: dict[str, Any] = {}
+    kept: dict[str, SiteModels] = {}
+
     def runner(name: str, site_job: JobConfig) -> SiteRunner:
-        return SiteRunner(name, site_task(site_job, csv, name), seed=site_job.seed)
+        tasks[name] = site_task(site_job, csv, name)
+        return SiteRunner(name, tasks[name], seed=site_job.seed)
+
+    def finish(name: str) -> Callable[[JobConfig, Arrays], None]:
+        return lambda j, final: kept.update({name: keep_and_adapt(tasks[name], j, final, tmp_path / "kept" / name)})
 
     serving = threading.Thread(
         target=serve,
@@ -153,7 +163,9 @@ def test_a_table_job_with_scaffold_deploys_as_it_simulates(tmp_path: Path) -> No
     assert listening.wait(30)
     threads = [
         threading.Thread(
-            target=run_site, args=(kits / "sites" / n, runner), kwargs={"address": f"localhost:{port['p']}"}
+            target=run_site,
+            args=(kits / "sites" / n, runner),
+            kwargs={"address": f"localhost:{port['p']}", "on_final": finish(n)},
         )
         for n in sites
     ]
@@ -171,6 +183,15 @@ def test_a_table_job_with_scaffold_deploys_as_it_simulates(tmp_path: Path) -> No
     start = make_workload(job.task).initial(job.seed)
     assert sim.same_layout(real)
     assert _norm(sim, real) <= 1e-3 * _norm(sim, start)
+    # every site left with the final model (controls stripped), fine-tuned it, and scored both on its own test split
+    assert set(kept) == set(sites)
+    for name, models in kept.items():
+        assert serde.decode_arrays(models.global_model.read_bytes()).allclose(real)
+        assert models.finetuned is not None
+        tuned = serde.decode_arrays(models.finetuned.read_bytes())
+        assert not tuned.allclose(real)
+        assert set(models.scores) == {"global", "finetuned"} and 0 <= models.scores["global"]["accuracy"] <= 1
+        assert (tmp_path / "kept" / name / f"{job.name}-own-test.json").exists()
 
 
 def _norm(a: Arrays, b: Arrays) -> float:

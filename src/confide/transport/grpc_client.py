@@ -15,7 +15,9 @@ from typing import Any
 
 import grpc
 
+from confide import serde
 from confide.errors import ConfideError, TransportError
+from confide.records import Arrays
 from confide.serde import DEFAULT_MAX_BYTES, Encoded
 from confide.transport import framing
 from confide.transport.grpc_server import GRPC_OPTIONS, SERVICE
@@ -58,6 +60,7 @@ class SiteClient:
         self.name = ""
         self.answered = 0
         self.notices: list[str] = []
+        self.final: Arrays | None = None  # the job's final model, when the server sends it with "done"
 
     def _call(self, what: str, fn: Callable[[], Any]) -> Any:
         """Call ``fn``, retrying while the server is unreachable, for at most give_up_after_s."""
@@ -101,6 +104,8 @@ class SiteClient:
                     continue
                 if header.get("done"):
                     log.info("site %s: the server says the job is done", self.name)
+                    if transfer is not None:
+                        self.final = serde.decode_arrays(bytes(transfer.payload))
                     return self.answered
                 if header.get("wait"):
                     continue
@@ -125,8 +130,8 @@ class SiteClient:
             header = framing.parse_header(next(stream))
         except StopIteration:
             return {"wait": True}, None
-        if "task" not in header:
-            return header, None
+        if "task" not in header and not (header.get("done") and "size" in header):
+            return header, None  # a control message (the final model, when the job is done, is a transfer)
         return header, framing.receive_after(header, stream, max_bytes=DEFAULT_MAX_BYTES, allocate=framing.new_buffer)
 
     def _deliver(self, task_id: str, answer: bytes | Encoded) -> None:

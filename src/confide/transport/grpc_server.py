@@ -87,6 +87,7 @@ class FederationService:
         self._sending = threading.BoundedSemaphore(config.max_sending)
         self._expected: dict[str, str] = {}
         self._done = False
+        self._final: bytes | Encoded | None = None
 
     # -- Transport -----------------------------------------------------------------------------
     def sites(self) -> list[str]:
@@ -179,10 +180,13 @@ class FederationService:
                 state.notices.append(message)
                 state.wake.notify_all()
 
-    def close(self) -> None:
-        """The job is over: every site's next pull answers "done"."""
+    def close(self, final: bytes | Encoded | None = None) -> None:
+        """The job is over: every site's next pull answers "done", with the final model (``final``: encoded
+        arrays) when one is given, so that each site can keep it and adapt it to its own patients."""
         with self._lock:
             self._done = True
+            if final is not None:
+                self._final = final
             for state in self._sites.values():
                 state.wake.notify_all()
 
@@ -235,6 +239,9 @@ class FederationService:
         elif task is not None:
             with self._sending:  # a few streams at a time: each one buffers a few MB in flight
                 yield from framing.frames(task[1], task=task[0])
+        elif done and self._final is not None:
+            with self._sending:
+                yield from framing.frames(self._final, done=True)
         elif done:
             yield framing.control(done=True)
         else:
