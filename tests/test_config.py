@@ -72,3 +72,15 @@ def test_a_task_without_a_name_is_the_brain_tumour_task_and_finetuning_is_on_by_
 
     assert job.task.name == "brain_tumor" and job.finetune.enabled and job.finetune.steps is None
     assert not parse_job({"data": {"root": "x"}, "finetune": {"steps": 0}}).finetune.enabled
+
+
+def test_fine_tuning_defaults_to_one_rounds_steps_at_a_quarter_of_the_task_rate() -> None:
+    from confide.experiment import finetune_config
+    from confide.workloads.registry import make_workload
+
+    job = parse_job({"data": {"root": "x"}, "task": {"lr": 0.004}, "federation": {"local_steps": 7}})
+    chosen = parse_job({"data": {"root": "x"}, "finetune": {"steps": 3, "lr": 0.1}})
+
+    assert finetune_config(job, make_workload(job.task)) == {"local_steps": 7, "lr": 0.001, "batch_size": 2}
+    assert finetune_config(chosen, make_workload(chosen.task))["local_steps"] == 3
+    assert finetune_config(chosen, make_workload(chosen.task))["lr"] == 0.1

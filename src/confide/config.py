@@ -103,7 +103,13 @@ class FinetuneConfig(_Strict):
     steps: int | None = Field(
         default=None, ge=0, le=1_000_000, description="local steps at each site (default: local_steps; 0: off)"
     )
-    lr: float | None = Field(default=None, gt=0, le=1, description="learning rate (default: the task's)")
+    lr: float | None = Field(
+        default=None,
+        gt=0,
+        le=1,
+        description="learning rate (default: a quarter of the task's, so that a few steps "
+        "on one site's cases adapt the model without undoing what the federation learnt)",
+    )
 
     @property
     def enabled(self) -> bool:

@@ -212,10 +212,11 @@ def _train_run(
 
 
 def finetune_config(job: JobConfig, workload: Workload) -> dict[str, float | int]:
-    """What fine-tuning at a site does: ``finetune.steps`` local steps (default: one round's), plain."""
+    """What fine-tuning at a site does: ``finetune.steps`` local steps (default: one round's) at ``finetune.lr``
+    (default: a quarter of the task's learning rate), plain."""
     return {
         "local_steps": job.finetune.steps if job.finetune.steps is not None else job.federation.local_steps,
-        "lr": job.finetune.lr if job.finetune.lr is not None else workload.lr(),
+        "lr": job.finetune.lr if job.finetune.lr is not None else workload.lr() / 4,
         "batch_size": workload.batch_size(),
     }
 
