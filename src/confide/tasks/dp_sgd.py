@@ -40,8 +40,9 @@ class DpSgd:
         if problems:
             reason = str(problems[0]).split(". ")[0]
             raise TaskError(
-                f"DP-SGD cannot train this model: {reason}. Use a model with GroupNorm or InstanceNorm "
-                "(model: segresnet), not BatchNorm"
+                f"DP-SGD cannot train this model: {reason}. Use normalisation that works on one case at a time, "
+                "not BatchNorm (brain_tumor: model segresnet; mammo_density: norm group; table: norm none; "
+                "mil: norm layer)"
             )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
