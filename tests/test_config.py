@@ -75,7 +75,7 @@ def test_a_task_without_a_name_is_the_brain_tumour_task_and_finetuning_is_on_by_
 
 
 def test_fine_tuning_defaults_to_one_rounds_steps_at_a_quarter_of_the_task_rate() -> None:
-    from confide.experiment import finetune_config
+    from confide.finetune import finetune_config
     from confide.workloads.registry import make_workload
 
     job = parse_job({"data": {"root": "x"}, "task": {"lr": 0.004}, "federation": {"local_steps": 7}})

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from confide import serde
 from confide.config import JobConfig
-from confide.experiment import adapt, finetune_config
+from confide.finetune import adapt, finetune_config
 from confide.records import Arrays
 from confide.workloads.base import SiteTask
 from confide.workloads.registry import make_workload
