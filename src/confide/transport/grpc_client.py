@@ -92,10 +92,12 @@ class SiteClient:
         """Serve until the server says done; return the number of instructions answered."""
         hello = json.loads(self._call("join", lambda: self._join(b"{}", timeout=30)))
         self.name = str(hello["site"])
-        endpoint = self.make_endpoint(hello["job"])
+        # heartbeats start before the site prepares its data: a site reading its cases is alive, and the server
+        # must not drop it from the first round for the silence
         beat = threading.Thread(target=self._beat, args=(float(hello.get("heartbeat_s", 5.0)),), daemon=True)
         beat.start()
         try:
+            endpoint = self.make_endpoint(hello["job"])
             while True:
                 try:
                     header, transfer = self._call("pull", self._fetch)
