@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -154,8 +153,11 @@ def serve(
         return final
     finally:
         service.close()
-        time.sleep(min(service.config.poll_s, 2.0))  # let waiting sites hear "done"
-        server.stop(grace=1.0)
+        left = service.wait_for_farewells(timeout_s=60.0)  # every live site hears "done" and gets the final model
+        if left:
+            log.warning("sites %s were not told the job is done (still busy after 60 s)", left)
+        # stop taking calls, but let the streams in flight (the final model on its way to a site) finish first
+        server.stop(grace=15.0).wait(timeout=20.0)
 
 
 def _strategy(job: JobConfig, *, roster_size: int) -> Strategy:

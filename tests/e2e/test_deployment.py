@@ -27,7 +27,9 @@ def _free_port() -> int:
 SITES = ["site-1", "site-2", "site-3"]
 
 
-def _setup(tmp_path: Path, rounds: int, local_steps: int, extra: str = "") -> tuple[Path, Path, Path]:
+def _setup(
+    tmp_path: Path, rounds: int, local_steps: int, extra: str = "", finetune_steps: int = 0
+) -> tuple[Path, Path, Path]:
     kits = tmp_path / "kits"
     provision(parse_federation({"name": "e2e", "server": {"host": "localhost", "port": 8443}, "sites": SITES}), kits)
     data = tmp_path / "data"
@@ -39,6 +41,7 @@ def _setup(tmp_path: Path, rounds: int, local_steps: int, extra: str = "") -> tu
         f"data: {{root: {data}, test_fraction: 0.34}}\n"
         f"federation: {{rounds: {rounds}, local_steps: {local_steps}, round_deadline_s: 120, "
         f"{extra or 'min_sites: 3'}}}\n"
+        f"finetune: {{steps: {finetune_steps}}}\n"  # sites fine-tune the final model only where a test looks at it
         f"report: {{out: {tmp_path / 'report'}}}\n"
     )
     return kits, data, job
@@ -68,7 +71,7 @@ def _sites(kits: Path, data: Path, port: int) -> list[subprocess.Popen[str]]:
 
 
 def test_server_and_three_site_processes_complete_the_job(tmp_path: Path) -> None:
-    kits, data, job = _setup(tmp_path, rounds=2, local_steps=1)
+    kits, data, job = _setup(tmp_path, rounds=2, local_steps=1, finetune_steps=2)
     port = _free_port()
     server = _server(job, kits, port)
     clients = _sites(kits, data, port)

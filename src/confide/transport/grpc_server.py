@@ -88,6 +88,7 @@ class FederationService:
         self._expected: dict[str, str] = {}
         self._done = False
         self._final: bytes | Encoded | None = None
+        self._told_done: set[str] = set()
 
     # -- Transport -----------------------------------------------------------------------------
     def sites(self) -> list[str]:
@@ -108,6 +109,22 @@ class FederationService:
                 on_wait(present)
             with self._lock:
                 self._lock.wait(timeout=1.0)
+
+    def wait_for_farewells(self, timeout_s: float) -> list[str]:
+        """After :meth:`close`: block until every live site has been told "done" (and received the final model),
+        or ``timeout_s`` passes; return the live sites not told. A site still busy when the job ended (finishing
+        a late step, slowed by its neighbours) pulls a little later; the server must still be there to answer."""
+        end = time.monotonic() + timeout_s
+        # a site slowed by its neighbours may miss a heartbeat or two: anyone heard from in the last 30 s counts
+        window = max(self.config.site_timeout_s, 30.0)
+        while True:
+            with self._lock:
+                now = time.monotonic()
+                recent = [s.name for s in self._sites.values() if now - s.last_seen <= window]
+                waiting = [name for name in recent if name not in self._told_done]
+                if not waiting or time.monotonic() >= end:
+                    return waiting
+                self._lock.wait(timeout=0.5)
 
     def exchange(self, messages: Mapping[str, bytes | Encoded], deadline_s: float | None = None) -> Iterator[Reply]:
         """Replies in the order they arrive; a reply's payload is valid until the next reply is requested."""
@@ -190,6 +207,11 @@ class FederationService:
             for state in self._sites.values():
                 state.wake.notify_all()
 
+    def _farewell(self, name: str) -> None:
+        with self._lock:
+            self._told_done.add(name)
+            self._lock.notify_all()
+
     # -- gRPC handlers -------------------------------------------------------------------------
     def _identify(self, context: grpc.ServicerContext) -> str:
         auth = context.auth_context()
@@ -242,8 +264,10 @@ class FederationService:
         elif done and self._final is not None:
             with self._sending:
                 yield from framing.frames(self._final, done=True)
+            self._farewell(name)
         elif done:
             yield framing.control(done=True)
+            self._farewell(name)
         else:
             yield framing.control(wait=True)
 
