@@ -167,28 +167,18 @@ class BrainTumorTask:
                 flips = [axis for axis in (2, 3, 4) if torch.rand(1, generator=gen).item() < 0.5]
                 if flips:
                     x, y = torch.flip(x, flips), torch.flip(y, flips)
-            if self.dp is not None:
-                value = self.dp.step(
-                    self.loss_fn,
-                    x,
-                    y,
-                    expected_batch=rate * len(data),
-                    optimiser=optimiser,
-                    gen=gen,
-                    proximal=rules,
-                )
-                rules.after_step()
-                if np.isfinite(value):
-                    losses.append(value)
-                continue
-            optimiser.zero_grad(set_to_none=True)
-            loss = self.loss_fn(self.model(x), y)
-            if not torch.isfinite(loss):
-                raise TaskError(f"site {self.site}: training loss became {loss.item()} at step {step + 1}")
-            rules.objective(loss).backward()
-            optimiser.step()
-            rules.after_step()
-            losses.append(float(loss.item()))
+            value = rules.step(
+                self.loss_fn,
+                x,
+                y,
+                optimiser,
+                dp=self.dp,
+                expected_batch=rate * len(data),
+                gen=gen,
+                where=f"site {self.site}, step {step + 1}",
+            )
+            if np.isfinite(value):
+                losses.append(value)
         losses = losses or [float("nan")]
         return TrainRes(
             round=round,

@@ -202,22 +202,18 @@ class MammoTask:
             x, y = images[idx], labels[idx]
             if self.config.augment and x.shape[0] > 0:
                 x = _augment(x, gen)
-            if self.dp is not None:
-                value = self.dp.step(
-                    self._loss, x, y, expected_batch=rate * len(data), optimiser=optimiser, gen=gen, proximal=rules
-                )
-                rules.after_step()
-                if np.isfinite(value):
-                    losses.append(value)
-                continue
-            optimiser.zero_grad(set_to_none=True)
-            loss = self._loss(self.model(x), y)
-            if not torch.isfinite(loss):
-                raise TaskError(f"site {self.site}: training loss became {loss.item()} at step {step + 1}")
-            rules.objective(loss).backward()
-            optimiser.step()
-            rules.after_step()
-            losses.append(float(loss.item()))
+            value = rules.step(
+                self._loss,
+                x,
+                y,
+                optimiser,
+                dp=self.dp,
+                expected_batch=rate * len(data),
+                gen=gen,
+                where=f"site {self.site}, step {step + 1}",
+            )
+            if np.isfinite(value):
+                losses.append(value)
         losses = losses or [float("nan")]
         return TrainRes(
             round=round,

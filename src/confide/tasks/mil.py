@@ -238,22 +238,18 @@ class MilTask:
             else:
                 idx = torch.randperm(len(data), generator=gen)[:batch]
             x, y = self._batch([data.bags[int(i)] for i in idx], gen)
-            if self.dp is not None:
-                value = self.dp.step(
-                    loss_fn, x, y, expected_batch=rate * len(data), optimiser=optimiser, gen=gen, proximal=rules
-                )
-                rules.after_step()
-                if np.isfinite(value):
-                    losses.append(value)
-                continue
-            optimiser.zero_grad(set_to_none=True)
-            loss = loss_fn(self.model(x), y)
-            if not torch.isfinite(loss):
-                raise TaskError(f"site {self.site}: training loss became {loss.item()} at step {step + 1}")
-            rules.objective(loss).backward()
-            optimiser.step()
-            rules.after_step()
-            losses.append(float(loss.item()))
+            value = rules.step(
+                loss_fn,
+                x,
+                y,
+                optimiser,
+                dp=self.dp,
+                expected_batch=rate * len(data),
+                gen=gen,
+                where=f"site {self.site}, step {step + 1}",
+            )
+            if np.isfinite(value):
+                losses.append(value)
         losses = losses or [float("nan")]
         return TrainRes(
             round=round,
