@@ -17,8 +17,9 @@ import yaml
 from confide import serde
 from confide.config import JobConfig, parse_job
 from confide.errors import ConfigError, RoundFailed
-from confide.privacy.build import site_chain, site_ledger
+from confide.privacy.build import site_chain
 from confide.privacy.config import PrivacyConfig, load_policy, stricter
+from confide.privacy.ledger import Ledger
 from confide.provision_kit import load_revoked, load_roster
 from confide.records import Arrays
 from confide.server import checkpoint
@@ -177,17 +178,28 @@ def site_privacy(kit: Path, job: JobConfig) -> PrivacyConfig:
 
 
 def private_runner(kit: Path, name: str, job: JobConfig, task: Any) -> SiteRunner:
-    """A site's runner with its privacy: the job's filters, never weaker than the policy in its kit, and its
-    ledger in ``KIT/ledgers/JOB.json`` (kept across restarts, so the budget holds over the whole job).
+    """A site's runner with its privacy: the job's filters, never weaker than the policy in its kit, and the kit's
+    one ledger ``KIT/ledger.json`` (kept across restarts and across jobs, so the budget holds whatever the jobs are
+    called).
 
-    Distributed noise is sized for the quorum (``federation.min_sites``): a round that closes with only the
-    quorum still carries the full noise. A site whose privacy asks for secure aggregation (the job or its policy)
-    sends no update in the clear."""
+    Distributed noise is sized for the policy's ``min_contributors`` (a site without one adds the full noise
+    itself), never for a number in the job the server sends. A site whose privacy asks for secure aggregation
+    (the job or its policy) sends no update in the clear."""
     privacy = site_privacy(kit, job)
-    chain = site_chain(privacy, job.federation.min_sites)
-    ledger = site_ledger(privacy, name, kit / "ledgers" / f"{job.name}.json")
+    chain = site_chain(privacy)
+    ledger = None
+    if privacy.spends or privacy.budget is not None:
+        delta = privacy.budget.delta if privacy.budget else 1e-5
+        budget = privacy.budget.epsilon if privacy.budget else None
+        ledger = Ledger.open_kit(name, kit, delta=delta, budget=budget)
     return SiteRunner(
-        name, task, chain=chain, ledger=ledger, seed=job.seed, secure_aggregation=privacy.secure_aggregation
+        name,
+        task,
+        chain=chain,
+        ledger=ledger,
+        secure_aggregation=privacy.secure_aggregation,
+        job=job.name,
+        private=privacy.spends,
     )
 
 

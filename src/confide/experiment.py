@@ -29,7 +29,7 @@ from confide.config import JobConfig
 from confide.errors import ConfigError
 from confide.finetune import adapt, finetune_config
 from confide.privacy.build import site_chain, site_ledger
-from confide.privacy.config import PrivacyConfig
+from confide.privacy.config import PrivacyConfig, job_as_policy
 from confide.privacy.ledger import Ledger
 from confide.records import Arrays
 from confide.report.progress import ProgressDisplay
@@ -180,14 +180,16 @@ def _train_run(
     """Train one model; return its sites' tasks (they hold what a site keeps between rounds)."""
     t0 = time.perf_counter()
     private = run.kind == "federated"  # baselines keep their data where it is: nothing leaves, nothing to protect
-    privacy = job.privacy if private else PrivacyConfig()
+    # in a simulation the job is every site's policy; its quorum is the fewest contributors to a sum
+    quorum = min(job.federation.min_sites, len(run.sites))
+    privacy = job_as_policy(job.privacy, quorum) if private else PrivacyConfig()
     tasks = {
         site: workload.task(train[site], None, site=site, seed=job.seed, dp_sgd=privacy.dp_sgd) for site in run.sites
     }
     batch = workload.batch_size() * (n_sites if run.kind == "pooled" else 1)
     strategy = build_strategy(job, workload, kind=run.kind, sites=len(tasks), batch=batch)
     ledgers = {site: site_ledger(privacy, site, None) for site in tasks}
-    chains = {site: site_chain(privacy, len(tasks)) for site in tasks}
+    chains = {site: site_chain(privacy) for site in tasks}
     every = max(1, job.federation.rounds // 5)
 
     def personal(site: str, arrays: Arrays) -> Arrays:
@@ -201,9 +203,7 @@ def _train_run(
         secure=SecureSettings() if privacy.secure_aggregation else None,
     )
     start = initial_global(job, workload) if run.kind == "federated" else workload.initial(job.seed)
-    result = simulate(
-        strategy, tasks, start, loop, events=recorder, chains=chains, ledgers=ledgers, seed=job.seed
-    )
+    result = simulate(strategy, tasks, start, loop, events=recorder, chains=chains, ledgers=ledgers, job=job.name)
     run.ledgers = {site: ledger for site, ledger in ledgers.items() if ledger is not None}
     run.arrays = model_part(result.arrays)
     if run.kind == "federated":

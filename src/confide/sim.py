@@ -33,7 +33,7 @@ def simulate(
     events: RoundEvents | None = None,
     chains: Mapping[str, FilterChain] | None = None,
     ledgers: Mapping[str, Ledger | None] | None = None,
-    seed: int = 0,
+    job: str = "",
 ) -> SimResult:
     """Run a whole federation of ``tasks`` (one per site) for ``config.rounds`` rounds. With ``config.secure``
     set, the rounds use secure aggregation and every site refuses to send an update in the clear."""
@@ -43,8 +43,8 @@ def simulate(
             task,
             chain=(chains or {}).get(name),
             ledger=(ledgers or {}).get(name),
-            seed=seed,
             secure_aggregation=config.secure is not None,
+            job=job,
         )
         for name, task in tasks.items()
     }

@@ -26,7 +26,7 @@ def _step(dp: DpSgd, model: torch.nn.Module, n: int, expected: float) -> torch.T
     before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
     x, y = _batch(n)
     optimiser = torch.optim.SGD(model.parameters(), lr=1.0)
-    dp.step(DiceCELoss(sigmoid=True), x, y, expected_batch=expected, optimiser=optimiser, gen=torch.Generator())
+    dp.step(DiceCELoss(sigmoid=True), x, y, expected_batch=expected, optimiser=optimiser)
     return before - torch.cat([p.detach().flatten() for p in model.parameters()])  # = the private gradient
 
 
@@ -72,3 +72,41 @@ def test_a_private_round_reports_its_spend_and_trains() -> None:
     assert (spend.mechanism, spend.sampling_rate, spend.steps, spend.noise_multiplier) == ("dp-sgd", 0.25, 3, 1.0)
     assert all(np.isfinite(v).all() for v in res.update.values())  # type: ignore[union-attr]
     assert max(float(np.abs(v).max()) for v in res.update.values()) > 0  # type: ignore[union-attr]
+
+
+def test_two_private_rounds_from_one_seed_differ_and_cannot_be_regenerated() -> None:
+    """The attack of issue 10: whoever knows the job's seed, the site and the round re-ran DP-SGD and got the
+    same 'noisy' update bit for bit. Now the sampling and the noise come from the OS CSPRNG."""
+    rng = np.random.default_rng(0)
+    data = SegData(
+        images=rng.normal(size=(6, 4, 16, 16, 16)).astype(np.float32),
+        regions=rng.random((6, 3, 16, 16, 16)) > 0.8,
+        case_ids=tuple(f"c{i}" for i in range(6)),
+    )
+    spec = DpSgdSpec(noise_multiplier=1.0, clip=1.0)
+    config = {"local_steps": 2, "batch_size": 2, "lr": 1e-3}
+    first = BrainTumorTask(CONFIG, data, None, site="s", seed=3, dp_sgd=spec)
+    second = BrainTumorTask(CONFIG, data, None, site="s", seed=3, dp_sgd=spec)  # the attacker's replay
+
+    a = first.train(initial_arrays(CONFIG, 0), config, round=1).update
+    b = second.train(initial_arrays(CONFIG, 0), config, round=1).update
+
+    gap = max(float(np.abs(a[n] - b[n]).max()) for n in a.names())  # type: ignore[union-attr,index]
+    assert gap > 1e-4
+
+
+def test_without_privacy_a_round_is_reproducible_bit_for_bit() -> None:
+    rng = np.random.default_rng(0)
+    data = SegData(
+        images=rng.normal(size=(6, 4, 16, 16, 16)).astype(np.float32),
+        regions=rng.random((6, 3, 16, 16, 16)) > 0.8,
+        case_ids=tuple(f"c{i}" for i in range(6)),
+    )
+    config = {"local_steps": 2, "batch_size": 2, "lr": 1e-3}
+    first = BrainTumorTask(CONFIG, data, None, site="s", seed=3)
+    second = BrainTumorTask(CONFIG, data, None, site="s", seed=3)
+
+    a = first.train(initial_arrays(CONFIG, 0), config, round=1).update
+    b = second.train(initial_arrays(CONFIG, 0), config, round=1).update
+
+    assert all(np.array_equal(a[n], b[n]) for n in a.names())  # type: ignore[union-attr,index]

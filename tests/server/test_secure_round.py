@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -200,7 +201,9 @@ def test_one_site_cannot_aggregate_securely() -> None:
         loop.run_round(1)
 
 
-def test_distributed_noise_under_secure_aggregation_is_accounted_at_the_full_multiplier() -> None:
+def test_distributed_noise_under_secure_aggregation_is_accounted_for_the_smallest_unmaskable_sum() -> None:
+    """Each of 4 sites adds 1/4 of the noise's variance; the threshold (3 of 4) is the smallest sum the server can
+    unmask, so each site is charged for 3 shares of noise: z sqrt(3/4), not the full z."""
     privacy = PrivacyConfig.model_validate(
         {"filters": [{"type": "gaussian", "clip": 1.0, "noise_multiplier": 2.0}], "secure_aggregation": True}
     )
@@ -213,7 +216,8 @@ def test_distributed_noise_under_secure_aggregation_is_accounted_at_the_full_mul
 
     assert isinstance(strategy, DPFedAvg) and result.history.rounds[0].sites == ("a", "b", "c", "d")
     spends = [ledger.gaussian for ledger in ledgers.values() if ledger is not None]
-    assert len(spends) == 4 and all(s[0].noise_multiplier == 2.0 for s in spends)
+    assert len(spends) == 4
+    assert all(s[0].noise_multiplier == pytest.approx(2.0 * math.sqrt(3 / 4)) for s in spends)
 
 
 def test_strategies_that_need_single_updates_are_refused() -> None:

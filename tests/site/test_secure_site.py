@@ -42,7 +42,7 @@ class AtTrain:
     shares: tuple[EncryptedShare, ...]
 
 
-def _at_train_step(train: Callable[[TrainIns], TrainRes | Failure]) -> AtTrain:
+def _at_train_step(train: Callable[[TrainIns, int | None], TrainRes | Failure]) -> AtTrain:
     """Site "a" (under test) and a peer "b" through advertise and share."""
     site = SecureSite("a", train)
     peer = SecAggClient("b", AGG, 3, scale=SETUP.scale, clip_range=SETUP.clip_range)
@@ -82,7 +82,7 @@ def test_steps_out_of_order_are_refused() -> None:
 
 
 def test_a_roster_with_a_threshold_of_half_or_less_is_refused() -> None:
-    site = SecureSite("a", lambda ins: Failure(ins.round, "unused"))
+    site = SecureSite("a", lambda ins, _k=None: Failure(ins.round, "unused"))
     advert = _ask(site, pack(1, SETUP))
     assert isinstance(advert, Control)
     others = [SecAggClient(name, AGG, 3).advertise() for name in ("b", "c", "d")]
@@ -95,7 +95,7 @@ def test_a_roster_with_a_threshold_of_half_or_less_is_refused() -> None:
 
 def test_a_sparse_update_is_refused_and_nothing_leaves() -> None:
     sparse = SparseArrays.from_dense(MODEL, {"w": np.array([0])})
-    at = _at_train_step(lambda ins: TrainRes(ins.round, sparse, num_examples=4))
+    at = _at_train_step(lambda ins, _k=None: TrainRes(ins.round, sparse, num_examples=4))
 
     reply = _ask(at.site, _train_message(at))
 
@@ -105,7 +105,9 @@ def test_a_sparse_update_is_refused_and_nothing_leaves() -> None:
 def test_the_masked_update_carries_no_meta_about_the_update_itself() -> None:
     meta = {"filters": "gaussian", "epsilon": 1.5, "dp_norm_before_clip": 3.25}
     update = arrays(w=[0.1, -0.2, 0.3])
-    at = _at_train_step(lambda ins: TrainRes(ins.round, update, num_examples=4, metrics={"loss": 2.0}, meta=meta))
+    at = _at_train_step(
+        lambda ins, _k=None: TrainRes(ins.round, update, num_examples=4, metrics={"loss": 2.0}, meta=meta)
+    )
 
     reply = _ask(at.site, _train_message(at))
 
@@ -117,7 +119,7 @@ def test_the_masked_update_carries_no_meta_about_the_update_itself() -> None:
 
 
 def test_a_train_step_for_another_round_is_refused() -> None:
-    at = _at_train_step(lambda ins: TrainRes(ins.round, arrays(w=[0.0, 0.0, 0.0]), num_examples=1))
+    at = _at_train_step(lambda ins, _k=None: TrainRes(ins.round, arrays(w=[0.0, 0.0, 0.0]), num_examples=1))
 
     reply = _ask(at.site, _train_message(at, round=2))
     retry = _ask(at.site, _train_message(at))  # the aggregation ended with the refusal
@@ -127,7 +129,7 @@ def test_a_train_step_for_another_round_is_refused() -> None:
 
 
 def test_an_update_that_does_not_fit_the_model_is_refused() -> None:
-    at = _at_train_step(lambda ins: TrainRes(ins.round, Arrays.from_dict({"v": np.zeros(3, np.float32)}), 1))
+    at = _at_train_step(lambda ins, _k=None: TrainRes(ins.round, Arrays.from_dict({"v": np.zeros(3, np.float32)}), 1))
 
     reply = _ask(at.site, _train_message(at))
 

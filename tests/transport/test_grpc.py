@@ -44,7 +44,7 @@ def _job(tmp_path: Path, rounds: int = 3) -> JobConfig:
 
 
 def _runner(name: str, job: JobConfig) -> SiteRunner:
-    return SiteRunner(name, QuadraticTask(TARGETS[name], examples=10), seed=job.seed)
+    return SiteRunner(name, QuadraticTask(TARGETS[name], examples=10))
 
 
 def _start(kit_root: Path, job: JobConfig) -> tuple[threading.Thread, dict[str, object], threading.Event]:
@@ -176,7 +176,7 @@ def test_nan_and_wrong_shape_updates_are_rejected_while_the_rest_aggregate(
     bad = {"site-2": QuadraticTask(TARGETS["site-2"], 10, nan=True), "site-3": WrongShape(TARGETS["site-3"], 10)}
 
     def runner(name: str, job: JobConfig) -> SiteRunner:
-        return SiteRunner(name, bad.get(name) or QuadraticTask(TARGETS[name], examples=10), seed=job.seed)
+        return SiteRunner(name, bad.get(name) or QuadraticTask(TARGETS[name], examples=10))
 
     job = job.model_copy(update={"federation": job.federation.model_copy(update={"min_sites": 1, "start_sites": 3})})
     server, result, _ = _start(kits, job)
@@ -307,7 +307,7 @@ def test_a_result_arriving_after_its_round_closed_is_discarded_with_a_log_line(
 
     def runner(name: str, job: JobConfig) -> SiteRunner:
         task = SlowInRoundOne if name == "site-3" else QuadraticTask
-        return SiteRunner(name, task(TARGETS[name], examples=10), seed=job.seed)
+        return SiteRunner(name, task(TARGETS[name], examples=10))
 
     server, result, _ = _start(kits, job)
     answers: dict[str, object] = {}

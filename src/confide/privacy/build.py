@@ -11,8 +11,11 @@ from confide.privacy.ledger import Ledger
 from confide.privacy.sparsify import Sparsify
 
 
-def site_chain(privacy: PrivacyConfig, sites: int) -> FilterChain:
-    """The filters a site runs on its update, in the configured order."""
+def site_chain(privacy: PrivacyConfig, sites: int | None = None) -> FilterChain:
+    """The filters a site runs on its update, in the configured order. Distributed noise is shared among
+    ``privacy.min_contributors`` sites (the site's policy, see :func:`~confide.privacy.config.stricter`); ``sites``
+    stands in only where the privacy names none (tests, benchmarks), and one site when neither does."""
+    contributors = privacy.min_contributors or sites or 1
     filters: list[Filter] = []
     for spec in privacy.filters:
         if isinstance(spec, GaussianSpec):
@@ -20,7 +23,7 @@ def site_chain(privacy: PrivacyConfig, sites: int) -> FilterChain:
                 GaussianClientDP(
                     spec.clip,
                     spec.noise_multiplier,
-                    sites=sites,
+                    sites=contributors,
                     placement=spec.placement,
                     secure_aggregation=privacy.secure_aggregation,
                 )

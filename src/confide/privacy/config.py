@@ -1,7 +1,18 @@
 """The privacy section of a job file, and of a site's own policy file (``privacy.yaml`` in its kit).
 
 A job asks for filters and a budget; a site's policy sets the least privacy it accepts. The site runs the stricter
-of the two for every mechanism and the smaller budget: a job can never weaken or remove what a policy requires.
+of the two, point by point (:func:`stricter`): a job can never weaken or remove what a policy requires.
+
+- noise: the larger noise multiplier, the smaller clip; every mechanism either asks for is run;
+- placement of client-level noise: ``server`` (central noise, sites only clip) only where the policy itself says
+  ``placement: server`` (the site trusts the server) and the job asks for it too; otherwise the site adds its share;
+- the share of distributed noise: sized for the policy's ``min_contributors`` (the fewest sites whose noise any
+  released sum holds), or the job's where that is smaller; a site whose policy names none adds the full noise
+  itself (as if alone), whatever the federation's size. Never a number the server sends at run time;
+- budget: epsilon and delta each the smaller of the two;
+- secure aggregation: on when either asks.
+
+A simulation has no separate sites: the job is every site's policy (:func:`job_as_policy`).
 """
 
 from __future__ import annotations
@@ -59,6 +70,12 @@ class PrivacyConfig(_Strict):
         default="reported", description="how the server reads an entry a sparse update left out"
     )
     secure_aggregation: bool = False
+    min_contributors: int | None = Field(
+        default=None,
+        ge=1,
+        description="fewest sites whose noise any released sum holds: a site's share of distributed noise is sized "
+        "for it (a policy without it makes each site add the full noise)",
+    )
 
     @model_validator(mode="after")
     def _combinations(self) -> PrivacyConfig:
@@ -96,29 +113,47 @@ class PrivacyConfig(_Strict):
         return next((f for f in self.filters if isinstance(f, GaussianSpec)), None)
 
 
-def stricter(job: PrivacyConfig, policy: PrivacyConfig | None) -> PrivacyConfig:
-    """What a site runs: the job's privacy, never weaker than the site's ``policy`` on any point."""
-    if policy is None:
+def job_as_policy(job: PrivacyConfig, min_sites: int) -> PrivacyConfig:
+    """In a simulation every site is the job's operator: its policy is the job's privacy, with the job's quorum as
+    the fewest contributors to a sum when the job names none."""
+    if job.min_contributors is not None:
         return job
+    return job.model_copy(update={"min_contributors": max(1, min_sites)})
+
+
+def _merge_gaussian(policy: GaussianSpec | None, job: GaussianSpec | None) -> GaussianSpec | None:
+    if policy is None and job is None:
+        return None
+    specs = [s for s in (policy, job) if s is not None]
+    trusted = policy is not None and policy.placement == "server" and (job is None or job.placement == "server")
+    return GaussianSpec(
+        type="gaussian",
+        clip=min(s.clip for s in specs),
+        noise_multiplier=max(s.noise_multiplier for s in specs),
+        placement="server" if trusted else "site",
+    )
+
+
+def stricter(job: PrivacyConfig, policy: PrivacyConfig | None) -> PrivacyConfig:
+    """What a site runs: the job's privacy, never weaker than the site's ``policy`` on any point. A site without a
+    policy file has the empty policy: it trusts the server with nothing and counts on no other site's noise."""
+    policy = policy if policy is not None else PrivacyConfig()
     mine = {f.type: f for f in policy.filters}
     theirs = {f.type: f for f in job.filters}
     merged: list[GaussianSpec | SparsifySpec | SvtSpec] = []
-    for kind in ("gaussian", "svt", "sparsify"):  # noise first, then the choice of entries
+    secure = job.secure_aggregation or policy.secure_aggregation
+    gaussian = _merge_gaussian(policy.gaussian, job.gaussian)
+    if gaussian is not None and secure:  # the server sees no single update to noise: the site adds its share
+        gaussian = gaussian.model_copy(update={"placement": "site"})
+    if gaussian is not None:
+        merged.append(gaussian)  # noise first, then the choice of entries
+    for kind in ("svt", "sparsify"):
         a, b = mine.get(kind), theirs.get(kind)
         if a is None or b is None:
             if a is not None or b is not None:
                 merged.append(a or b)  # type: ignore[arg-type]
             continue
-        if isinstance(a, GaussianSpec) and isinstance(b, GaussianSpec):
-            merged.append(
-                a.model_copy(
-                    update={
-                        "clip": min(a.clip, b.clip),
-                        "noise_multiplier": max(a.noise_multiplier, b.noise_multiplier),
-                    }
-                )
-            )
-        elif isinstance(a, SvtSpec) and isinstance(b, SvtSpec):
+        if isinstance(a, SvtSpec) and isinstance(b, SvtSpec):
             merged.append(
                 a.model_copy(
                     update={
@@ -131,15 +166,25 @@ def stricter(job: PrivacyConfig, policy: PrivacyConfig | None) -> PrivacyConfig:
         elif isinstance(a, SparsifySpec) and isinstance(b, SparsifySpec):
             merged.append(a.model_copy(update={"fraction": min(a.fraction, b.fraction)}))
     budgets = [b for b in (job.budget, policy.budget) if b is not None]
-    budget = min(budgets, key=lambda b: (b.epsilon, b.delta)) if budgets else None
-    secure = job.secure_aggregation or policy.secure_aggregation
+    budget = (
+        BudgetSpec(epsilon=min(b.epsilon for b in budgets), delta=min(b.delta for b in budgets)) if budgets else None
+    )
     dp_sgd = policy.dp_sgd or job.dp_sgd
     if policy.dp_sgd is not None and job.dp_sgd is not None:
         dp_sgd = DpSgdSpec(
             noise_multiplier=max(policy.dp_sgd.noise_multiplier, job.dp_sgd.noise_multiplier),
             clip=min(policy.dp_sgd.clip, job.dp_sgd.clip),
         )
-    return PrivacyConfig(filters=merged, dp_sgd=dp_sgd, budget=budget, missing=job.missing, secure_aggregation=secure)
+    counts = [n for n in (policy.min_contributors, job.min_contributors) if n is not None]
+    contributors = min(counts) if policy.min_contributors is not None else 1
+    return PrivacyConfig(
+        filters=merged,
+        dp_sgd=dp_sgd,
+        budget=budget,
+        missing=job.missing,
+        secure_aggregation=secure,
+        min_contributors=contributors,
+    )
 
 
 def load_policy(kit: Path) -> PrivacyConfig | None:

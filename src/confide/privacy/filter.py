@@ -3,6 +3,10 @@
 The chain is ordered and fails closed: if any filter raises, the update is blocked with a
 :class:`~confide.errors.PrivacyError` that names the filter; nothing unfiltered is returned.
 Each filter's name is recorded in the update's ``meta`` (``filters``), in the order they ran.
+
+Filters draw their randomness from the generator they are given; the chain gives them one keyed afresh from the
+operating system's CSPRNG for every update (:func:`~confide.privacy.secret_random.secret_generator`), never one
+derived from the job, the site's name or the round. Passing a seeded generator is for tests of a filter's maths.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ from typing import Protocol
 import numpy as np
 
 from confide.errors import PrivacyError
+from confide.privacy.gaussian import GaussianClientDP
+from confide.privacy.secret_random import secret_generator
 from confide.privacy.spend import Spend
 from confide.records import TrainRes
 
@@ -40,16 +46,25 @@ class FilterChain:
     def names(self) -> tuple[str, ...]:
         return tuple(f.name for f in self.filters)
 
-    def spends(self) -> list[Spend]:
-        """What the chain's differentially private mechanisms will spend on one update, in order."""
+    @property
+    def private(self) -> bool:
+        """Whether a mechanism of the chain spends privacy (so the update is differentially private)."""
+        return any(bool(getattr(item, "spends_privacy", False)) for item in self.filters)
+
+    def spends(self, contributors: int | None = None) -> list[Spend]:
+        """What the chain's differentially private mechanisms will spend on one update, in order. ``contributors``:
+        under secure aggregation, the fewest updates in any sum the server can unmask."""
         out: list[Spend] = []
         for item in self.filters:
             spend = getattr(item, "spend", None)
             if callable(spend):
-                out.append(spend())
+                out.append(spend(contributors) if isinstance(item, GaussianClientDP) else spend())
         return out
 
-    def apply(self, res: TrainRes, rng: np.random.Generator) -> TrainRes:
+    def apply(self, res: TrainRes, rng: np.random.Generator | None = None) -> TrainRes:
+        """The update after every filter, in order. ``rng`` is for tests only: by default the filters draw from a
+        generator keyed from the OS CSPRNG for this update alone."""
+        rng = secret_generator() if rng is None else rng
         current = res
         for item in self.filters:
             try:

@@ -8,7 +8,10 @@ Composition is done properly, never by adding up epsilons where a tighter bound 
 - the two parts add: an (eps_g, delta) mechanism composed with an (eps_p, 0) one is (eps_g + eps_p, delta)-DP.
 
 The ledger is written to a JSON file after every round, so a site restarted mid-job keeps counting from where it
-was. ``confide privacy report RUN`` prints the ledgers of a run as a table.
+was. A deployed site keeps one ledger for its kit (``KIT/ledger.json``), across every job it takes part in: a
+renamed or new job does not start from zero. The ledger stores the releases themselves, so it can be read at any
+delta (a stricter one later gives a larger epsilon for the same releases). ``confide privacy report RUN`` prints
+the ledgers of a run as a table.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import logging
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +46,7 @@ class Entry:
     epsilon_round: float
     epsilon_total: float
     delta: float
+    job: str = ""
 
 
 @dataclass
@@ -86,8 +90,8 @@ class Ledger:
             )
         return None
 
-    def record(self, round: int, spends: Sequence[Spend]) -> list[Entry]:
-        """Add a round's spends, in the order the mechanisms ran, and save."""
+    def record(self, round: int, spends: Sequence[Spend], *, job: str = "") -> list[Entry]:
+        """Add a round's spends (of ``job``), in the order the mechanisms ran, and save."""
         out: list[Entry] = []
         for spend in spends:
             before = self.epsilon
@@ -99,7 +103,7 @@ class Ledger:
             params = {**spend.params, "noise_multiplier": spend.noise_multiplier} if spend.is_gaussian else {}
             if spend.is_gaussian:
                 params.update(sampling_rate=spend.sampling_rate, steps=spend.steps)
-            entry = Entry(round, spend.mechanism, {**spend.params, **params}, total - before, total, self.delta)
+            entry = Entry(round, spend.mechanism, {**spend.params, **params}, total - before, total, self.delta, job)
             self.entries.append(entry)
             out.append(entry)
         self.save()
@@ -131,13 +135,32 @@ class Ledger:
             document = json.loads(path.read_text())
             gaussian = [Spend(**s) for s in document["gaussian"]]
             entries = [Entry(**e) for e in document["entries"]]
-            stored_delta = float(document["delta"])
             pure = float(document["pure_epsilon"])
+            stored_site = str(document["site"])
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ConfigError(f"privacy ledger {path} cannot be read: {exc}") from exc
-        if stored_delta != delta:
-            raise ConfigError(f"privacy ledger {path} counts at delta {stored_delta:g}, the policy asks {delta:g}")
+        if stored_site != site:
+            raise ConfigError(f"privacy ledger {path} is site {stored_site!r}'s, not {site!r}'s")
+        if not math.isfinite(pure) or pure < 0:
+            raise ConfigError(f"privacy ledger {path} holds an impossible pure epsilon {pure!r}")
         return cls(site, delta, budget, path, gaussian, pure, entries)
+
+    @classmethod
+    def open_kit(cls, site: str, kit: Path, *, delta: float, budget: float | None) -> Ledger:
+        """The one ledger of a site's kit (``KIT/ledger.json``), across all its jobs. Ledgers that an older Confide
+        kept per job (``KIT/ledgers/*.json``) are folded in the first time, so what they spent still counts."""
+        path = kit / "ledger.json"
+        if path.exists():
+            return cls.open(site, path, delta=delta, budget=budget)
+        ledger = cls(site=site, delta=delta, budget=budget, path=path)
+        for old in sorted((kit / "ledgers").glob("*.json")):
+            earlier = cls.open(site, old, delta=delta, budget=None)
+            ledger.gaussian.extend(earlier.gaussian)
+            ledger.pure_epsilon += earlier.pure_epsilon
+            ledger.entries.extend(replace(e, job=e.job or old.stem) for e in earlier.entries)
+        if ledger.entries:
+            ledger.save()
+        return ledger
 
 
 def _spend_document(spend: Spend) -> dict[str, Any]:

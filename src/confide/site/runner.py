@@ -4,6 +4,9 @@ Whatever goes wrong inside a site (an undecodable instruction, a task that fails
 filter that refuses) becomes a :class:`~confide.records.Failure` message with a reason. An
 update only leaves through the privacy chain; if the chain fails, nothing but the reason leaves.
 
+Under any differential-privacy setting the answer carries nothing data-dependent beyond the noised update
+(:mod:`confide.site.release` lists every field), and evaluation requests are refused.
+
 Secure-aggregation steps (:class:`~confide.records.Control` records) go to :class:`~confide.site.secure.SecureSite`,
 which trains through the same path and sends the filtered update only masked. A site whose privacy asks for secure
 aggregation (``secure_aggregation=True``, from the job or its own policy) refuses a plain training instruction.
@@ -15,14 +18,13 @@ import logging
 import time
 from dataclasses import replace
 
-import numpy as np
-
 from confide import serde
 from confide.errors import ConfideError, PrivacyError
 from confide.privacy.filter import FilterChain
 from confide.privacy.ledger import Ledger
 from confide.privacy.spend import Spend
-from confide.records import Control, EvalIns, Failure, Record, TrainIns, TrainRes
+from confide.records import Arrays, Control, EvalIns, Failure, Record, TrainIns, TrainRes
+from confide.site.release import DP_EVALUATION_REFUSAL, release
 from confide.site.secure import SecureSite
 from confide.tasks.base import Task
 
@@ -39,19 +41,27 @@ class SiteRunner:
         *,
         chain: FilterChain | None = None,
         ledger: Ledger | None = None,
-        seed: int = 0,
         max_bytes: int = serde.DEFAULT_MAX_BYTES,
         secure_aggregation: bool = False,
+        job: str = "",
+        private: bool | None = None,
     ) -> None:
+        """``private``: whether the site runs under differential privacy (its privacy configuration spends
+        privacy); by default, whether its chain or its task's training spends any."""
         self.name = name
         self.task = task
         self.chain = chain or FilterChain()
         self.ledger = ledger
+        self.job = job
+        self.private = (
+            private
+            if private is not None
+            else self.chain.private or bool(self._task_spends(TrainIns(round=0, arrays=Arrays(()))))
+        )
         self.max_bytes = max_bytes
         self.notices: list[str] = []
         self.secure_aggregation = secure_aggregation
         self.secure = SecureSite(name, self._train)
-        self._rng = np.random.default_rng(np.random.SeedSequence([seed, *name.encode()]))
 
     def notice(self, message: str) -> None:
         """A message from the server about this site (for example, why its update was rejected)."""
@@ -85,6 +95,9 @@ class SiteRunner:
                     log.warning("site %s: refused round %d: %s", self.name, instruction.round, reason)
                     return Failure(round=instruction.round, reason=reason, kind="refused")
                 return self._train(instruction)
+            if self.private:
+                reason = f"site {self.name} refused to evaluate: {DP_EVALUATION_REFUSAL}"
+                return Failure(round=instruction.round, reason=reason, kind="refused")
             return self.task.evaluate(instruction.arrays, instruction.config, instruction.round)
         except PrivacyError as exc:
             log.warning("site %s: update blocked: %s", self.name, exc)
@@ -93,8 +106,10 @@ class SiteRunner:
             log.exception("site %s: task failed in round %d", self.name, instruction.round)
             return Failure(round=instruction.round, reason=f"site {self.name}: {type(exc).__name__}: {exc}")
 
-    def _train(self, instruction: TrainIns) -> TrainRes | Failure:
-        spends = [*self._task_spends(instruction), *self.chain.spends()]
+    def _train(self, instruction: TrainIns, contributors: int | None = None) -> TrainRes | Failure:
+        """Train, filter, charge the ledger. ``contributors``: under secure aggregation, the fewest updates in any
+        sum the server can unmask (the aggregation's threshold), which sets what distributed noise protects."""
+        spends = [*self._task_spends(instruction), *self.chain.spends(contributors)]
         if self.ledger is not None:
             refusal = self.ledger.refusal(spends)
             if refusal is not None:
@@ -103,12 +118,12 @@ class SiteRunner:
         t0 = time.perf_counter()
         res = self.task.train(instruction.arrays, instruction.config, instruction.round)
         task_seconds = time.perf_counter() - t0
-        filtered = self.chain.apply(res, self._rng)
+        filtered = self.chain.apply(res)  # privacy randomness from the OS CSPRNG, fresh for this update
         meta: dict[str, float | int | str | bool] = {**filtered.meta, "task_seconds": task_seconds}
         if self.ledger is not None and spends:
-            self.ledger.record(instruction.round, spends)
+            self.ledger.record(instruction.round, spends, job=self.job)
             meta.update(epsilon=self.ledger.epsilon, delta=self.ledger.delta)
-        return replace(filtered, meta=meta)
+        return release(replace(filtered, meta=meta), private=self.private or bool(spends))
 
     def _task_spends(self, instruction: TrainIns) -> list[Spend]:
         """What the task's own private training (DP-SGD) will spend this round, if it does any."""

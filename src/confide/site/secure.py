@@ -57,6 +57,7 @@ class _Aggregation:
     setup: SecAggSetup
     client: SecAggClient
     stage: str = "advertised"
+    threshold: int = 0  # the roster's threshold: no sum of fewer masked updates can be unmasked
 
 
 class SecureSite:
@@ -64,7 +65,7 @@ class SecureSite:
     privacy chain, ledger), which returns the filtered update or a refusal."""
 
     def __init__(
-        self, name: str, train: Callable[[TrainIns], TrainRes | Failure], *, rng: RandomBytes | None = None
+        self, name: str, train: Callable[[TrainIns, int | None], TrainRes | Failure], *, rng: RandomBytes | None = None
     ) -> None:
         self.name = name
         self._train = train
@@ -127,6 +128,7 @@ class SecureSite:
                 "members: a server lying about dropouts could unmask a single update"
             )
         shares = current.client.share(roster)
+        current.threshold = roster.threshold
         current.stage = "shared"
         self._current = current
         return pack_shares(control.round, current.setup.aggregation_id, shares)
@@ -134,7 +136,7 @@ class SecureSite:
     def _mask(self, current: _Aggregation, control: Control) -> Record:
         ins = unpack(control, SecureTrainIns)
         self._check_id(current, ins.aggregation_id)
-        res = self._train(ins.train)
+        res = self._train(ins.train, current.threshold or None)
         if isinstance(res, Failure):
             return res
         if isinstance(res.update, SparseArrays):

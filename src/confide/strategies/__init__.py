@@ -58,9 +58,7 @@ def make_strategy(
     if dp is not None:
         if name != "fedavg":
             raise ValueError(f"client-level DP averages with DP-FedAvg; strategy {name!r} cannot carry it")
-        return DPFedAvg(
-            train_config, clip=dp.clip, noise_multiplier=dp.noise_multiplier, placement=dp.placement, seed=seed
-        )
+        return DPFedAvg(train_config, clip=dp.clip, noise_multiplier=dp.noise_multiplier, placement=dp.placement)
     if name == "fedavg":
         return FedAvg(train_config, missing=privacy.missing)
     if name in FEDOPT:

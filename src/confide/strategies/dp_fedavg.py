@@ -3,12 +3,13 @@ Gaussian noise of standard deviation z * S, added by the sites (distributed) or 
 
 Example weights are not used: with them a site's influence, and so the sensitivity of the sum, would depend on a
 number the site reports. At ``placement="server"`` the server clips every update again (a site that skipped its
-clipping cannot raise the sensitivity) and draws the noise from its own seeded generator, saved with checkpoints.
+clipping cannot raise the sensitivity) and draws the noise from a generator keyed from the operating system's CSPRNG
+for each round (never from the job's seed: a site that knew the noise could remove it from the aggregate and, with
+the other sites' sum, recover another site's update). No noise state is saved with checkpoints.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from types import MappingProxyType
@@ -17,6 +18,7 @@ import numpy as np
 
 from confide.errors import RoundFailed
 from confide.privacy.gaussian import Placement, clip_to_norm
+from confide.privacy.secret_random import secret_generator
 from confide.records import Arrays, Scalar, SparseArrays, TrainIns, TrainRes
 from confide.strategies.aggregate import (
     accumulate,
@@ -39,7 +41,6 @@ class DPFedAvg:
         clip: float,
         noise_multiplier: float,
         placement: Placement = "site",
-        seed: int = 0,
     ) -> None:
         if not clip > 0 or not noise_multiplier > 0:
             raise ValueError(f"dp_fedavg: clip and noise_multiplier must be > 0, got {clip}, {noise_multiplier}")
@@ -49,7 +50,6 @@ class DPFedAvg:
         self.clip = clip
         self.noise_multiplier = noise_multiplier
         self.placement = placement
-        self.rng = np.random.default_rng(np.random.SeedSequence([seed, 0xD9]))
 
     def configure(self, round: int, global_arrays: Arrays, sites: Sequence[str]) -> dict[str, TrainIns]:
         instruction = TrainIns(round=round, arrays=global_arrays, config=self.train_config)
@@ -75,8 +75,9 @@ class DPFedAvg:
             raise RoundFailed(f"round {round}: no update to aggregate")
         if self.placement == "server":
             std = self.noise_multiplier * self.clip
+            rng = secret_generator()
             for value in acc.values():
-                value += self.rng.normal(0.0, std, size=value.shape).astype(value.dtype)
+                value += rng.normal(0.0, std, size=value.shape).astype(value.dtype)
         scale(acc, 1.0 / len(sites))
         return Aggregate(
             arrays=apply_delta_in_place(global_arrays, acc),
@@ -86,13 +87,12 @@ class DPFedAvg:
         )
 
     def state(self) -> StrategyState:
-        return StrategyState(scalars={"rng": json.dumps(self.rng.bit_generator.state)})
+        return StrategyState()
 
     def restore(self, state: StrategyState) -> None:
-        saved = state.scalars.get("rng")
-        if not isinstance(saved, str) or len(state.arrays):
-            raise RoundFailed("the checkpoint's strategy state is not dp_fedavg's (no noise generator state)")
-        self.rng.bit_generator.state = json.loads(saved)
+        if len(state.arrays):
+            raise RoundFailed("the checkpoint's strategy state is not dp_fedavg's (it holds arrays)")
+        # an older checkpoint's saved noise generator state ("rng") is ignored: the noise is secret now
 
 
 def _clip_sparse(update: SparseArrays, clip: float) -> SparseArrays:

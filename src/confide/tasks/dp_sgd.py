@@ -7,8 +7,9 @@ A round of k local steps is k subsampled Gaussian releases: the site's ledger co
 accountant, across all rounds.
 
 A model with BatchNorm cannot have per-case gradients (BatchNorm mixes the cases of a batch): it is refused with
-the reason. Noise comes from torch's generator seeded per site and round, like the rest of training; it is not a
-cryptographically secure source.
+the reason. The noise and the Poisson sample come from a generator keyed from the operating system's CSPRNG at the
+site (:mod:`confide.privacy.secret_random`), re-keyed every round: no one who knows the job's seed can regenerate
+them. Everything else in training (the initial model, augmentation) keeps the job's seed.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Protocol
 import torch
 
 from confide.errors import TaskError
+from confide.privacy.secret_random import poisson_sample, secret_generator, secret_normal
 from confide.privacy.spend import Spend
 
 
@@ -52,6 +54,15 @@ class DpSgd:
         self.model = model
         self.clip = float(clip)
         self.noise_multiplier = float(noise_multiplier)
+        self._rng = secret_generator()
+
+    def new_round(self) -> None:
+        """A fresh secret key for this round's sampling and noise."""
+        self._rng = secret_generator()
+
+    def sample(self, n: int, rate: float) -> torch.Tensor:
+        """This step's Poisson sample of the site's ``n`` cases (each in with probability ``rate``)."""
+        return poisson_sample(self._rng, n, rate)
 
     def spend(self, sampling_rate: float, steps: int) -> Spend:
         params = {"clip": self.clip, "sigma": self.noise_multiplier, "q": sampling_rate, "steps": steps}
@@ -65,7 +76,6 @@ class DpSgd:
         *,
         expected_batch: float,
         optimiser: torch.optim.Optimizer,
-        gen: torch.Generator,
         proximal: GradientAddOn | None = None,
     ) -> float:
         """One private step on the Poisson-sampled batch (x, y), which may be empty; returns the batch loss.
@@ -89,7 +99,7 @@ class DpSgd:
             loss_value = float(loss.item())
         std = self.noise_multiplier * self.clip
         for p, total in zip(params, summed, strict=True):
-            noise = torch.normal(0.0, std, size=p.shape, generator=gen)
+            noise = secret_normal(self._rng, std, tuple(p.shape))
             p.grad = (total + noise) / expected_batch
         if proximal is not None:
             proximal.add_gradient(self.model)

@@ -158,13 +158,12 @@ class LocalRules:
         *,
         dp: DpSgd | None,
         expected_batch: float,
-        gen: torch.Generator,
         where: str,
     ) -> float:
         """One local step on the batch (x, y), private (DP-SGD) or plain, with the rules applied; returns the batch
         loss (NaN for an empty DP-SGD batch). A loss that is not finite stops training, naming ``where``."""
         if dp is not None:
-            value = dp.step(loss_fn, x, y, expected_batch=expected_batch, optimiser=optimiser, gen=gen, proximal=self)
+            value = dp.step(loss_fn, x, y, expected_batch=expected_batch, optimiser=optimiser, proximal=self)
             self.after_step()
             return value
         optimiser.zero_grad(set_to_none=True)

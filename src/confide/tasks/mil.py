@@ -226,6 +226,8 @@ class MilTask:
         lr = float(config.get("lr", self.config.lr))
         batch = min(int(config.get("batch_size", self.config.batch_size)), len(data))
         rules = LocalRules.begin(self.model, arrays, {**config, "lr": lr}, self.memory)
+        if self.dp is not None:
+            self.dp.new_round()  # fresh secret randomness for this round's sampling and noise
         self.model.train()
         optimiser = torch.optim.Adam(self.model.parameters(), lr=lr)
         gen = torch.Generator().manual_seed(_seed(self.seed, self.site, round, "train"))
@@ -234,7 +236,7 @@ class MilTask:
         losses: list[float] = []
         for step in range(steps):
             if self.dp is not None:  # Poisson sampling: each slide in with probability q, as DP-SGD accounts
-                idx = torch.nonzero(torch.rand(len(data), generator=gen) < rate).flatten()
+                idx = self.dp.sample(len(data), rate)
             else:
                 idx = torch.randperm(len(data), generator=gen)[:batch]
             x, y = self._batch([data.bags[int(i)] for i in idx], gen)
@@ -245,7 +247,6 @@ class MilTask:
                 optimiser,
                 dp=self.dp,
                 expected_batch=rate * len(data),
-                gen=gen,
                 where=f"site {self.site}, step {step + 1}",
             )
             if np.isfinite(value):

@@ -189,6 +189,8 @@ class TabularTask:
         batch = int(config.get("batch_size", self.batch_size))
         lr = float(config.get("lr", self.lr))
         rules = LocalRules.begin(self.model, arrays, {**config, "lr": lr}, self.memory)
+        if self.dp is not None:
+            self.dp.new_round()  # fresh secret randomness for this round's sampling and noise
         self.model.train()
         optimiser = torch.optim.Adam(self.model.parameters(), lr=lr)
         digest = hashlib.sha256(f"{self.seed}/{self.site}/{round}".encode()).digest()
@@ -197,14 +199,13 @@ class TabularTask:
         losses: list[float] = []
         for step in range(steps):
             if self.dp is not None:  # Poisson sampling: each row in with probability q, as DP-SGD accounts
-                idx = torch.nonzero(torch.rand(len(self.y), generator=gen) < rate).flatten()
+                idx = self.dp.sample(len(self.y), rate)
                 value = self.dp.step(
                     self.loss_fn,
                     self.x[idx],
                     self.y[idx],
                     expected_batch=rate * len(self.y),
                     optimiser=optimiser,
-                    gen=gen,
                     proximal=rules,
                 )
                 rules.after_step()
