@@ -75,3 +75,12 @@ class TransportError(ConfideError):
 
 class RoundFailed(ConfideError):
     """A round could not complete."""
+
+
+class BudgetSpent(RoundFailed):
+    """A round missed its quorum because sites' privacy budgets are spent: training stops, the model is kept."""
+
+
+BUDGET_REFUSAL = "privacy budget:"
+"""How a site's refusal of a round over its budget begins; the server stops training on it (only when the round
+missed its quorum anyway, so a site cannot stop a federation that could go on without it)."""

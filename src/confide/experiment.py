@@ -53,6 +53,7 @@ class ModelRun:
     seconds: float = 0.0
     coordination_seconds: list[float] = field(default_factory=list)
     ledgers: dict[str, Ledger] = field(default_factory=dict)
+    stopped: str | None = None  # why training ended before its last round (privacy budgets spent)
 
     def for_site(self, site: str) -> Arrays:
         assert self.arrays is not None
@@ -205,6 +206,7 @@ def _train_run(
     start = initial_global(job, workload) if run.kind == "federated" else workload.initial(job.seed)
     result = simulate(strategy, tasks, start, loop, events=recorder, chains=chains, ledgers=ledgers, job=job.name)
     run.ledgers = {site: ledger for site, ledger in ledgers.items() if ledger is not None}
+    run.stopped = result.history.stopped
     run.arrays = model_part(result.arrays)
     if run.kind == "federated":
         run.personal = {site: task.personal(result.arrays) for site, task in tasks.items()}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -84,25 +85,38 @@ def test_combinations_that_cannot_work_are_refused_with_a_reason(privacy: dict[s
         parse_job({"data": {"root": "x"}, "federation": {"strategy": strategy}, "privacy": privacy})
 
 
-def test_a_site_out_of_budget_refuses_the_round_and_the_server_records_why() -> None:
+def test_a_spent_budget_stops_training_and_keeps_the_model_of_the_last_round() -> None:
+    """Before: the refused round raised out of the simulation, losing the model, the ledger and the report."""
     privacy = _privacy(filters=[{"type": "gaussian", "clip": 1.0, "noise_multiplier": 6.0}], budget={"epsilon": 2.5})
     tasks = {name: QuadraticTask(t, examples=10) for name, t in TARGETS.items()}
     ledgers = {name: site_ledger(privacy, name, None) for name in tasks}
 
-    from confide.errors import RoundFailed
+    result = simulate(
+        make_strategy("fedavg", {"lr": 0.5}, privacy=privacy),
+        tasks,
+        arrays(w=[0.0, 0.0]),
+        LoopConfig(rounds=50, quorum_retries=3, retry_wait_s=600.0),  # a spent budget is not retried
+        chains={name: site_chain(privacy, 3) for name in tasks},
+        ledgers=ledgers,
+    )
 
-    with pytest.raises(RoundFailed, match="privacy budget"):
-        simulate(
-            make_strategy("fedavg", {"lr": 0.5}, privacy=privacy),
-            tasks,
-            arrays(w=[0.0, 0.0]),
-            LoopConfig(rounds=50, quorum_retries=0),
-            chains={name: site_chain(privacy, 3) for name in tasks},
-            ledgers=ledgers,
-        )
+    done = len(result.history.rounds)
+    assert 2 <= done < 50
+    assert result.history.stopped is not None and "privacy budget" in result.history.stopped
+    assert float(np.abs(result.arrays["w"]).max()) > 0  # the model trained so far is kept
     for ledger in ledgers.values():
         assert ledger is not None and 0 < ledger.epsilon <= 2.5
-        assert len(ledger.entries) >= 2
+        assert len(ledger.entries) == done
+
+
+def test_a_failed_round_without_budget_refusals_still_fails() -> None:
+    tasks = {"a": QuadraticTask(TARGETS["a"], 10, fail=True), "b": QuadraticTask(TARGETS["b"], 10)}
+
+    from confide.errors import BudgetSpent, RoundFailed
+
+    with pytest.raises(RoundFailed) as caught:
+        simulate(make_strategy("fedavg", {"lr": 0.5}), tasks, arrays(w=[0.0, 0.0]), LoopConfig(rounds=2, min_sites=2))
+    assert not isinstance(caught.value, BudgetSpent)
 
 
 def test_a_private_simulation_writes_its_ledger_and_the_report_command_prints_it(tmp_path: Path) -> None:
@@ -135,3 +149,35 @@ def test_a_private_simulation_writes_its_ledger_and_the_report_command_prints_it
     missing = CliRunner().invoke(app, ["privacy", "report", str(tmp_path)])
     assert missing.exit_code == 2 and "no privacy ledger" in missing.output
     assert np.isfinite(float(printed.output.split("site-1: epsilon ")[1].split()[0]))
+
+
+def test_a_simulation_that_spends_its_budget_still_writes_the_ledger_and_the_report(tmp_path: Path) -> None:
+    """Before: a spent budget aborted `confide simulate` with no ledger or report written."""
+    from confide.data.phantom_writer import write_federation
+
+    write_federation(tmp_path / "data", sites=2, cases=3, seed=0)
+    job = {
+        "seed": 1,
+        "task": {"roi": [16, 16, 16], "init_filters": 4},
+        "data": {"root": str(tmp_path / "data"), "test_fraction": 0.34},
+        "federation": {"rounds": 6, "local_steps": 1, "min_sites": 2},
+        "compare": [],
+        "finetune": {"steps": 0},
+        "privacy": {
+            "filters": [{"type": "gaussian", "clip": 0.5, "noise_multiplier": 5.0}],  # 1.16, 1.69, 2.12 ...
+            "budget": {"epsilon": 2.0, "delta": 1e-5},
+        },
+        "report": {"out": str(tmp_path / "run")},
+    }
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(job))
+
+    simulated = CliRunner().invoke(app, ["simulate", str(tmp_path / "job.yaml")])
+
+    assert simulated.exit_code == 0, simulated.output
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "Training stopped early" in report and "privacy budget" in report
+    assert "![privacy ledger](privacy_ledger.png)" in report and (tmp_path / "run" / "privacy_ledger.png").stat().st_size
+    assert "Privacy ledger" in (tmp_path / "run" / "report.html").read_text()
+    for site in ("site-1", "site-2"):
+        ledger = json.loads((tmp_path / "run" / "privacy" / f"{site}.json").read_text())
+        assert 0 < ledger["entries"][-1]["epsilon_total"] <= 2.0 and len(ledger["entries"]) < 6

@@ -30,7 +30,7 @@ import dp_accounting
 import numpy as np
 from dp_accounting import rdp
 
-from confide.errors import ConfigError
+from confide.errors import BUDGET_REFUSAL, ConfigError
 from confide.privacy.spend import Spend
 
 # The accountant reports, at warning level, each small Renyi order it leaves out of a bound; the bound stays valid.
@@ -85,7 +85,7 @@ class Ledger:
         total = self.after(spends)
         if total > self.budget:
             return (
-                f"privacy budget: this round would bring epsilon to {total:.3g} (delta {self.delta:g}), over the "
+                f"{BUDGET_REFUSAL} this round would bring epsilon to {total:.3g} (delta {self.delta:g}), over the "
                 f"budget of {self.budget:g}; {self.epsilon:.3g} spent so far"
             )
         return None

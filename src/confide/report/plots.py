@@ -108,3 +108,24 @@ def site_gains(table: Mapping[str, Mapping[str, float]], metric: str, out: Path)
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
+
+
+def privacy_ledger(
+    spent: Mapping[str, Mapping[int, float]], budgets: Mapping[str, float | None], delta: float, out: Path
+) -> Path:
+    """Each site's cumulative epsilon (at ``delta``) after each round, with its budget as a dashed line."""
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for site, per_round in sorted(spent.items()):
+        rounds = sorted(per_round)
+        (line,) = ax.plot(rounds, [per_round[r] for r in rounds], marker="o", ms=3, lw=1.8, label=site)
+        budget = budgets.get(site)
+        if budget is not None:
+            ax.axhline(budget, ls="--", lw=1.0, color=line.get_color(), alpha=0.7)
+    ax.set(title=f"privacy spent per site (epsilon at delta {delta:g}; dashed: budget)", xlabel="round")
+    ax.set_ylabel("epsilon, cumulative")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out

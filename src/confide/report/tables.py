@@ -148,5 +148,29 @@ def ledger_rows(ledgers: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[l
     return header, body
 
 
+def epsilon_by_round(ledgers: Sequence[Mapping[str, Any]]) -> dict[str, dict[int, float]]:
+    """Each site's cumulative epsilon at the end of each round it spent in (site -> round -> epsilon)."""
+    out: dict[str, dict[int, float]] = {}
+    for ledger in ledgers:
+        per_round = out.setdefault(str(ledger["site"]), {})
+        for entry in ledger.get("entries", []):
+            per_round[int(entry["round"])] = float(entry["epsilon_total"])
+    return out
+
+
+def ledger_matrix(ledgers: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """Epsilon spent so far by every site after every round: one row per round, one column per site."""
+    spent = epsilon_by_round(ledgers)
+    sites = sorted(spent)
+    rounds = sorted({r for per in spent.values() for r in per})
+    header = ["round", *sites]
+    body = [[str(r), *(f"{spent[s][r]:.3g}" if r in spent[s] else "-" for s in sites)] for r in rounds]
+    budgets = [ledger.get("budget") for ledger in ledgers]
+    if any(b is not None for b in budgets):
+        by_site = {str(ledger["site"]): ledger.get("budget") for ledger in ledgers}
+        body.append(["budget", *("-" if by_site.get(s) is None else f"{by_site[s]:g}" for s in sites)])
+    return header, body
+
+
 def _short(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)

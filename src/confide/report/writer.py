@@ -10,7 +10,16 @@ from typing import Any
 from confide import serde
 from confide.experiment import JobResult
 from confide.report import plots
-from confide.report.tables import gain_rows, gains, ledger_rows, markdown_table, metric_rows, rows
+from confide.report.tables import (
+    epsilon_by_round,
+    gain_rows,
+    gains,
+    ledger_matrix,
+    ledger_rows,
+    markdown_table,
+    metric_rows,
+    rows,
+)
 
 
 def result_document(result: JobResult) -> dict[str, Any]:
@@ -41,6 +50,7 @@ def result_document(result: JobResult) -> dict[str, Any]:
         "cross_site": {m: {s: dict(v) for s, v in per.items()} for m, per in result.cross.items()},
         "gains": gains(result.cross, result.metric, result.federated),
         "seconds": dict(result.seconds),
+        "stopped": {run.name: run.stopped for run in result.runs if run.stopped},
     }
 
 
@@ -90,6 +100,11 @@ def write_report(result: JobResult, out: Path) -> dict[str, Path]:
             ledger.save()
             ledgers.append(json.loads(ledger.path.read_text()))
     metric = result.metric
+    if ledgers and result.job.report.plots:
+        budgets = {str(d["site"]): d.get("budget") for d in ledgers}
+        files["ledger"] = plots.privacy_ledger(
+            epsilon_by_round(ledgers), budgets, float(ledgers[0]["delta"]), out / "privacy_ledger.png"
+        )
     label = metric.replace("_", " ")
     if result.job.report.plots:
         files["curves"] = plots.learning_curves(
@@ -120,6 +135,8 @@ def write_report(result: JobResult, out: Path) -> dict[str, Path]:
         sites,
         "",
         *(["Skipped inputs:", "", *skipped, ""] if skipped else []),
+        *[f"**Training stopped early ({run.name}):** {run.stopped}" for run in result.runs if run.stopped],
+        "",
         f"## {label} on every site's held-out test split",
         "",
         markdown_table(header, body),
@@ -145,6 +162,11 @@ def write_report(result: JobResult, out: Path) -> dict[str, Path]:
             "",
             f"Epsilon spent by the end (delta {ledgers[0]['delta']:g}): {final}.",
             "",
+            markdown_table(*ledger_matrix(ledgers)),
+            "",
+            *(["![privacy ledger](privacy_ledger.png)", ""] if "ledger" in files else []),
+            "Every release, as the sites' ledgers recorded it:",
+            "",
             markdown_table(*ledger_rows(ledgers)),
             "",
         ]
@@ -155,7 +177,10 @@ def write_report(result: JobResult, out: Path) -> dict[str, Path]:
     files["markdown"] = out / "report.md"
     files["markdown"].write_text("\n".join(md) + "\n")
     files["html"] = out / "report.html"
-    files["html"].write_text(_html(result, (header, body), (gain_header, gain_body), (long_header, long_body)))
+    privacy = _html_privacy(ledgers, "ledger" in files)
+    files["html"].write_text(
+        _html(result, (header, body), (gain_header, gain_body), (long_header, long_body), privacy)
+    )
     return files
 
 
@@ -173,7 +198,18 @@ def _finetune_steps(result: JobResult) -> int:
 Rows = tuple[list[str], list[list[str]]]
 
 
-def _html(result: JobResult, main: Rows, gain: Rows, long: Rows) -> str:
+def _html_privacy(ledgers: list[dict[str, Any]], plotted: bool) -> str:
+    if not ledgers:
+        return ""
+    image = '<img src="privacy_ledger.png" alt="privacy ledger">' if plotted else ""
+    return (
+        f"<h2>Privacy ledger</h2><p>Epsilon spent by each site after each round, at delta "
+        f"{float(ledgers[0]['delta']):g}.</p>{_html_table(*ledger_matrix(ledgers))}{image}"
+        f"<h3>Every release</h3>{_html_table(*ledger_rows(ledgers))}"
+    )
+
+
+def _html(result: JobResult, main: Rows, gain: Rows, long: Rows, privacy: str = "") -> str:
     verdict = "".join(f"<li>{html.escape(line[2:]).replace('**', '')}</li>" for line in _verdict(result))
     label = html.escape(result.metric.replace("_", " "))
     images = ""
@@ -188,11 +224,16 @@ def _html(result: JobResult, main: Rows, gain: Rows, long: Rows) -> str:
         "td:first-child,th:first-child{text-align:left}img{max-width:100%;margin:1em 0;display:block}"
     )
     name = html.escape(result.job.name)
+    stopped = "".join(
+        f"<p><b>Training stopped early ({html.escape(r.name)}):</b> {html.escape(r.stopped)}</p>"
+        for r in result.runs
+        if r.stopped
+    )
     return (
         f"<!doctype html><html><head><meta charset='utf-8'><title>Confide: {name}</title>"
         f"<style>{style}</style></head><body><h1>Confide report: {name}</h1>"
-        f"<p>{html.escape(result.description)}</p>"
+        f"<p>{html.escape(result.description)}</p>{stopped}"
         f"<h2>{label} on every site's held-out test split</h2>{_html_table(*main)}<ul>{verdict}</ul>"
         f"<h2>What federation gained each site</h2>{_html_table(*gain)}"
-        f"{images}<h2>Every metric, per site</h2>{_html_table(*long)}</body></html>"
+        f"{images}<h2>Every metric, per site</h2>{_html_table(*long)}{privacy}</body></html>"
     )

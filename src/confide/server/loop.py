@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from confide import serde
-from confide.errors import ConfideError, RoundFailed
+from confide.errors import BUDGET_REFUSAL, BudgetSpent, ConfideError, RoundFailed
 from confide.records import Arrays, EvalIns, EvalRes, Failure, TrainIns, TrainRes
 from confide.server import checkpoint
 from confide.server.checks import check_update
@@ -82,6 +82,7 @@ class _Tally:
 @dataclass
 class History:
     rounds: list[RoundResult] = field(default_factory=list)
+    stopped: str | None = None  # why training ended before its last round (sites' privacy budgets spent)
 
 
 class RoundEvents(Protocol):
@@ -152,8 +153,15 @@ class ServerLoop:
                 log.info("resuming after round %d from %s", found.round, config.checkpoint_dir)
 
     def run(self) -> History:
+        """Every round in turn. A round that misses its quorum because sites' privacy budgets are spent ends
+        training there (``history.stopped`` says why); the model of the last completed round stands."""
         for rnd in range(self.start_round, self.config.rounds + 1):
-            self._run_with_retries(rnd)
+            try:
+                self._run_with_retries(rnd)
+            except BudgetSpent as exc:
+                self.history.stopped = str(exc)
+                log.warning("training stops before round %d of %d: %s", rnd, self.config.rounds, exc)
+                break
         return self.history
 
     def _run_with_retries(self, rnd: int) -> RoundResult:
@@ -164,7 +172,7 @@ class ServerLoop:
                 return self.run_round(rnd)
             except RoundFailed as exc:
                 attempt += 1
-                if attempt > self.config.quorum_retries:
+                if isinstance(exc, BudgetSpent) or attempt > self.config.quorum_retries:
                     raise
                 log.warning(
                     "%s; waiting up to %.0f s for sites, then retrying (attempt %d of %d)",
@@ -187,15 +195,24 @@ class ServerLoop:
         self.events.round_started(rnd, sites)
         instructions = self.strategy.configure(rnd, self.global_arrays, sites)
         tally = _Tally()
-        if self.config.secure is not None:
-            accepted = self._secure(rnd, instructions, self.config.secure, tally)
-        else:
-            accepted = self._plain(rnd, instructions, tally)
-        if len(accepted.sites) < self.config.min_sites:
-            raise RoundFailed(
-                f"round {rnd}: {len(accepted.sites)} update(s) accepted, the quorum is {self.config.min_sites}; "
-                f"failures: {tally.failures}"
-            )
+        try:
+            if self.config.secure is not None:
+                accepted = self._secure(rnd, instructions, self.config.secure, tally)
+            else:
+                accepted = self._plain(rnd, instructions, tally)
+            if len(accepted.sites) < self.config.min_sites:
+                raise RoundFailed(
+                    f"round {rnd}: {len(accepted.sites)} update(s) accepted, the quorum is {self.config.min_sites}; "
+                    f"failures: {tally.failures}"
+                )
+        except RoundFailed as exc:
+            spent = sorted(site for site, reason in tally.failures.items() if BUDGET_REFUSAL in reason)
+            if spent:
+                raise BudgetSpent(
+                    f"round {rnd} missed its quorum of {self.config.min_sites}: the privacy budget of "
+                    f"{', '.join(spent)} is spent ({exc})"
+                ) from None
+            raise
         self.global_arrays = accepted.arrays
         eval_metrics: dict[str, Mapping[str, float]] = {}
         if self.config.evaluate_every and rnd % self.config.evaluate_every == 0:
