@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -15,6 +17,7 @@ from confide.privacy.secagg import (
     UnmaskRequest,
     UnmaskResponse,
 )
+from confide.privacy.secagg_identity import check_signature, sign_advertisement
 from confide.privacy.secagg_wire import (
     MaskedTrainRes,
     SecAggSetup,
@@ -27,6 +30,7 @@ from confide.privacy.secagg_wire import (
     unpack_shares,
 )
 from confide.records import Arrays, Control, TrainIns
+from confide.sim_identities import SimFederation
 
 AGG = "round-1-test"
 NAMES = ("a", "b", "c")
@@ -72,7 +76,14 @@ def test_setup_round_trips() -> None:
 
 
 def _advert(**fields: object) -> Control:
-    base: dict[str, object] = {"aggregation_id": AGG, "sender": "a", "c_public": bytes(32), "s_public": bytes(32)}
+    base: dict[str, object] = {
+        "aggregation_id": AGG,
+        "sender": "a",
+        "c_public": bytes(32),
+        "s_public": bytes(32),
+        "certificate": b"certificate",
+        "signature": b"signature",
+    }
     base.update(fields)
     return Control(round=1, topic="secagg/advertisement", fields={k: v for k, v in base.items() if v is not None})
 
@@ -85,6 +96,8 @@ def _advert(**fields: object) -> Control:
         (_advert(s_public="00" * 32), "'s_public' must be 32 bytes, got str"),
         (_advert(aggregation_id=7), "'aggregation_id' must be a non-empty string"),
         (_advert(extra=1), "unexpected fields \\['extra'\\]"),
+        (_advert(certificate=None), "lacks the field 'certificate'"),
+        (_advert(signature=bytes(513)), "'signature' must be at most 512 bytes"),
         (Control(round=1, topic="secagg/roster", fields={"aggregation_id": AGG}), "expected a secagg/advertisement"),
     ],
 )
@@ -103,6 +116,9 @@ def test_lists_that_do_not_line_up_are_refused() -> None:
             "senders": ("a", "b"),
             "c_publics": (bytes(32), bytes(32)),
             "s_publics": (bytes(32),),
+            "certificates": (b"x", b"y"),
+            "signatures": (b"x", b"y"),
+            "revocation_list": b"",
         },
     )
 
@@ -145,3 +161,18 @@ def test_a_share_value_outside_the_field_is_refused() -> None:
 
     with pytest.raises(PayloadError, match="outside the field"):
         unpack(_wire(response), UnmaskResponse)
+
+
+def test_a_signed_roster_survives_the_wire_with_its_revocation_list() -> None:
+    federation = SimFederation.create(["a", "b"])
+    ads = [sign_advertisement(federation.identities[name], SecAggClient(name, AGG, 4).advertise(), 3) for name in "ab"]
+    roster = replace(SecAggServer(AGG, 4, 2).roster(ads), revocation_list=federation.revocation_list)
+
+    advertised = unpack(_wire(pack(3, ads[0])), Advertisement)
+    received = unpack(_wire(pack(3, roster)), Roster)
+
+    assert advertised == ads[0] and received == roster
+    assert (
+        check_signature(received.advertisements[1], 3).serial_number
+        == federation.identities["b"].certificate.serial_number
+    )

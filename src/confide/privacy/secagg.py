@@ -51,8 +51,11 @@ Parameters (all fixed for protocol version ``confide-secagg/v1``):
 Security notes. The server is assumed honest but curious for the sum to be correct; privacy of a
 single input also holds against a server that lies in its unmask requests as long as ``t > n / 2``
 (the default threshold ``floor(2n/3) + 1`` is): a client answers one request only and refuses any
-request that asks for both shares of one client. Randomness comes from ``os.urandom`` unless a
-``rng`` (a ``Callable[[int], bytes]``) is injected, which tests do for reproducibility only.
+request that asks for both shares of one client. Both hold only if the roster's clients are real: the core does
+not check who a client is, so an :class:`Advertisement` carries a certificate and a signature over its keys
+(:mod:`confide.privacy.secagg_identity`) and each site verifies every roster member before it shares
+(:mod:`confide.site.roster_check`); a server that makes up clients is refused. Randomness comes from
+``os.urandom`` unless a ``rng`` (a ``Callable[[int], bytes]``) is injected, which tests do for reproducibility only.
 """
 
 from __future__ import annotations

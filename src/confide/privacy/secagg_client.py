@@ -104,7 +104,7 @@ class SecAggClient:
             index = _check_roster(roster, self.aggregation_id)
         except SecAggError as exc:
             raise self._fail(str(exc)) from exc
-        if index.get(self.name) is None or roster.advertisements[index[self.name]] != self._advertisement:
+        if index.get(self.name) is None or not roster.advertisements[index[self.name]].same_keys(self._advertisement):
             raise self._fail("not on the roster, or the roster carries other keys under its name")
         n = len(index)
         check_no_wrap(n, scale=self.scale, clip_range=self.clip_range)

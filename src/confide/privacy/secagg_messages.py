@@ -38,21 +38,37 @@ class SecAggError(PrivacyError, ValueError):
 
 @dataclass(frozen=True)
 class Advertisement:
-    """Step 1, client -> server: the client's two X25519 public keys (32 raw bytes each)."""
+    """Step 1, client -> server: the client's two X25519 public keys (32 raw bytes each). A site signs them
+    (:mod:`confide.privacy.secagg_identity`): ``certificate`` is its X.509 certificate (DER) and ``signature``
+    its signature over the keys, the aggregation id, its name and the round; both empty until signed."""
 
     aggregation_id: str
     sender: str
     c_public: bytes
     s_public: bytes
+    certificate: bytes = b""
+    signature: bytes = b""
+
+    def same_keys(self, other: Advertisement) -> bool:
+        """Whether ``other`` advertises the same keys for the same sender and aggregation (signature aside)."""
+        return (self.aggregation_id, self.sender, self.c_public, self.s_public) == (
+            other.aggregation_id,
+            other.sender,
+            other.c_public,
+            other.s_public,
+        )
 
 
 @dataclass(frozen=True)
 class Roster:
-    """Step 1, server -> clients: every advertisement accepted, sorted by sender; index = position."""
+    """Step 1, server -> clients: every advertisement accepted, sorted by sender; index = position.
+    ``revocation_list``: the federation's certificate revocation list as the server holds it (a CRL the
+    federation CA signed, PEM), which a site uses only if the CA's signature verifies; empty if none."""
 
     aggregation_id: str
     threshold: int
     advertisements: tuple[Advertisement, ...]
+    revocation_list: bytes = b""
 
     @property
     def names(self) -> tuple[str, ...]:

@@ -7,8 +7,8 @@ drives it in :mod:`confide.server.secure_round`):
 topic                             direction      carries
 ================================  =============  =========================================================
 ``secagg/advertise``              server -> site :class:`SecAggSetup` (aggregation id, vector length, fixed point)
-``secagg/advertisement``          site -> server :class:`~confide.privacy.secagg.Advertisement`
-``secagg/roster``                 server -> site :class:`~confide.privacy.secagg.Roster`
+``secagg/advertisement``          site -> server :class:`~confide.privacy.secagg.Advertisement` (signed keys)
+``secagg/roster``                 server -> site :class:`~confide.privacy.secagg.Roster` (with the revocation list)
 ``secagg/shares``                 site -> server the site's :class:`~confide.privacy.secagg.EncryptedShare` bundle
 ``secagg/train``                  server -> site :class:`SecureTrainIns` (the model, the config, the routed shares)
 ``secagg/masked``                 site -> server :class:`MaskedTrainRes` (the masked update; examples, metrics in clear)
@@ -33,6 +33,7 @@ from typing import TypeVar
 import numpy as np
 
 from confide.errors import PayloadError
+from confide.privacy.secagg_identity import MAX_CERTIFICATE_BYTES, MAX_REVOCATION_LIST_BYTES, MAX_SIGNATURE_BYTES
 from confide.privacy.secagg_math import _SHARE_CIPHERTEXT_BYTES, FIELD_BYTES, FIELD_PRIME, NONCE_BYTES
 from confide.privacy.secagg_messages import (
     KEY_BYTES,
@@ -119,6 +120,8 @@ def pack(round: int, message: SecAggSetup | Advertisement | Roster | UnmaskReque
             "sender": message.sender,
             "c_public": message.c_public,
             "s_public": message.s_public,
+            "certificate": message.certificate,
+            "signature": message.signature,
         }
     elif isinstance(message, Roster):
         fields = {
@@ -127,6 +130,9 @@ def pack(round: int, message: SecAggSetup | Advertisement | Roster | UnmaskReque
             "senders": message.names,
             "c_publics": tuple(ad.c_public for ad in message.advertisements),
             "s_publics": tuple(ad.s_public for ad in message.advertisements),
+            "certificates": tuple(ad.certificate for ad in message.advertisements),
+            "signatures": tuple(ad.signature for ad in message.advertisements),
+            "revocation_list": message.revocation_list,
         }
     elif isinstance(message, UnmaskRequest):
         fields = {
@@ -227,18 +233,27 @@ class _Reader:
             raise self._bad(name, f"{size} bytes", value)
         return value
 
+    def data(self, name: str, limit: int) -> bytes:
+        """Bytes of any length up to ``limit`` (empty included)."""
+        value = self._get(name)
+        if not isinstance(value, bytes) or len(value) > limit:
+            raise self._bad(name, f"at most {limit} bytes", value)
+        return value
+
     def texts(self, name: str) -> tuple[str, ...]:
         value = self._get(name)
         if not isinstance(value, tuple) or not all(isinstance(item, str) and item for item in value):
             raise self._bad(name, "a list of non-empty names", value)
         return tuple(item for item in value if isinstance(item, str))
 
-    def blobs(self, name: str, count: int, size: int) -> tuple[bytes, ...]:
+    def blobs(self, name: str, count: int, size: int, *, exact: bool = True) -> tuple[bytes, ...]:
+        """``count`` items of ``size`` bytes each (``exact``) or of at most ``size`` bytes."""
         value = self._get(name)
         if not isinstance(value, tuple) or len(value) != count:
             raise PayloadError(f"{self.control.topic} field {name!r} must list {count} items")
-        if not all(isinstance(item, bytes) and len(item) == size for item in value):
-            raise self._bad(name, f"a list of {size}-byte items", value)
+        fits = (lambda item: len(item) == size) if exact else (lambda item: len(item) <= size)
+        if not all(isinstance(item, bytes) and fits(item) for item in value):
+            raise self._bad(name, f"a list of {'' if exact else 'at most '}{size}-byte items", value)
         return tuple(item for item in value if isinstance(item, bytes))
 
     def prefixed(self, prefix: str) -> dict[str, ControlValue]:
@@ -305,15 +320,22 @@ def _setup(read: _Reader, aggregation_id: str) -> SecAggSetup:
 
 def _advertisement(read: _Reader, aggregation_id: str) -> Advertisement:
     sender = read.text("sender")
-    return Advertisement(aggregation_id, sender, read.blob("c_public", KEY_BYTES), read.blob("s_public", KEY_BYTES))
+    keys = read.blob("c_public", KEY_BYTES), read.blob("s_public", KEY_BYTES)
+    signed = read.data("certificate", MAX_CERTIFICATE_BYTES), read.data("signature", MAX_SIGNATURE_BYTES)
+    return Advertisement(aggregation_id, sender, *keys, *signed)
 
 
 def _roster(read: _Reader, aggregation_id: str) -> Roster:
     threshold, senders = read.integer("threshold"), read.texts("senders")
-    c_publics = read.blobs("c_publics", len(senders), KEY_BYTES)
-    s_publics = read.blobs("s_publics", len(senders), KEY_BYTES)
-    ads = tuple(Advertisement(aggregation_id, *entry) for entry in zip(senders, c_publics, s_publics, strict=True))
-    return Roster(aggregation_id, threshold, ads)
+    n = len(senders)
+    columns = (
+        read.blobs("c_publics", n, KEY_BYTES),
+        read.blobs("s_publics", n, KEY_BYTES),
+        read.blobs("certificates", n, MAX_CERTIFICATE_BYTES, exact=False),
+        read.blobs("signatures", n, MAX_SIGNATURE_BYTES, exact=False),
+    )
+    ads = tuple(Advertisement(aggregation_id, *entry) for entry in zip(senders, *columns, strict=True))
+    return Roster(aggregation_id, threshold, ads, read.data("revocation_list", MAX_REVOCATION_LIST_BYTES))
 
 
 def _request(read: _Reader, aggregation_id: str) -> UnmaskRequest:
