@@ -391,3 +391,21 @@ def test_a_malformed_roster_is_a_clear_error(tmp_path: Path) -> None:
 
     with pytest.raises(ConfigError, match=r"roster\.json is invalid"):
         load_roster(path)
+
+
+def test_every_site_kit_holds_the_federations_revocation_list_as_it_changes(tmp_path: Path) -> None:
+    """Sites check secure-aggregation rosters against it: provision, revoke_site and add_site keep kits current."""
+    out = tmp_path / "fed"
+    provision(_spec(), out)
+    before = [_read(out / "sites" / s / "crl.pem") for s in SITES]
+    serial = _cert(out / "sites" / "site-2" / "site.crt").serial_number
+
+    revoke_site(out, "site-2")
+    after = [_read(out / "sites" / s / "crl.pem") for s in SITES]
+    added = add_site(out, "site-4")
+
+    server_list = _read(out / "server" / "crl.pem")
+    assert before == [before[0]] * 3 and before[0] != server_list
+    assert after == [server_list] * 3 and _read(added / "crl.pem") == server_list
+    assert [entry.serial_number for entry in x509.load_pem_x509_crl(after[0])] == [serial]
+    assert yaml.safe_load((added / "site.yaml").read_text())["revocation_list"] == "crl.pem"

@@ -20,6 +20,7 @@ that, from a federation file (see :class:`FederationSpec`), into a folder ``out/
         ├── site.key           0600
         ├── site.crt           CN = the site's name, EKU clientAuth
         ├── ca.crt             the CA that the server certificate must chain to
+        ├── crl.pem            the CA-signed revocation list as of the kit (rewritten by revoke_site)
         └── site.yaml          site name, federation name, server address host:port
 
 Private keys are EC P-256, certificates are signed with SHA-256. Key files are created 0600 from the
@@ -31,8 +32,11 @@ certificate of a TLS connection (signed by this CA, in its validity window, clie
 and returns its CN, which must be a site of the roster holding that very certificate. The server must use that
 name, never a site name stated in a message.
 
+A site checks every member of a secure-aggregation roster against the newest CA-signed revocation list it knows:
+the ``crl.pem`` of its kit, and the one the server sends (:mod:`confide.site.roster_check`).
+
 After :func:`add_site`, copy ``server/roster.json`` to the server; after :func:`revoke_site`, copy
-``server/revoked.json`` (and ``crl.pem``). Two commands
+``server/revoked.json`` and ``crl.pem`` to the server and ``sites/<name>/crl.pem`` to each site. Two commands
 must not change the same ``out`` folder at the same time.
 """
 
@@ -88,6 +92,7 @@ __all__ = [
     "ProvisionResult",
     "ServerSpec",
     "add_site",
+    "check_site_name",
     "load_federation",
     "load_revoked",
     "parse_federation",
@@ -183,7 +188,8 @@ def _now(now: datetime | None) -> datetime:
     return now.astimezone(UTC).replace(microsecond=0)
 
 
-def _check_site_name(site: str) -> str:
+def check_site_name(site: str) -> str:
+    """``site`` if it is a valid site name (what a certificate's CN may hold), else a ConfigError saying why."""
     try:
         return TypeAdapter(SiteName).validate_python(site)
     except ValidationError as exc:
@@ -212,6 +218,8 @@ def _write_site_kit(
     write_private(kit / "site.key", key_pem(key))
     write_public(kit / "site.crt", pem_of(cert))
     write_public(kit / "ca.crt", pem_of(ca_cert))
+    if (out / "server" / CRL).is_file():  # a site added later starts from the federation's current list
+        write_public(kit / CRL, (out / "server" / CRL).read_bytes())
     write_yaml(
         kit / "site.yaml",
         {
@@ -221,6 +229,7 @@ def _write_site_kit(
             "certificate": "site.crt",
             "private_key": "site.key",
             "ca": "ca.crt",
+            "revocation_list": CRL,
         },
     )
     return SiteRecord(
@@ -308,7 +317,7 @@ def provision(spec: FederationSpec, out: Path, *, now: datetime | None = None) -
 def add_site(out: Path, site: str, *, now: datetime | None = None) -> Path:
     """Sign a kit for a new site with the existing CA, record it in the manifest and return the kit folder."""
     when, out = _now(now), Path(out)
-    name = _check_site_name(site)
+    name = check_site_name(site)
     ca_key, ca_cert = load_ca(out)
     manifest = load_manifest(out)
     for existing, record in manifest.sites.items():

@@ -306,7 +306,8 @@ def save_manifest(out: Path, manifest: Manifest) -> Path:
 def write_revocation(
     out: Path, manifest: Manifest, ca_key: PrivateKey, ca_cert: x509.Certificate, now: datetime
 ) -> Path:
-    """Rewrite ``server/revoked.json`` and ``server/crl.pem`` from the manifest (bumps the CRL number)."""
+    """Rewrite ``server/revoked.json`` and ``server/crl.pem`` from the manifest (bumps the CRL number), and the
+    ``crl.pem`` of every site kit still in ``out/sites``."""
     manifest.crl_number += 1
     revoked = sorted(
         ((name, r) for name, r in manifest.sites.items() if r.status == "revoked"), key=lambda item: item[1].serial
@@ -338,6 +339,9 @@ def write_revocation(
     )
     path = out / "server" / REVOKED
     write_public(out / "server" / CRL, crl)
+    for site in manifest.sites:
+        if (out / "sites" / site).is_dir():
+            write_public(out / "sites" / site / CRL, crl)
     write_public(path, json.dumps(document, indent=2).encode() + b"\n")
     return path
 
