@@ -20,12 +20,16 @@ from confide.errors import ConfigError, RoundFailed
 from confide.privacy.build import site_chain
 from confide.privacy.config import PrivacyConfig, load_policy, stricter
 from confide.privacy.ledger import Ledger
-from confide.provision_kit import load_revoked, load_roster
+from confide.privacy.secagg import SecAggError
+from confide.privacy.secagg_identity import SiteIdentity
+from confide.provision import IdentityError, site_identity
+from confide.provision_kit import CRL, load_revoked, load_roster
 from confide.records import Arrays
 from confide.server import checkpoint
 from confide.server.loop import LoopConfig, RoundEvents, ServerLoop
 from confide.server.secure_round import SecureSettings
 from confide.site.runner import SiteRunner
+from confide.site.secure import attach_identity
 from confide.strategies import Strategy
 from confide.transport.grpc_client import SiteClient
 from confide.transport.grpc_server import FederationService, ServiceConfig, read_kit_file, start_server
@@ -140,7 +144,7 @@ def serve(
                 checkpoint_dir=ckpt_dir,
                 quorum_retries=job.federation.quorum_retries,
                 retry_wait_s=job.federation.retry_wait_s,
-                secure=SecureSettings() if job.privacy.secure_aggregation else None,
+                secure=_secure_settings(kit, cfg) if job.privacy.secure_aggregation else None,
             ),
             events,
         )
@@ -159,6 +163,15 @@ def serve(
             log.warning("sites %s were not told the job is done (still busy after 60 s)", left)
         # stop taking calls, but let the streams in flight (the final model on its way to a site) finish first
         server.stop(grace=15.0).wait(timeout=20.0)
+
+
+def _secure_settings(kit: Path, cfg: dict[str, Any]) -> SecureSettings:
+    """Secure rounds that send the federation's revocation list (the kit's ``crl.pem``) with every roster."""
+    name = str(cfg.get("crl", CRL))
+    if not (kit / name).is_file():
+        log.warning("kit %s has no revocation list %s: sites accept a roster only with one in their own kit", kit, name)
+        return SecureSettings()
+    return SecureSettings(revocation_list=read_kit_file(kit, name))
 
 
 def _strategy(job: JobConfig, *, roster_size: int) -> Strategy:
@@ -192,7 +205,7 @@ def private_runner(kit: Path, name: str, job: JobConfig, task: Any) -> SiteRunne
         delta = privacy.budget.delta if privacy.budget else 1e-5
         budget = privacy.budget.epsilon if privacy.budget else None
         ledger = Ledger.open_kit(name, kit, delta=delta, budget=budget)
-    return SiteRunner(
+    runner = SiteRunner(
         name,
         task,
         chain=chain,
@@ -201,6 +214,30 @@ def private_runner(kit: Path, name: str, job: JobConfig, task: Any) -> SiteRunne
         job=job.name,
         private=privacy.spends,
     )
+    # Secure aggregation signs with the kit's identity and accepts only rosters of at least the sites the noise
+    # is sized for. A kit without site.yaml (no identity) refuses every secure aggregation.
+    identity = kit_identity(kit) if (kit / "site.yaml").is_file() else None
+    attach_identity(runner, identity, min_roster=privacy.min_contributors or 1)
+    return runner
+
+
+def kit_identity(kit: Path) -> SiteIdentity:
+    """The site's identity from its kit: its private key and certificate (which must be a site certificate of the
+    kit's CA naming the kit's site), the federation CA and the kit's revocation list (``crl.pem``) if any."""
+    cfg = read_kit_config(kit, "site.yaml", ("site", "certificate", "private_key", "ca"))
+    name = str(cfg["site"])
+    cert, ca = read_kit_file(kit, cfg["certificate"]), read_kit_file(kit, cfg["ca"])
+    crl = kit / str(cfg.get("revocation_list", CRL))
+    try:
+        named = site_identity(cert, ca)
+        identity = SiteIdentity.from_pem(
+            name, read_kit_file(kit, cfg["private_key"]), cert, ca, crl.read_bytes() if crl.is_file() else b""
+        )
+    except (IdentityError, SecAggError) as exc:
+        raise ConfigError(f"kit {kit} does not hold a usable site identity: {exc}") from None
+    if named != name:
+        raise ConfigError(f"kit {kit} is for site {name!r} but its certificate names site {named!r}")
+    return identity
 
 
 def run_site(

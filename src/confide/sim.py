@@ -6,13 +6,15 @@ Everything still passes through :mod:`confide.serde`, so a job behaves here as i
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from confide.privacy.filter import FilterChain
 from confide.privacy.ledger import Ledger
 from confide.records import Arrays
 from confide.server.loop import History, LoopConfig, RoundEvents, ServerLoop
+from confide.sim_identities import SimFederation
 from confide.site.runner import SiteRunner
+from confide.site.secure import attach_identity
 from confide.strategies.base import Strategy
 from confide.tasks.base import Task
 from confide.transport.inmemory import InMemoryTransport
@@ -34,9 +36,16 @@ def simulate(
     chains: Mapping[str, FilterChain] | None = None,
     ledgers: Mapping[str, Ledger | None] | None = None,
     job: str = "",
+    federation: SimFederation | None = None,
+    min_roster: int = 1,
 ) -> SimResult:
     """Run a whole federation of ``tasks`` (one per site) for ``config.rounds`` rounds. With ``config.secure``
-    set, the rounds use secure aggregation and every site refuses to send an update in the clear."""
+    set, the rounds use secure aggregation and every site refuses to send an update in the clear.
+
+    Under secure aggregation each site signs its keys and checks every roster as a deployed site does: with its
+    identity in ``federation`` (by default an in-memory CA and one certificate per site, made here; a site it
+    lacks has no identity and refuses) and at least ``min_roster`` verified sites in any aggregation. The server
+    sends the federation's revocation list unless ``config.secure`` names one."""
     runners = {
         name: SiteRunner(
             name,
@@ -48,6 +57,13 @@ def simulate(
         )
         for name, task in tasks.items()
     }
+    if config.secure is not None:
+        federation = federation or SimFederation.create(tasks)
+        if not config.secure.revocation_list:
+            config = replace(config, secure=replace(config.secure, revocation_list=federation.revocation_list))
+    for name, runner in runners.items():
+        identity = federation.identities.get(name) if federation is not None else None
+        attach_identity(runner, identity, min_roster=min_roster)
     transport = InMemoryTransport(runners)
     loop = ServerLoop(strategy, transport, initial, config, events)
     history = loop.run()

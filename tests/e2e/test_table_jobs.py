@@ -98,3 +98,26 @@ def test_a_survival_job_reports_the_concordance_of_every_model(tmp_path: Path) -
     assert metrics["metric"] == "c_index"
     assert metrics["cross_site"]["fedavg"]["all"]["c_index"] > 0.6
     assert "c index on every site's held-out test split" in result.output
+
+
+def test_a_job_under_secure_aggregation_signs_and_checks_every_roster_and_learns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The simulator gives each site an identity from an in-memory CA: every site checks every roster, as deployed."""
+    from confide.site import secure
+
+    checked: list[tuple[str, ...]] = []
+
+    def spy(*args: object, **kwargs: object) -> object:
+        verified = verify(*args, **kwargs)  # type: ignore[arg-type]
+        checked.append(verified.names)
+        return verified
+
+    verify = secure.verify_roster
+    monkeypatch.setattr(secure, "verify_roster", spy)
+    job = parse_job({**_job(_binary_table(tmp_path / "table.csv"), "fedavg"), "privacy": {"secure_aggregation": True}})
+
+    result = run_job(job, ProgressDisplay(enabled=False))
+
+    assert checked == [("east", "north", "south")] * (6 * 3)  # every site, every round
+    assert result.cross["fedavg"]["all"]["accuracy"] > 0.7

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import math
 from collections.abc import Iterator, Mapping
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,18 +17,24 @@ from confide.config import parse_job
 from confide.errors import ConfideError, ConfigError, RoundFailed
 from confide.privacy.build import site_chain, site_ledger
 from confide.privacy.config import PrivacyConfig
+from confide.privacy.secagg import Advertisement
+from confide.privacy.secagg_wire import pack, unpack
 from confide.records import Arrays, Control, TrainRes
 from confide.serde import Encoded
 from confide.server.loop import LoopConfig, ServerLoop
 from confide.server.secure_round import SecureSettings
 from confide.sim import simulate
+from confide.sim_identities import SimFederation
 from confide.site.runner import SiteRunner
+from confide.site.secure import attach_identity
 from confide.strategies import DPFedAvg, FedAvg, fed_median, make_strategy
 from confide.transport.base import Reply
-from confide.transport.inmemory import InMemoryTransport
+from confide.transport.inmemory import Endpoint, InMemoryTransport
 from tests.helpers import QuadraticTask, arrays
 
 SECURE = SecureSettings()
+FED = SimFederation.create(["a", "b", "c", "d", "mallory"])
+SIGNED = SecureSettings(revocation_list=FED.revocation_list)  # what a server sends sites of FED
 SCALE = SECURE.scale_for(4)
 TARGETS = {
     "a": arrays(w=[2.0, 0.0]),
@@ -52,7 +60,7 @@ class Tap:
     """The in-memory transport, recording each answer the server receives; a site in ``cut`` loses its connection
     when the message of the named step reaches it."""
 
-    def __init__(self, runners: Mapping[str, SiteRunner], cut: Mapping[str, str] | None = None) -> None:
+    def __init__(self, runners: Mapping[str, Endpoint], cut: Mapping[str, str] | None = None) -> None:
         self.inner = InMemoryTransport(runners)
         self.cut = dict(cut or {})
         self.received: list[tuple[str, str, bytes]] = []
@@ -78,9 +86,16 @@ class Tap:
         self.inner.close()
 
 
+def _runner(name: str, task: QuadraticTask, *, secure: bool = True) -> SiteRunner:
+    """A site of FED: it signs its keys and checks rosters with its identity."""
+    runner = SiteRunner(name, task, secure_aggregation=secure)
+    attach_identity(runner, FED.identities[name])
+    return runner
+
+
 def _loop(tasks: Mapping[str, QuadraticTask], cut: Mapping[str, str] | None = None, **config: object) -> ServerLoop:
-    runners = {name: SiteRunner(name, task, secure_aggregation=True) for name, task in tasks.items()}
-    settings = LoopConfig(rounds=1, secure=SECURE, **config)  # type: ignore[arg-type]
+    runners = {name: _runner(name, task) for name, task in tasks.items()}
+    settings = LoopConfig(rounds=1, secure=SIGNED, **config)  # type: ignore[arg-type]
     return ServerLoop(FedAvg({"lr": 0.5}), Tap(runners, cut), START, settings)
 
 
@@ -110,9 +125,9 @@ def test_the_server_sees_from_a_site_only_uniform_noise_and_still_gets_the_exact
     size = 20_000
     start = Arrays.from_dict({"w": np.zeros(size, np.float32)})
     targets = {n: Arrays.from_dict({"w": rng.normal(0, 1, size).astype(np.float32)}) for n in "abc"}
-    runners = {n: SiteRunner(n, QuadraticTask(t, 10), secure_aggregation=True) for n, t in targets.items()}
+    runners = {n: _runner(n, QuadraticTask(t, 10)) for n, t in targets.items()}
     tap = Tap(runners)
-    loop = ServerLoop(FedAvg({"lr": 0.5}), tap, start, LoopConfig(rounds=1, secure=SECURE))
+    loop = ServerLoop(FedAvg({"lr": 0.5}), tap, start, LoopConfig(rounds=1, secure=SIGNED))
 
     loop.run()
 
@@ -185,9 +200,9 @@ def test_the_quorum_counts_the_sites_in_the_sum() -> None:
 
 
 def test_a_site_speaking_under_another_name_is_left_out() -> None:
-    runners = {n: SiteRunner(n, t) for n, t in _tasks("a", "b", "c").items()}
-    runners["d"] = SiteRunner("mallory", QuadraticTask(TARGETS["d"], 10))
-    loop = ServerLoop(FedAvg({"lr": 0.5}), Tap(runners), START, LoopConfig(rounds=1, secure=SECURE))
+    runners = {n: _runner(n, t, secure=False) for n, t in _tasks("a", "b", "c").items()}
+    runners["d"] = _runner("mallory", QuadraticTask(TARGETS["d"], 10), secure=False)
+    loop = ServerLoop(FedAvg({"lr": 0.5}), Tap(runners), START, LoopConfig(rounds=1, secure=SIGNED))
 
     result = loop.run_round(1)
 
@@ -283,3 +298,56 @@ def test_a_deployed_site_requires_secure_aggregation_when_its_job_or_its_policy_
     ]
 
     assert [r.secure_aggregation for r in runners] == [False, True, True]
+
+
+class Unsigned:
+    """A site whose advertisement loses its signature on the way (a broken or outdated site)."""
+
+    def __init__(self, runner: SiteRunner) -> None:
+        self.runner = runner
+
+    def handle(self, payload: bytes | memoryview) -> bytes:
+        reply = serde.decode(self.runner.handle(payload))
+        if isinstance(reply, Control) and reply.topic == "secagg/advertisement":
+            reply = pack(reply.round, replace(unpack(reply, Advertisement), signature=b""))
+        return serde.encode(reply)
+
+
+def test_a_site_whose_keys_are_unsigned_is_left_out_before_the_roster() -> None:
+    runners: dict[str, Endpoint] = {n: _runner(n, t) for n, t in _tasks("a", "b", "c").items()}
+    runners["d"] = Unsigned(_runner("d", QuadraticTask(TARGETS["d"], 10)))
+    loop = ServerLoop(FedAvg({"lr": 0.5}), Tap(runners), START, LoopConfig(rounds=1, secure=SIGNED))
+
+    result = loop.run_round(1)
+
+    assert result.sites == ("a", "b", "c")
+    assert "advertise step" in result.failures["d"] and "sent its keys unsigned" in result.failures["d"]
+    np.testing.assert_allclose(loop.global_arrays["w"], _mean_update(("a", "b", "c")), atol=2 / SCALE)
+
+
+def test_a_simulation_refuses_a_roster_with_a_revoked_site_as_a_deployment_does() -> None:
+    federation = SimFederation.create(["a", "b", "c", "d"], revoked=["d"])
+
+    config = LoopConfig(rounds=1, secure=SECURE)
+
+    with pytest.raises(RoundFailed, match="only 0 site\\(s\\) sent their shares") as failed:
+        simulate(FedAvg({"lr": 0.5}), _tasks("a", "b", "c", "d"), START, config, federation=federation)
+
+    failures = ast.literal_eval(str(failed.value).split("; failures: ", 1)[1])
+    assert sorted(failures) == ["a", "b", "c", "d"]
+    assert all("roster member 'd'" in reason and "has been revoked" in reason for reason in failures.values())
+
+
+def test_a_simulated_site_refuses_a_roster_below_its_minimum() -> None:
+    with pytest.raises(RoundFailed, match="holds 3 verified site\\(s\\), this site's policy needs at least 4"):
+        simulate(FedAvg({"lr": 0.5}), _tasks("a", "b", "c"), START, LoopConfig(rounds=1, secure=SECURE), min_roster=4)
+
+
+def test_a_simulated_site_that_fails_before_masking_is_left_out_and_the_others_aggregate() -> None:
+    tasks = _tasks("a", "b", "c", d=QuadraticTask(TARGETS["d"], 10, fail=True))
+
+    result = simulate(FedAvg({"lr": 0.5}), tasks, START, LoopConfig(rounds=1, secure=SECURE))
+
+    first = result.history.rounds[0]
+    assert first.sites == ("a", "b", "c") and "disk full" in first.failures["d"]
+    np.testing.assert_allclose(result.arrays["w"], _mean_update(("a", "b", "c")), atol=2 / SCALE)

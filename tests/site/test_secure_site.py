@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from confide import serde
 from confide.privacy.secagg import Advertisement, EncryptedShare, Roster, SecAggClient, SecAggServer, UnmaskRequest
+from confide.privacy.secagg_identity import sign_advertisement
 from confide.privacy.secagg_wire import (
     MaskedTrainRes,
     SecAggSetup,
@@ -19,13 +20,24 @@ from confide.privacy.secagg_wire import (
     unpack_shares,
 )
 from confide.records import Arrays, Control, Failure, Record, SparseArrays, TrainIns, TrainRes
+from confide.sim_identities import SimFederation
 from confide.site.runner import SiteRunner
-from confide.site.secure import SecureSite
+from confide.site.secure import SecureSite, Train, attach_identity
 from tests.helpers import QuadraticTask, arrays
 
 AGG = "round-1-site-test"
 MODEL = arrays(w=[0.0, 0.0, 0.0])
 SETUP = SecAggSetup(AGG, 3, 2.0**20, 4.0)
+FED = SimFederation.create(["a", "b", "c", "d"])
+
+
+def _site(train: Train) -> SecureSite:
+    return SecureSite("a", train, identity=FED.identities["a"])
+
+
+def _signed(client: SecAggClient, round: int = 1) -> Advertisement:
+    """A peer's advertisement, signed with its identity in FED."""
+    return sign_advertisement(FED.identities[client.name], client.advertise(), round)
 
 
 def _ask(site: SecureSite | SiteRunner, control: Control) -> Record:
@@ -44,12 +56,13 @@ class AtTrain:
 
 def _at_train_step(train: Callable[[TrainIns, int | None], TrainRes | Failure]) -> AtTrain:
     """Site "a" (under test) and a peer "b" through advertise and share."""
-    site = SecureSite("a", train)
+    site = _site(train)
     peer = SecAggClient("b", AGG, 3, scale=SETUP.scale, clip_range=SETUP.clip_range)
     server = SecAggServer(AGG, 3, 2, scale=SETUP.scale, clip_range=SETUP.clip_range)
     advert = _ask(site, pack(1, SETUP))
     assert isinstance(advert, Control)
-    roster = server.roster([unpack(advert, Advertisement), peer.advertise()])
+    roster = server.roster([unpack(advert, Advertisement), _signed(peer)])
+    roster = replace(roster, revocation_list=FED.revocation_list)
     shared = _ask(site, pack(1, roster))
     assert isinstance(shared, Control)
     routed = server.route([*unpack_shares(shared)[1], *peer.share(roster)])
@@ -71,6 +84,7 @@ def test_a_site_that_requires_secure_aggregation_refuses_a_plain_round() -> None
 
 def test_steps_out_of_order_are_refused() -> None:
     runner = SiteRunner("a", QuadraticTask(arrays(w=[1.0, 1.0, 1.0]), 5))
+    attach_identity(runner, FED.identities["a"])
     early_unmask = pack(1, UnmaskRequest(AGG, ("a", "b"), ()))
 
     refused = _ask(runner, early_unmask)
@@ -82,13 +96,13 @@ def test_steps_out_of_order_are_refused() -> None:
 
 
 def test_a_roster_with_a_threshold_of_half_or_less_is_refused() -> None:
-    site = SecureSite("a", lambda ins, _k=None: Failure(ins.round, "unused"))
+    site = _site(lambda ins, _k=None: Failure(ins.round, "unused"))
     advert = _ask(site, pack(1, SETUP))
     assert isinstance(advert, Control)
-    others = [SecAggClient(name, AGG, 3).advertise() for name in ("b", "c", "d")]
+    others = [_signed(SecAggClient(name, AGG, 3)) for name in ("b", "c", "d")]
     ads = sorted([unpack(advert, Advertisement), *others], key=lambda ad: ad.sender)
 
-    reply = _ask(site, pack(1, Roster(AGG, 2, tuple(ads))))
+    reply = _ask(site, pack(1, Roster(AGG, 2, tuple(ads), FED.revocation_list)))
 
     assert isinstance(reply, Failure) and "not above half" in reply.reason
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from confide.config import JobConfig, parse_job
-from confide.deploy import run_site, serve
+from confide.deploy import private_runner, run_site, serve
 from confide.errors import TransportError
 from confide.privacy.config import PrivacyConfig
 from confide.provision import parse_federation, provision, revoke_site
@@ -70,11 +71,18 @@ def _start(kit_root: Path, job: JobConfig) -> tuple[threading.Thread, dict[str, 
     return thread, result, listening
 
 
-def _site(kit_root: Path, name: str, port: int, out: dict[str, object], give_up: float = 20.0) -> threading.Thread:
+def _site(
+    kit_root: Path,
+    name: str,
+    port: int,
+    out: dict[str, object],
+    give_up: float = 20.0,
+    runner: Callable[[str, JobConfig], SiteRunner] = _runner,
+) -> threading.Thread:
     def target() -> None:
         try:
             out[name] = run_site(
-                kit_root / "sites" / name, _runner, address=f"localhost:{port}", give_up_after_s=give_up
+                kit_root / "sites" / name, runner, address=f"localhost:{port}", give_up_after_s=give_up
             )
         except Exception as exc:
             out[name] = exc
@@ -118,7 +126,13 @@ def test_secure_aggregation_over_mutual_tls_reaches_the_simulators_model(tmp_pat
     server, result, _ = _start(kits, job)
     answers: dict[str, object] = {}
 
-    threads = [_site(kits, name, int(result["port"]), answers) for name in SITES]  # type: ignore[call-overload]
+    def deployed(name: str, site_job: JobConfig) -> SiteRunner:
+        """As `confide site` does: the site's privacy and its identity (key, certificate, CA, revocation list)
+        from its kit; it signs its keys and checks every roster."""
+        return private_runner(kits / "sites" / name, name, site_job, QuadraticTask(TARGETS[name], examples=10))
+
+    port = int(result["port"])  # type: ignore[call-overload]
+    threads = [_site(kits, name, port, answers, runner=deployed) for name in SITES]
     server.join(60)
     for t in threads:
         t.join(30)

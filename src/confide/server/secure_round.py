@@ -6,9 +6,11 @@
 :mod:`confide.site.secure`):
 
 1. **advertise**: every selected site gets the aggregation's id, the vector length (the model's entries) and the
-   fixed point; it answers two fresh public keys. The sites that answered make the roster.
-2. **share**: every site on the roster gets it and answers one sealed share for every member; the server routes
-   the complete bundles. Those sites are the participants.
+   fixed point; it answers two fresh public keys, signed with its provisioned key, and its certificate. The sites
+   whose signature verifies make the roster.
+2. **share**: every site on the roster gets it, with the federation's revocation list (``SecureSettings``), checks
+   every member (:mod:`confide.site.roster_check`) and answers one sealed share for every member; the server
+   routes the complete bundles. Those sites are the participants.
 3. **train**: every participant gets the model, the round's config and the shares routed to it; it trains, runs
    its privacy chain, masks the update and answers the masked vector (uniform-looking uint32) with its number of
    examples and metrics in clear. The masked vectors are added as they arrive (memory does not grow with sites).
@@ -37,7 +39,7 @@ import logging
 import secrets
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
@@ -58,6 +60,7 @@ from confide.privacy.secagg import (
     check_no_wrap,
     default_threshold,
 )
+from confide.privacy.secagg_identity import check_signature
 from confide.privacy.secagg_wire import (
     MaskedTrainRes,
     SecAggSetup,
@@ -91,11 +94,13 @@ def check_secure_strategy(strategy: Strategy) -> None:
 
 @dataclass(frozen=True)
 class SecureSettings:
-    """The fixed point and threshold of secure rounds (see the module's docstring)."""
+    """The fixed point and threshold of secure rounds (see the module's docstring), and the federation's revocation
+    list (a CRL the federation CA signed, PEM: ``server/crl.pem`` of the server's kit) sent with every roster."""
 
     clip_range: float = DEFAULT_CLIP_RANGE
     max_scale: float = DEFAULT_SCALE
     threshold: int | None = None  # None: floor(2n/3) + 1 of the n that advertised; sites refuse one <= n/2
+    revocation_list: bytes = b""
 
     def scale_for(self, sites: int) -> float:
         """The largest power of two up to ``max_scale`` at which the sum of ``sites`` inputs cannot wrap."""
@@ -166,6 +171,7 @@ class SecureRound:
             with self._left_out(rnd, "advertise", site):
                 ad = unpack(control, Advertisement)
                 self._check_sender(site, ad.sender, ad.aggregation_id, setup.aggregation_id)
+                check_signature(ad, rnd)  # an unsigned site would make every other site refuse the roster
                 _check_keys(ad, seen)
                 ads[site] = ad
         self._need(rnd, len(ads), "advertised keys")
@@ -173,7 +179,8 @@ class SecureRound:
         server = SecAggServer(
             setup.aggregation_id, setup.vector_length, threshold, scale=setup.scale, clip_range=setup.clip_range
         )
-        return server, server.roster(ads.values())
+        roster = server.roster(ads.values())
+        return server, replace(roster, revocation_list=self.settings.revocation_list)
 
     def _share(self, rnd: int, server: SecAggServer, roster: Roster) -> dict[str, list[EncryptedShare]]:
         """Step 2: each roster member's complete bundle of sealed shares, routed to the participants."""

@@ -3,12 +3,21 @@ kept between the round's four exchanges, so that the update leaves the site only
 
 The steps, in this order and once each (anything else is refused and ends the site's part in the aggregation):
 
-1. ``secagg/advertise``: make the client (fresh keys), answer its two public keys;
-2. ``secagg/roster``: check the roster (this site on it, a threshold above half of it), answer the sealed shares;
+1. ``secagg/advertise``: make the client (fresh keys), answer its two public keys signed with the site's
+   provisioned key, with its certificate (:mod:`confide.privacy.secagg_identity`); an aggregation id this site
+   has already advertised keys for is refused;
+2. ``secagg/roster``: check the roster (:mod:`confide.site.roster_check`: every member a site of the federation,
+   its certificate not revoked and naming it, its signature over its keys for this aggregation and round; at
+   least ``min_roster`` members, a threshold above half of them and at least ``min_roster``), then answer the
+   sealed shares. Nothing is shared with a roster that fails any check;
 3. ``secagg/train``: train and filter exactly as a plain round does (the budget check first, the privacy chain,
-   the ledger), flatten the dense update into one float vector in the model's array order, mask it with the
-   shares routed here, answer the masked vector with the number of examples and the metrics in clear;
-4. ``secagg/unmask``: answer the shares the server may have (one request only).
+   the ledger), with the verified threshold as the fewest contributors to any sum the server can unmask; flatten
+   the dense update into one float vector in the model's array order, mask it with the shares routed here,
+   answer the masked vector with the number of examples and the metrics in clear;
+4. ``secagg/unmask``: answer the shares the server may have (one request only, naming at least the threshold
+   of survivors).
+
+A site without an identity (``identity=None``) refuses every aggregation at the first step.
 
 Under secure aggregation the server sums the updates with equal weights: it cannot weigh what it cannot see,
 and it divides the sum by the number of sites in it. Entries beyond the fixed point's range (``clip_range``) are
@@ -21,11 +30,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from confide.errors import PayloadError
-from confide.privacy.secagg import RandomBytes, Roster, SecAggClient, SecAggError, UnmaskRequest
+from confide.errors import ConfigError, PayloadError
+from confide.privacy.secagg import Advertisement, RandomBytes, Roster, SecAggClient, SecAggError, UnmaskRequest
+from confide.privacy.secagg_identity import SiteIdentity, sign_advertisement
 from confide.privacy.secagg_wire import (
     TOPICS,
     MaskedTrainRes,
@@ -37,9 +49,17 @@ from confide.privacy.secagg_wire import (
     unpack,
 )
 from confide.records import Control, Failure, Record, SparseArrays, TrainIns, TrainRes
+from confide.site.roster_check import verify_roster
 from confide.strategies.aggregate import flatten
 
+if TYPE_CHECKING:
+    from confide.site.runner import SiteRunner
+
 log = logging.getLogger(__name__)
+
+Train = Callable[[TrainIns, int | None], TrainRes | Failure]
+"""The site's plain training path, ``train(instruction, contributors)``; ``contributors`` is the fewest masked
+updates that any sum of this aggregation the server can unmask holds: its verified threshold."""
 
 SHARED_META = frozenset({"filters", "epsilon", "delta", "task_seconds", "dp_clip", "dp_noise_std"})
 """Meta keys a masked update carries in clear: how the site protected it, never what it holds."""
@@ -56,21 +76,42 @@ class _Aggregation:
     round: int
     setup: SecAggSetup
     client: SecAggClient
+    advertisement: Advertisement  # signed, as sent
     stage: str = "advertised"
-    threshold: int = 0  # the roster's threshold: no sum of fewer masked updates can be unmasked
+    threshold: int = 0  # the verified roster's threshold: no sum of fewer masked updates can be unmasked
 
 
 class SecureSite:
     """The secure-aggregation steps of one site. ``train`` is the site's plain training path (budget, task,
-    privacy chain, ledger), which returns the filtered update or a refusal."""
+    privacy chain, ledger), which returns the filtered update or a refusal; it is called with the aggregation's
+    verified threshold. ``identity``: the site's key, certificate, federation CA and revocation list (from its
+    kit, or the simulator's in-memory federation); without one the site refuses every aggregation.
+    ``min_roster``: the fewest verified sites, and the smallest threshold, this site accepts in an aggregation
+    (its privacy policy's minimum). ``now``: the clock certificates and revocation lists are checked against."""
 
     def __init__(
-        self, name: str, train: Callable[[TrainIns, int | None], TrainRes | Failure], *, rng: RandomBytes | None = None
+        self,
+        name: str,
+        train: Train,
+        *,
+        identity: SiteIdentity | None = None,
+        min_roster: int = 1,
+        rng: RandomBytes | None = None,
+        now: Callable[[], datetime] | None = None,
     ) -> None:
+        if isinstance(min_roster, bool) or not isinstance(min_roster, int) or min_roster < 1:
+            raise ConfigError(f"min_roster of site {name!r} must be an integer >= 1, got {min_roster!r}")
+        if identity is not None and identity.name != name:
+            raise ConfigError(f"site {name!r} was given the identity of site {identity.name!r}")
         self.name = name
+        self.identity = identity
+        self.min_roster = min_roster
         self._train = train
         self._rng = rng
+        self._now = now or (lambda: datetime.now(UTC))
         self._current: _Aggregation | None = None
+        self._joined: set[str] = set()  # aggregation ids this site advertised keys for: never twice
+        self._revocations = b""  # the newest revocation list accepted so far: a floor the server cannot lower
 
     def _refuse(self, round: int, reason: str) -> Failure:
         log.warning("site %s: secure aggregation, round %d: %s", self.name, round, reason)
@@ -106,8 +147,18 @@ class SecureSite:
                 f"message for aggregation {aggregation_id!r}, this site is in {current.setup.aggregation_id!r}"
             )
 
-    def _advertise(self, control: Control) -> Control:
+    def _advertise(self, control: Control) -> Record:
         setup = unpack(control, SecAggSetup)
+        if self.identity is None:
+            return self._refuse(
+                control.round,
+                "secure aggregation refused: this site has no identity (a key and a certificate from the federation "
+                "CA) to sign its keys with, so other sites could not tell it from a client of the server",
+            )
+        if setup.aggregation_id in self._joined:
+            return self._refuse(
+                control.round, f"secure aggregation refused: aggregation {setup.aggregation_id!r} was run before"
+            )
         client = SecAggClient(
             self.name,
             setup.aggregation_id,
@@ -116,19 +167,27 @@ class SecureSite:
             clip_range=setup.clip_range,
             rng=self._rng,
         )
-        self._current = _Aggregation(control.round, setup, client)
-        return pack(control.round, client.advertise())
+        advertisement = sign_advertisement(self.identity, client.advertise(), control.round)
+        self._joined.add(setup.aggregation_id)
+        self._current = _Aggregation(control.round, setup, client, advertisement)
+        return pack(control.round, advertisement)
 
     def _share(self, current: _Aggregation, control: Control) -> Control:
         roster = unpack(control, Roster)
         self._check_id(current, roster.aggregation_id)
-        if 2 * roster.threshold <= len(roster.advertisements):
-            raise SecAggError(
-                f"the roster's threshold {roster.threshold} is not above half of its {len(roster.advertisements)} "
-                "members: a server lying about dropouts could unmask a single update"
-            )
+        assert self.identity is not None  # no aggregation starts without one
+        verified = verify_roster(
+            roster,
+            self.identity,
+            round=current.round,
+            own=current.advertisement,
+            min_roster=self.min_roster,
+            accepted_revocations=self._revocations,
+            now=self._now(),
+        )
+        self._revocations = verified.revocation.data
         shares = current.client.share(roster)
-        current.threshold = roster.threshold
+        current.threshold = verified.threshold
         current.stage = "shared"
         self._current = current
         return pack_shares(control.round, current.setup.aggregation_id, shares)
@@ -136,7 +195,7 @@ class SecureSite:
     def _mask(self, current: _Aggregation, control: Control) -> Record:
         ins = unpack(control, SecureTrainIns)
         self._check_id(current, ins.aggregation_id)
-        res = self._train(ins.train, current.threshold or None)
+        res = self._train(ins.train, current.threshold)
         if isinstance(res, Failure):
             return res
         if isinstance(res.update, SparseArrays):
@@ -163,3 +222,9 @@ class SecureSite:
         request = unpack(control, UnmaskRequest)
         self._check_id(current, request.aggregation_id)
         return pack(control.round, current.client.unmask(request))
+
+
+def attach_identity(runner: SiteRunner, identity: SiteIdentity | None, *, min_roster: int = 1) -> None:
+    """Give ``runner`` the secure-aggregation steps of a site with this identity and minimum roster (until
+    :class:`~confide.site.runner.SiteRunner` takes them as arguments itself)."""
+    runner.secure = SecureSite(runner.name, runner._train, identity=identity, min_roster=min_roster)
