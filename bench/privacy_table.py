@@ -84,7 +84,6 @@ def run_table(path: Path, seeds: int) -> list[dict[str, Any]]:
                 LoopConfig(rounds=ROUNDS, min_sites=len(tasks)),
                 chains={site: site_chain(privacy, len(tasks)) for site in tasks},
                 ledgers=ledgers,
-                seed=seed,
             )
             accuracies.append(float(np.mean([task.accuracy(result.arrays) for task in tasks.values()])))
             epsilons.append(max((ledger.epsilon for ledger in ledgers.values() if ledger is not None), default=0.0))

@@ -81,7 +81,7 @@ def sites_process(kits: Path, port: int, names: list[str], params: int) -> None:
     template = model(params)
 
     def runner(name: str, job: JobConfig) -> SiteRunner:
-        return SiteRunner(name, FixedUpdate(template), seed=0)
+        return SiteRunner(name, FixedUpdate(template))
 
     threads = [
         threading.Thread(target=run_site, args=(kits / "sites" / name, runner), kwargs={"address": f"localhost:{port}"})

@@ -61,7 +61,7 @@ def test_the_simulated_and_the_deployed_federation_reach_the_same_model(tmp_path
     listening = threading.Event()
 
     def runner(name: str, site_job: JobConfig) -> SiteRunner:
-        return SiteRunner(name, site_task(site_job, phantoms / name, name), seed=site_job.seed)
+        return SiteRunner(name, site_task(site_job, phantoms / name, name))
 
     def server() -> None:
         serve(
@@ -143,7 +143,7 @@ def test_a_table_job_with_scaffold_deploys_as_it_simulates(tmp_path: Path) -> No
 
     def runner(name: str, site_job: JobConfig) -> SiteRunner:
         tasks[name] = site_task(site_job, csv, name)
-        return SiteRunner(name, tasks[name], seed=site_job.seed)
+        return SiteRunner(name, tasks[name])
 
     def finish(name: str) -> Callable[[JobConfig, Arrays], None]:
         return lambda j, final: kept.update({name: keep_and_adapt(tasks[name], j, final, tmp_path / "kept" / name)})
