@@ -14,6 +14,8 @@ from confide.privacy.secagg import (
     Roster,
     SecAggClient,
     SecAggServer,
+    SurvivorCheck,
+    SurvivorSignature,
     UnmaskRequest,
     UnmaskResponse,
 )
@@ -176,3 +178,15 @@ def test_a_signed_roster_survives_the_wire_with_its_revocation_list() -> None:
         check_signature(received.advertisements[1], 3).serial_number
         == federation.identities["b"].certificate.serial_number
     )
+
+
+def test_the_consistency_check_survives_the_wire() -> None:
+    check = SurvivorCheck(AGG, ("a", "b"), ("c",))
+    signed = SurvivorSignature(AGG, "a", b"signature")
+    request = UnmaskRequest(AGG, ("a", "b"), ("c",), (("a", b"one"), ("b", b"two")))
+    unsigned = UnmaskRequest(AGG, ("a", "b"), ())
+
+    assert unpack(_wire(pack(4, check)), SurvivorCheck) == check
+    assert unpack(_wire(pack(4, signed)), SurvivorSignature) == signed
+    assert unpack(_wire(pack(4, request)), UnmaskRequest) == request
+    assert unpack(_wire(pack(4, unsigned)), UnmaskRequest) == unsigned

@@ -17,7 +17,7 @@ from confide.config import parse_job
 from confide.errors import ConfideError, ConfigError, RoundFailed
 from confide.privacy.build import site_chain, site_ledger
 from confide.privacy.config import PrivacyConfig
-from confide.privacy.secagg import Advertisement
+from confide.privacy.secagg import Advertisement, SurvivorSignature
 from confide.privacy.secagg_wire import pack, unpack
 from confide.records import Arrays, Control, TrainRes
 from confide.serde import Encoded
@@ -165,13 +165,14 @@ def test_a_site_whose_training_fails_is_left_out_with_its_reason() -> None:
     np.testing.assert_allclose(loop.global_arrays["w"], _mean_update(("a", "b", "c")), atol=2 / SCALE)
 
 
-def test_a_site_lost_after_masking_is_still_in_the_sum() -> None:
-    loop = _loop(_tasks("a", "b", "c", "d"), cut={"d": "secagg/unmask"})
+@pytest.mark.parametrize(("topic", "step"), [("secagg/confirm", "confirm"), ("secagg/unmask", "unmask")])
+def test_a_site_lost_after_masking_is_still_in_the_sum(topic: str, step: str) -> None:
+    loop = _loop(_tasks("a", "b", "c", "d"), cut={"d": topic})
 
     result = loop.run_round(1)
 
     assert result.sites == ("a", "b", "c", "d")
-    assert "unmask step" in result.failures["d"] and "in the sum" in result.failures["d"]
+    assert f"{step} step" in result.failures["d"] and "in the sum" in result.failures["d"]
     np.testing.assert_allclose(loop.global_arrays["w"], _mean_update(("a", "b", "c", "d")), atol=2 / SCALE)
 
 
@@ -351,3 +352,30 @@ def test_a_simulated_site_that_fails_before_masking_is_left_out_and_the_others_a
     first = result.history.rounds[0]
     assert first.sites == ("a", "b", "c") and "disk full" in first.failures["d"]
     np.testing.assert_allclose(result.arrays["w"], _mean_update(("a", "b", "c")), atol=2 / SCALE)
+
+
+class ForgedConfirmation:
+    """A site whose signature over the survivor set is replaced on the way."""
+
+    def __init__(self, runner: SiteRunner) -> None:
+        self.runner = runner
+
+    def handle(self, payload: bytes | memoryview) -> bytes:
+        reply = serde.decode(self.runner.handle(payload))
+        if isinstance(reply, Control) and reply.topic == "secagg/confirmed":
+            reply = pack(reply.round, replace(unpack(reply, SurvivorSignature), signature=b"forged"))
+        return serde.encode(reply)
+
+
+def test_the_server_unmasks_only_with_the_survivors_signatures_and_leaves_a_forgery_out() -> None:
+    runners: dict[str, Endpoint] = {n: _runner(n, t) for n, t in _tasks("a", "b", "c").items()}
+    runners["d"] = ForgedConfirmation(_runner("d", QuadraticTask(TARGETS["d"], 10)))
+    tap = Tap(runners)
+    loop = ServerLoop(FedAvg({"lr": 0.5}), tap, START, LoopConfig(rounds=1, secure=SIGNED))
+
+    result = loop.run_round(1)
+
+    assert result.sites == ("a", "b", "c", "d")  # d's masked update is in the sum; it signed nothing valid
+    assert "confirm step" in result.failures["d"] and "does not verify" in result.failures["d"]
+    assert [site for site, topic, _ in tap.received if topic == "secagg/unmask"] == ["a", "b", "c"]
+    np.testing.assert_allclose(loop.global_arrays["w"], _mean_update(("a", "b", "c", "d")), atol=2 / SCALE)

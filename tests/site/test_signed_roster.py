@@ -15,7 +15,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from confide import serde
 from confide.deploy import kit_identity
 from confide.errors import ConfigError
-from confide.privacy.secagg import Advertisement, Roster, SecAggClient, UnmaskRequest, default_threshold
+from confide.privacy.secagg import Advertisement, Roster, SecAggClient, default_threshold
 from confide.privacy.secagg_identity import SiteIdentity, sign_advertisement
 from confide.privacy.secagg_wire import SecAggSetup, SecureTrainIns, pack, pack_train, unpack, unpack_shares
 from confide.provision import parse_federation, provision, revoke_site
@@ -223,31 +223,6 @@ def test_bad_settings_are_refused_when_the_site_is_made() -> None:
         SecureSite("a", lambda ins, contributors: Failure(ins.round, "unused"), min_roster=0)
     with pytest.raises(ConfigError, match="given the identity of site 'b'"):
         SecureSite("a", lambda ins, contributors: Failure(ins.round, "unused"), identity=FED.identities["b"])
-
-
-def _through_training(site: Site, names: tuple[str, ...]) -> None:
-    """Drive ``site`` with honest peers through advertise, share and train (threshold 2 of 3)."""
-    from confide.privacy.secagg import SecAggServer
-
-    mine = site.advertise()
-    peers = {name: Site(name) for name in names}
-    ads = [mine, *(peer.advertise() for peer in peers.values())]
-    server = SecAggServer(AGG, 3, 2)
-    roster = replace(server.roster(ads), revocation_list=FED.revocation_list)
-    bundles = [unpack_shares(s.ask(pack(1, roster)))[1] for s in (site, *peers.values())]  # type: ignore[arg-type]
-    routed = server.route([share for bundle in bundles for share in bundle])
-    reply = site.ask(pack_train(SecureTrainIns(TrainIns(1, MODEL, {}), AGG, tuple(routed["a"]))))
-    assert isinstance(reply, Control) and reply.topic == "secagg/masked"
-
-
-def test_training_is_told_the_verified_threshold_and_unmasking_below_it_is_refused() -> None:
-    site = Site()
-    _through_training(site, ("b", "c"))
-
-    reply = site.ask(pack(1, UnmaskRequest(AGG, ("a",), ("b", "c"))))
-
-    assert site.trained == [2]
-    assert isinstance(reply, Failure) and "only 1 survivors, threshold is 2: refusing to unmask" in reply.reason
 
 
 def test_a_deployed_site_keeps_the_revocations_of_its_kit_when_the_server_sends_an_older_list(

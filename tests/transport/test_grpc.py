@@ -146,7 +146,7 @@ def test_secure_aggregation_over_mutual_tls_reaches_the_simulators_model(tmp_pat
         LoopConfig(rounds=3, secure=SecureSettings()),
     ).arrays
     np.testing.assert_allclose(final["w"], expected["w"], atol=1e-5)
-    assert answers == dict.fromkeys(SITES, 3 * 4)  # four secure-aggregation steps a round
+    assert answers == dict.fromkeys(SITES, 3 * 5)  # five secure-aggregation steps a round
 
 
 def test_a_site_from_another_federation_cannot_connect(tmp_path: Path) -> None:

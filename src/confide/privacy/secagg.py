@@ -54,7 +54,11 @@ single input also holds against a server that lies in its unmask requests as lon
 request that asks for both shares of one client. Both hold only if the roster's clients are real: the core does
 not check who a client is, so an :class:`Advertisement` carries a certificate and a signature over its keys
 (:mod:`confide.privacy.secagg_identity`) and each site verifies every roster member before it shares
-(:mod:`confide.site.roster_check`); a server that makes up clients is refused. Randomness comes from
+(:mod:`confide.site.roster_check`); a server that makes up clients is refused. Against a server that shows
+clients different survivor sets (to unmask a sum of fewer than ``t`` inputs from their answers), the platform adds
+the consistency check of Bonawitz et al.: each survivor signs the one set it is shown (:class:`SurvivorCheck`,
+:class:`SurvivorSignature`), and answers an :class:`UnmaskRequest` only for that set and only with at least ``t``
+survivors' signatures over it. Randomness comes from
 ``os.urandom`` unless a ``rng`` (a ``Callable[[int], bytes]``) is injected, which tests do for reproducibility only.
 """
 
@@ -86,6 +90,8 @@ from confide.privacy.secagg_messages import (
     MaskedInput,
     Roster,
     SecAggError,
+    SurvivorCheck,
+    SurvivorSignature,
     UnmaskRequest,
     UnmaskResponse,
 )
@@ -104,6 +110,8 @@ __all__ = [
     "SecAggClient",
     "SecAggError",
     "SecAggServer",
+    "SurvivorCheck",
+    "SurvivorSignature",
     "UnmaskRequest",
     "UnmaskResponse",
     "check_no_wrap",

@@ -18,12 +18,17 @@ the signature verifies. Revocation comes from a certificate revocation list sign
 the server sends with the roster; a list the CA did not sign is refused, and the newest by CRL number is used, so
 a server can add revocations a site has not heard of but cannot take any back.
 
+In the consistency check a survivor signs the survivor set it is shown (:func:`survivors_payload`: label
+``confide-secagg/v1/survivors``, the aggregation id, the round, the number of survivors and each name, the number
+of dropped participants and each name), with the same key; :func:`check_survivor_signature` checks one such
+signature against the signer's verified certificate.
+
 Randomness: none here; ECDSA nonces come from OpenSSL (the operating system's CSPRNG).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
@@ -43,9 +48,12 @@ __all__ = [
     "SigningKey",
     "SiteIdentity",
     "check_signature",
+    "check_survivor_signature",
     "newest_revocation_list",
     "sign_advertisement",
+    "sign_survivors",
     "signed_payload",
+    "survivors_payload",
 ]
 
 SigningKey = ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
@@ -122,14 +130,27 @@ def sign_advertisement(identity: SiteIdentity, ad: Advertisement, round: int) ->
     """``ad`` with the site's certificate and its signature over the keys for this aggregation and round."""
     if ad.sender != identity.name:
         raise SecAggError(f"site {identity.name!r} cannot sign an advertisement sent as {ad.sender!r}")
-    payload = _payload(ad, round)
-    key = identity.key
-    signature = (
-        key.sign(payload, ec.ECDSA(hashes.SHA256()))
-        if isinstance(key, ec.EllipticCurvePrivateKey)
-        else key.sign(payload)
-    )
-    return replace(ad, certificate=identity.certificate_der, signature=signature)
+    return replace(ad, certificate=identity.certificate_der, signature=_sign(identity.key, _payload(ad, round)))
+
+
+def _sign(key: SigningKey, payload: bytes) -> bytes:
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        return key.sign(payload, ec.ECDSA(hashes.SHA256()))
+    return key.sign(payload)
+
+
+def _verifies(cert: x509.Certificate, signature: bytes, payload: bytes, who: str) -> bool:
+    public = cert.public_key()
+    try:
+        if isinstance(public, ec.EllipticCurvePublicKey):
+            public.verify(signature, payload, ec.ECDSA(hashes.SHA256()))
+        elif isinstance(public, ed25519.Ed25519PublicKey):
+            public.verify(signature, payload)
+        else:
+            raise SecAggError(f"{who}: its certificate holds a {type(public).__name__}, expected EC or Ed25519")
+    except InvalidSignature:
+        return False
+    return True
 
 
 def check_signature(ad: Advertisement, round: int) -> x509.Certificate:
@@ -141,21 +162,45 @@ def check_signature(ad: Advertisement, round: int) -> x509.Certificate:
     if len(ad.certificate) > MAX_CERTIFICATE_BYTES or len(ad.signature) > MAX_SIGNATURE_BYTES:
         raise SecAggError(f"{who}: its certificate or signature is oversized")
     cert = _load_certificate(ad.certificate, f"the certificate of {who}")
-    public = cert.public_key()
-    payload = _payload(ad, round)
-    try:
-        if isinstance(public, ec.EllipticCurvePublicKey):
-            public.verify(ad.signature, payload, ec.ECDSA(hashes.SHA256()))
-        elif isinstance(public, ed25519.Ed25519PublicKey):
-            public.verify(ad.signature, payload)
-        else:
-            raise SecAggError(f"{who}: its certificate holds a {type(public).__name__}, expected EC or Ed25519")
-    except InvalidSignature:
+    if not _verifies(cert, ad.signature, _payload(ad, round), who):
         raise SecAggError(
             f"{who}: the signature over its keys does not verify for aggregation {ad.aggregation_id!r}, round "
             f"{round} (forged keys, or a signature replayed from another aggregation or round)"
-        ) from None
+        )
     return cert
+
+
+def survivors_payload(aggregation_id: str, round: int, survivors: Sequence[str], dropped: Sequence[str]) -> bytes:
+    """What a survivor signs in the consistency check: the survivors and the dropped participants it was shown,
+    bound to the aggregation and the round."""
+    counted = (str(len(survivors)), *survivors, str(len(dropped)), *dropped)
+    return _info("survivors", aggregation_id, str(round), *counted)
+
+
+def sign_survivors(
+    identity: SiteIdentity, aggregation_id: str, round: int, survivors: Sequence[str], dropped: Sequence[str]
+) -> bytes:
+    return _sign(identity.key, survivors_payload(aggregation_id, round, survivors, dropped))
+
+
+def check_survivor_signature(
+    cert: x509.Certificate,
+    signer: str,
+    signature: bytes,
+    *,
+    aggregation_id: str,
+    round: int,
+    survivors: Sequence[str],
+    dropped: Sequence[str],
+) -> None:
+    """Refuse a signature by ``signer`` (whose verified certificate is ``cert``) that is not over this very set."""
+    if not isinstance(signature, bytes) or not signature or len(signature) > MAX_SIGNATURE_BYTES:
+        raise SecAggError(f"the survivor signature of {signer!r} is malformed")
+    if not _verifies(cert, signature, survivors_payload(aggregation_id, round, survivors, dropped), repr(signer)):
+        raise SecAggError(
+            f"the survivor signature of {signer!r} does not verify for this survivor set of aggregation "
+            f"{aggregation_id!r}, round {round} (it signed another set, or none)"
+        )
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,8 @@ __all__ = [
     "MaskedInput",
     "Roster",
     "SecAggError",
+    "SurvivorCheck",
+    "SurvivorSignature",
     "UnmaskRequest",
     "UnmaskResponse",
 ]
@@ -99,12 +101,35 @@ class MaskedInput:
 
 
 @dataclass(frozen=True)
-class UnmaskRequest:
-    """Step 4, server -> survivors: who sent masked input (``survivors``) and who did not (``dropped``)."""
+class SurvivorCheck:
+    """Step 4a, server -> survivors (consistency check): the survivors and the dropped participants, for each
+    survivor to sign; a site signs one such set per aggregation."""
 
     aggregation_id: str
     survivors: tuple[str, ...]
     dropped: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class SurvivorSignature:
+    """Step 4a, survivor -> server: its signature over the survivor set it was shown
+    (:func:`confide.privacy.secagg_identity.survivors_payload`)."""
+
+    aggregation_id: str
+    sender: str
+    signature: bytes
+
+
+@dataclass(frozen=True)
+class UnmaskRequest:
+    """Step 4, server -> survivors: who sent masked input (``survivors``) and who did not (``dropped``), with the
+    survivors' ``signatures`` over that very set (``(signer, signature)`` pairs, at least the threshold of them
+    where the sites check identities; empty in the core's own in-memory runs)."""
+
+    aggregation_id: str
+    survivors: tuple[str, ...]
+    dropped: tuple[str, ...]
+    signatures: tuple[tuple[str, bytes], ...] = ()
 
 
 @dataclass(frozen=True)

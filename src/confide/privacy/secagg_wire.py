@@ -12,7 +12,9 @@ topic                             direction      carries
 ``secagg/shares``                 site -> server the site's :class:`~confide.privacy.secagg.EncryptedShare` bundle
 ``secagg/train``                  server -> site :class:`SecureTrainIns` (the model, the config, the routed shares)
 ``secagg/masked``                 site -> server :class:`MaskedTrainRes` (the masked update; examples, metrics in clear)
-``secagg/unmask``                 server -> site :class:`~confide.privacy.secagg.UnmaskRequest`
+``secagg/confirm``                server -> site :class:`~confide.privacy.secagg.SurvivorCheck` (survivors to sign)
+``secagg/confirmed``              site -> server :class:`~confide.privacy.secagg.SurvivorSignature`
+``secagg/unmask``                 server -> site :class:`~confide.privacy.secagg.UnmaskRequest` (with the signatures)
 ``secagg/unmasked``               site -> server :class:`~confide.privacy.secagg.UnmaskResponse`
 ================================  =============  =========================================================
 
@@ -24,7 +26,6 @@ on the roster, a share that opens) is for the secure-aggregation core to check.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -33,6 +34,7 @@ from typing import TypeVar
 import numpy as np
 
 from confide.errors import PayloadError
+from confide.privacy.control_reader import ControlReader
 from confide.privacy.secagg_identity import MAX_CERTIFICATE_BYTES, MAX_REVOCATION_LIST_BYTES, MAX_SIGNATURE_BYTES
 from confide.privacy.secagg_math import _SHARE_CIPHERTEXT_BYTES, FIELD_BYTES, FIELD_PRIME, NONCE_BYTES
 from confide.privacy.secagg_messages import (
@@ -41,6 +43,8 @@ from confide.privacy.secagg_messages import (
     EncryptedShare,
     MaskedInput,
     Roster,
+    SurvivorCheck,
+    SurvivorSignature,
     UnmaskRequest,
     UnmaskResponse,
 )
@@ -90,11 +94,26 @@ TOPICS: dict[type, str] = {
     Roster: "secagg/roster",
     SecureTrainIns: "secagg/train",
     MaskedTrainRes: "secagg/masked",
+    SurvivorCheck: "secagg/confirm",
+    SurvivorSignature: "secagg/confirmed",
     UnmaskRequest: "secagg/unmask",
     UnmaskResponse: "secagg/unmasked",
 }
 SHARES_TOPIC = "secagg/shares"
-M = TypeVar("M", SecAggSetup, Advertisement, Roster, SecureTrainIns, MaskedTrainRes, UnmaskRequest, UnmaskResponse)
+M = TypeVar(
+    "M",
+    SecAggSetup,
+    Advertisement,
+    Roster,
+    SecureTrainIns,
+    MaskedTrainRes,
+    SurvivorCheck,
+    SurvivorSignature,
+    UnmaskRequest,
+    UnmaskResponse,
+)
+Message = SecAggSetup | Advertisement | Roster | SurvivorCheck | SurvivorSignature | UnmaskRequest | UnmaskResponse
+"""The messages :func:`pack` carries (those without arrays)."""
 
 
 # --------------------------------------------------------------------------------------------------- pack
@@ -104,7 +123,7 @@ def _element(value: int) -> bytes:
     return value.to_bytes(FIELD_BYTES, "big")
 
 
-def pack(round: int, message: SecAggSetup | Advertisement | Roster | UnmaskRequest | UnmaskResponse) -> Control:
+def pack(round: int, message: Message) -> Control:
     """A control record carrying one of the messages without arrays."""
     fields: dict[str, ControlValue]
     if isinstance(message, SecAggSetup):
@@ -134,12 +153,17 @@ def pack(round: int, message: SecAggSetup | Advertisement | Roster | UnmaskReque
             "signatures": tuple(ad.signature for ad in message.advertisements),
             "revocation_list": message.revocation_list,
         }
-    elif isinstance(message, UnmaskRequest):
+    elif isinstance(message, SurvivorCheck | UnmaskRequest):
         fields = {
             "aggregation_id": message.aggregation_id,
             "survivors": tuple(message.survivors),
             "dropped": tuple(message.dropped),
         }
+        if isinstance(message, UnmaskRequest):
+            fields["signers"] = tuple(name for name, _ in message.signatures)
+            fields["signatures"] = tuple(signature for _, signature in message.signatures)
+    elif isinstance(message, SurvivorSignature):
+        fields = {"aggregation_id": message.aggregation_id, "sender": message.sender, "signature": message.signature}
     else:
         fields = {
             "aggregation_id": message.aggregation_id,
@@ -191,85 +215,7 @@ def pack_masked(round: int, message: MaskedTrainRes) -> Control:
 # ------------------------------------------------------------------------------------------------- unpack
 
 
-class _Reader:
-    """Typed access to a control record's fields; every miss is a PayloadError naming the field."""
-
-    def __init__(self, control: Control, prefixes: tuple[str, ...] = ()) -> None:
-        self.control = control
-        self.prefixes = prefixes
-        self.used: set[str] = set()
-        self.arrays_allowed = False
-
-    def _get(self, name: str) -> ControlValue:
-        if name not in self.control.fields:
-            raise PayloadError(f"{self.control.topic} message lacks the field {name!r}")
-        self.used.add(name)
-        return self.control.fields[name]
-
-    def _bad(self, name: str, expected: str, value: object) -> PayloadError:
-        return PayloadError(f"{self.control.topic} field {name!r} must be {expected}, got {type(value).__name__}")
-
-    def text(self, name: str) -> str:
-        value = self._get(name)
-        if not isinstance(value, str) or not value:
-            raise self._bad(name, "a non-empty string", value)
-        return value
-
-    def integer(self, name: str, minimum: int = 0) -> int:
-        value = self._get(name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise self._bad(name, f"an integer >= {minimum}", value)
-        return value
-
-    def positive(self, name: str) -> float:
-        value = self._get(name)
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
-            raise self._bad(name, "a positive finite number", value)
-        return float(value)
-
-    def blob(self, name: str, size: int) -> bytes:
-        value = self._get(name)
-        if not isinstance(value, bytes) or len(value) != size:
-            raise self._bad(name, f"{size} bytes", value)
-        return value
-
-    def data(self, name: str, limit: int) -> bytes:
-        """Bytes of any length up to ``limit`` (empty included)."""
-        value = self._get(name)
-        if not isinstance(value, bytes) or len(value) > limit:
-            raise self._bad(name, f"at most {limit} bytes", value)
-        return value
-
-    def texts(self, name: str) -> tuple[str, ...]:
-        value = self._get(name)
-        if not isinstance(value, tuple) or not all(isinstance(item, str) and item for item in value):
-            raise self._bad(name, "a list of non-empty names", value)
-        return tuple(item for item in value if isinstance(item, str))
-
-    def blobs(self, name: str, count: int, size: int, *, exact: bool = True) -> tuple[bytes, ...]:
-        """``count`` items of ``size`` bytes each (``exact``) or of at most ``size`` bytes."""
-        value = self._get(name)
-        if not isinstance(value, tuple) or len(value) != count:
-            raise PayloadError(f"{self.control.topic} field {name!r} must list {count} items")
-        fits = (lambda item: len(item) == size) if exact else (lambda item: len(item) <= size)
-        if not all(isinstance(item, bytes) and fits(item) for item in value):
-            raise self._bad(name, f"a list of {'' if exact else 'at most '}{size}-byte items", value)
-        return tuple(item for item in value if isinstance(item, bytes))
-
-    def prefixed(self, prefix: str) -> dict[str, ControlValue]:
-        return {name[len(prefix) :]: value for name, value in self.control.fields.items() if name.startswith(prefix)}
-
-    def done(self) -> None:
-        extra = sorted(n for n in self.control.fields if n not in self.used and not n.startswith(self.prefixes))
-        if extra:
-            raise PayloadError(f"{self.control.topic} message has unexpected fields {extra[:5]}")
-        if not self.arrays_allowed and len(self.control.arrays):
-            raise PayloadError(
-                f"{self.control.topic} message carries no arrays, this one has {len(self.control.arrays)}"
-            )
-
-
-def _shares(read: _Reader, aggregation_id: str) -> tuple[EncryptedShare, ...]:
+def _shares(read: ControlReader, aggregation_id: str) -> tuple[EncryptedShare, ...]:
     senders, recipients = read.texts("share_senders"), read.texts("share_recipients")
     if len(senders) != len(recipients):
         raise PayloadError(f"{read.control.topic} lists {len(senders)} share senders and {len(recipients)} recipients")
@@ -283,14 +229,14 @@ def _shares(read: _Reader, aggregation_id: str) -> tuple[EncryptedShare, ...]:
 def unpack_shares(control: Control) -> tuple[str, tuple[EncryptedShare, ...]]:
     """The aggregation id and the sealed shares of a ``secagg/shares`` message."""
     _expect_topic(control, SHARES_TOPIC)
-    read = _Reader(control)
+    read = ControlReader(control)
     aggregation_id = read.text("aggregation_id")
     shares = _shares(read, aggregation_id)
     read.done()
     return aggregation_id, shares
 
 
-def _elements(read: _Reader, names_field: str, values_field: str) -> tuple[tuple[str, int], ...]:
+def _elements(read: ControlReader, names_field: str, values_field: str) -> tuple[tuple[str, int], ...]:
     names = read.texts(names_field)
     values = [int.from_bytes(v, "big") for v in read.blobs(values_field, len(names), FIELD_BYTES)]
     if any(v >= FIELD_PRIME for v in values):
@@ -313,19 +259,19 @@ def _expect_topic(control: Control, topic: str) -> None:
         raise PayloadError(f"expected a {topic} message, got {got}")
 
 
-def _setup(read: _Reader, aggregation_id: str) -> SecAggSetup:
+def _setup(read: ControlReader, aggregation_id: str) -> SecAggSetup:
     length = read.integer("vector_length", minimum=1)
     return SecAggSetup(aggregation_id, length, read.positive("scale"), read.positive("clip_range"))
 
 
-def _advertisement(read: _Reader, aggregation_id: str) -> Advertisement:
+def _advertisement(read: ControlReader, aggregation_id: str) -> Advertisement:
     sender = read.text("sender")
     keys = read.blob("c_public", KEY_BYTES), read.blob("s_public", KEY_BYTES)
     signed = read.data("certificate", MAX_CERTIFICATE_BYTES), read.data("signature", MAX_SIGNATURE_BYTES)
     return Advertisement(aggregation_id, sender, *keys, *signed)
 
 
-def _roster(read: _Reader, aggregation_id: str) -> Roster:
+def _roster(read: ControlReader, aggregation_id: str) -> Roster:
     threshold, senders = read.integer("threshold"), read.texts("senders")
     n = len(senders)
     columns = (
@@ -338,17 +284,27 @@ def _roster(read: _Reader, aggregation_id: str) -> Roster:
     return Roster(aggregation_id, threshold, ads, read.data("revocation_list", MAX_REVOCATION_LIST_BYTES))
 
 
-def _request(read: _Reader, aggregation_id: str) -> UnmaskRequest:
-    return UnmaskRequest(aggregation_id, read.texts("survivors"), read.texts("dropped"))
+def _check(read: ControlReader, aggregation_id: str) -> SurvivorCheck:
+    return SurvivorCheck(aggregation_id, read.texts("survivors"), read.texts("dropped"))
 
 
-def _response(read: _Reader, aggregation_id: str) -> UnmaskResponse:
+def _confirmation(read: ControlReader, aggregation_id: str) -> SurvivorSignature:
+    return SurvivorSignature(aggregation_id, read.text("sender"), read.data("signature", MAX_SIGNATURE_BYTES))
+
+
+def _request(read: ControlReader, aggregation_id: str) -> UnmaskRequest:
+    survivors, dropped, signers = read.texts("survivors"), read.texts("dropped"), read.texts("signers")
+    signatures = read.blobs("signatures", len(signers), MAX_SIGNATURE_BYTES, exact=False)
+    return UnmaskRequest(aggregation_id, survivors, dropped, tuple(zip(signers, signatures, strict=True)))
+
+
+def _response(read: ControlReader, aggregation_id: str) -> UnmaskResponse:
     sender = read.text("sender")
     b_shares = _elements(read, "self_mask_names", "self_mask_values")
     return UnmaskResponse(aggregation_id, sender, b_shares, _elements(read, "mask_key_names", "mask_key_values"))
 
 
-def _train(read: _Reader, aggregation_id: str) -> SecureTrainIns:
+def _train(read: ControlReader, aggregation_id: str) -> SecureTrainIns:
     read.prefixes = (_CONFIG,)
     shares = _shares(read, aggregation_id)
     config = _scalars(read.prefixed(_CONFIG), "config entry")
@@ -357,7 +313,7 @@ def _train(read: _Reader, aggregation_id: str) -> SecureTrainIns:
     return SecureTrainIns(TrainIns(control.round, control.arrays, config), aggregation_id, shares)
 
 
-def _masked(read: _Reader, aggregation_id: str) -> MaskedTrainRes:
+def _masked(read: ControlReader, aggregation_id: str) -> MaskedTrainRes:
     read.prefixes = (_METRIC, _META)
     sender, peers = read.text("sender"), read.texts("peers")
     commitment = read.blob("seed_commitment", COMMITMENT_BYTES)
@@ -378,12 +334,14 @@ def _masked(read: _Reader, aggregation_id: str) -> MaskedTrainRes:
     return MaskedTrainRes(MaskedInput(aggregation_id, sender, peers, commitment, vector), examples, metrics, meta)
 
 
-_READERS: dict[type, Callable[[_Reader, str], object]] = {
+_READERS: dict[type, Callable[[ControlReader, str], object]] = {
     SecAggSetup: _setup,
     Advertisement: _advertisement,
     Roster: _roster,
     SecureTrainIns: _train,
     MaskedTrainRes: _masked,
+    SurvivorCheck: _check,
+    SurvivorSignature: _confirmation,
     UnmaskRequest: _request,
     UnmaskResponse: _response,
 }
@@ -392,7 +350,7 @@ _READERS: dict[type, Callable[[_Reader, str], object]] = {
 def unpack(control: Control, kind: type[M]) -> M:
     """The message of type ``kind`` a control record carries, every field checked (else a PayloadError)."""
     _expect_topic(control, TOPICS[kind])
-    read = _Reader(control)
+    read = ControlReader(control)
     message = _READERS[kind](read, read.text("aggregation_id"))
     read.done()
     if not isinstance(message, kind):  # pragma: no cover - _READERS maps each kind to its own reader

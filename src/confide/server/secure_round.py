@@ -1,7 +1,7 @@
 """A secure-aggregation round: the server learns the sum of the sites' updates, never one of them.
 
 :class:`~confide.server.loop.ServerLoop` hands a round to :class:`SecureRound` when the job sets
-``privacy.secure_aggregation``. The round is four exchanges over the same transport (the protocol is described in
+``privacy.secure_aggregation``. The round is five exchanges over the same transport (the protocol is described in
 :mod:`confide.privacy.secagg`, the messages in :mod:`confide.privacy.secagg_wire`, a site's side in
 :mod:`confide.site.secure`):
 
@@ -14,8 +14,10 @@
 3. **train**: every participant gets the model, the round's config and the shares routed to it; it trains, runs
    its privacy chain, masks the update and answers the masked vector (uniform-looking uint32) with its number of
    examples and metrics in clear. The masked vectors are added as they arrive (memory does not grow with sites).
-4. **unmask**: every site whose masked update arrived (a survivor) gets the list of survivors and dropped
-   participants; from at least ``t`` answers the server removes the masks and decodes the sum.
+4. **confirm**: every site whose masked update arrived (a survivor) gets the list of survivors and dropped
+   participants and signs it (the consistency check of Bonawitz et al.); at least ``t`` signatures are needed.
+5. **unmask**: the survivors that signed get the same lists with the signatures; each checks them and answers its
+   shares; from at least ``t`` answers the server removes the masks and decodes the sum.
 
 The next model adds ``sum / count``: under secure aggregation the updates are averaged with **equal weights**
 (the server cannot weigh what it cannot see). A site that fails or refuses a step, answers out of turn, speaks under
@@ -42,6 +44,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 import numpy as np
+from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 from confide import serde
@@ -55,12 +58,14 @@ from confide.privacy.secagg import (
     Roster,
     SecAggError,
     SecAggServer,
+    SurvivorCheck,
+    SurvivorSignature,
     UnmaskRequest,
     UnmaskResponse,
     check_no_wrap,
     default_threshold,
 )
-from confide.privacy.secagg_identity import check_signature
+from confide.privacy.secagg_identity import check_signature, check_survivor_signature
 from confide.privacy.secagg_wire import (
     MaskedTrainRes,
     SecAggSetup,
@@ -136,6 +141,7 @@ class SecureRound:
         self.on_site = on_site or (lambda site, ok, detail: None)
         self.failures: dict[str, str] = {}
         self.site_seconds = 0.0
+        self._certificates: dict[str, x509.Certificate] = {}  # each site's, from its signed advertisement
 
     def run(self, rnd: int, global_arrays: Arrays, instructions: Mapping[str, TrainIns]) -> Aggregate:
         """The round's aggregate (the next model, the sites in the sum), or RoundFailed naming the shortfall."""
@@ -157,7 +163,7 @@ class SecureRound:
         server, roster = self._advertise(rnd, sorted(instructions), setup)
         routed = self._share(rnd, server, roster)
         examples, metrics = self._train(rnd, server, instructions, routed)
-        result = self._unmask(rnd, server)
+        result = self._unmask(rnd, server, self._confirm(rnd, server))
         self._need(rnd, result.count, "are in the sum")
         return self._aggregate(rnd, global_arrays, result.sum / result.count, result.contributors, examples, metrics)
 
@@ -171,9 +177,9 @@ class SecureRound:
             with self._left_out(rnd, "advertise", site):
                 ad = unpack(control, Advertisement)
                 self._check_sender(site, ad.sender, ad.aggregation_id, setup.aggregation_id)
-                check_signature(ad, rnd)  # an unsigned site would make every other site refuse the roster
+                cert = check_signature(ad, rnd)  # an unsigned site would make every other site refuse the roster
                 _check_keys(ad, seen)
-                ads[site] = ad
+                ads[site], self._certificates[site] = ad, cert
         self._need(rnd, len(ads), "advertised keys")
         threshold = self.settings.threshold_for(len(ads))
         server = SecAggServer(
@@ -230,12 +236,40 @@ class SecureRound:
         self._need(rnd, len(examples), "sent masked updates")
         return examples, metrics
 
-    def _unmask(self, rnd: int, server: SecAggServer) -> AggregateResult:
-        """Step 4: the survivors' shares of the masks; the sum, unmasked."""
+    def _confirm(self, rnd: int, server: SecAggServer) -> UnmaskRequest:
+        """Step 4: the survivors' signatures over the survivor set; the unmask request, carrying them."""
         request = server.unmask_request()
+        agg, survivors, dropped = server.aggregation_id, request.survivors, request.dropped
+        message = serde.encode_parts(pack(rnd, SurvivorCheck(agg, survivors, dropped)))
+        signatures: dict[str, bytes] = {}
+        for site, control, seconds in self._step(rnd, "confirm", dict.fromkeys(survivors, message)):
+            self.site_seconds += seconds
+            with self._left_out(rnd, "confirm", site):
+                signed = unpack(control, SurvivorSignature)
+                self._check_sender(site, signed.sender, signed.aggregation_id, agg)
+                check_survivor_signature(
+                    self._certificates[site],
+                    site,
+                    signed.signature,
+                    aggregation_id=agg,
+                    round=rnd,
+                    survivors=survivors,
+                    dropped=dropped,
+                )
+                signatures[site] = signed.signature
+        if len(signatures) < server.threshold:
+            raise SecAggError(
+                f"only {len(signatures)} survivors signed the survivor set, threshold is {server.threshold} "
+                f"(short by {server.threshold - len(signatures)}): the sum cannot be unmasked"
+            )
+        return replace(request, signatures=tuple(sorted(signatures.items())))
+
+    def _unmask(self, rnd: int, server: SecAggServer, request: UnmaskRequest) -> AggregateResult:
+        """Step 5: the shares of the masks from the survivors that signed; the sum, unmasked."""
         message = serde.encode_parts(pack(rnd, request))
         responses: list[UnmaskResponse] = []
-        for site, control, seconds in self._step(rnd, "unmask", dict.fromkeys(request.survivors, message)):
+        signers = [site for site, _ in request.signatures]
+        for site, control, seconds in self._step(rnd, "unmask", dict.fromkeys(signers, message)):
             self.site_seconds += seconds
             with self._left_out(rnd, "unmask", site):
                 response = unpack(control, UnmaskResponse)
@@ -299,7 +333,7 @@ class SecureRound:
             self._drop(rnd, step, site, str(exc))
 
     def _drop(self, rnd: int, step: str, site: str, reason: str, *, tell: bool = True) -> None:
-        note = " (its masked update is in the sum)" if step == "unmask" else ""
+        note = " (its masked update is in the sum)" if step in ("confirm", "unmask") else ""
         message = f"site {site}: secure aggregation, {step} step: {reason}{note}"
         self.failures[site] = message
         log.warning("round %d: %s", rnd, message)

@@ -13,34 +13,53 @@ whole aggregation, with a reason naming the member):
 Then the numbers: at least ``min_roster`` verified sites (the site's policy), a threshold above half of them (a
 server lying about dropouts cannot unmask a single update) and at least ``min_roster`` (every sum the server can
 unmask holds at least that many updates).
+
+Later, the consistency check of Bonawitz et al.: a site signs one survivor set per aggregation
+(:func:`check_survivors`), and answers an unmask request only for the set it signed and only with the signatures of
+at least the threshold of survivors over that same set (:func:`check_confirmations`). Without it a server could
+show different sites different survivor sets and, from their answers, unmask a sum of fewer updates than the
+threshold.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
+from types import MappingProxyType
 
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from confide.errors import ConfigError
 from confide.privacy.secagg import Advertisement, Roster, SecAggError
-from confide.privacy.secagg_identity import RevocationList, SiteIdentity, check_signature, newest_revocation_list
+from confide.privacy.secagg_identity import (
+    RevocationList,
+    SiteIdentity,
+    check_signature,
+    check_survivor_signature,
+    newest_revocation_list,
+)
 from confide.provision import IdentityError, site_identity
 
-__all__ = ["VerifiedRoster", "verify_roster"]
+__all__ = ["VerifiedRoster", "check_confirmations", "check_survivors", "verify_roster"]
 
 
 @dataclass(frozen=True)
 class VerifiedRoster:
-    """A roster whose every member is a verified site: their names, the threshold, the revocation list used."""
+    """A roster whose every member is a verified site: their names, the threshold, the revocation list used, and
+    each member's verified certificate (to check its signature over the survivor set later)."""
 
     names: tuple[str, ...]
     threshold: int
     revocation: RevocationList
+    certificates: Mapping[str, x509.Certificate] = field(repr=False)
 
 
-def _check_member(ad: Advertisement, identity: SiteIdentity, revoked: frozenset[int], round: int, now: datetime) -> int:
-    """The member's certificate serial number once its certificate and signature hold."""
+def _check_member(
+    ad: Advertisement, identity: SiteIdentity, revoked: frozenset[int], round: int, now: datetime
+) -> x509.Certificate:
+    """The member's certificate once it and the member's signature hold."""
     who = f"roster member {ad.sender!r}"
     cert = check_signature(ad, round)
     try:
@@ -49,7 +68,7 @@ def _check_member(ad: Advertisement, identity: SiteIdentity, revoked: frozenset[
         raise SecAggError(f"{who}: {exc}") from None
     if name != ad.sender:
         raise SecAggError(f"{who} presents the certificate of site {name!r}: its keys are not that member's")
-    return cert.serial_number
+    return cert
 
 
 def verify_roster(
@@ -87,13 +106,17 @@ def verify_roster(
         now=now,
     )
     serials: dict[int, str] = {}
+    certificates: dict[str, x509.Certificate] = {}
     for ad in roster.advertisements:
         if ad.aggregation_id != roster.aggregation_id:
             raise SecAggError(f"roster member {ad.sender!r} advertised for aggregation {ad.aggregation_id!r}")
-        serial = _check_member(ad, identity, revocation.serials, round, now)
-        if serial in serials:
-            raise SecAggError(f"roster members {serials[serial]!r} and {ad.sender!r} present one certificate")
-        serials[serial] = ad.sender
+        cert = _check_member(ad, identity, revocation.serials, round, now)
+        if cert.serial_number in serials:
+            raise SecAggError(
+                f"roster members {serials[cert.serial_number]!r} and {ad.sender!r} present one certificate"
+            )
+        serials[cert.serial_number] = ad.sender
+        certificates[ad.sender] = cert
     n, t = len(names), roster.threshold
     if n < min_roster:
         raise SecAggError(
@@ -109,4 +132,61 @@ def verify_roster(
             f"the roster's threshold {t} is below this site's minimum of {min_roster} contributors: the server "
             f"could unmask a sum of only {t} updates"
         )
-    return VerifiedRoster(names=names, threshold=t, revocation=revocation)
+    return VerifiedRoster(names, t, revocation, MappingProxyType(certificates))
+
+
+def check_survivors(
+    survivors: tuple[str, ...], dropped: tuple[str, ...], *, peers: tuple[str, ...], me: str, threshold: int
+) -> None:
+    """Refuse a survivor set that this site must not sign: not the participants split in two, this site not among
+    the survivors, or fewer survivors than the threshold (the sum would hold fewer updates)."""
+    both = sorted(set(survivors) & set(dropped))
+    if both:
+        raise SecAggError(f"the survivor set names {both} both as survivors and as dropped")
+    if len(set(survivors)) != len(survivors) or len(set(dropped)) != len(dropped):
+        raise SecAggError("the survivor set names a participant twice")
+    named = set(survivors) | set(dropped)
+    if named != set(peers):
+        unknown, missing = sorted(named - set(peers)), sorted(set(peers) - named)
+        raise SecAggError(
+            f"the survivor set does not split the participants (unknown: {unknown}, missing: {missing[:5]})"
+        )
+    if me not in survivors:
+        raise SecAggError("the survivor set does not list this site as a survivor")
+    if len(survivors) < threshold:
+        raise SecAggError(f"only {len(survivors)} survivors, threshold is {threshold}: refusing to unmask")
+
+
+def check_confirmations(
+    signatures: tuple[tuple[str, bytes], ...],
+    roster: VerifiedRoster,
+    *,
+    aggregation_id: str,
+    round: int,
+    survivors: tuple[str, ...],
+    dropped: tuple[str, ...],
+) -> None:
+    """At least the threshold of distinct survivors signed this very survivor set (each site signs one set per
+    aggregation, and the threshold is above half the roster: no two sets can both gather that many), so every
+    site answering the unmask request was shown the same survivors, and the server learns the sum of those only."""
+    valid: set[str] = set()
+    for signer, signature in signatures:
+        if signer in valid:
+            raise SecAggError(f"survivor {signer!r} is listed twice among the signatures of the survivor set")
+        if signer not in survivors or signer not in roster.certificates:
+            raise SecAggError(f"the survivor set is signed by {signer!r}, which is not one of its survivors")
+        check_survivor_signature(
+            roster.certificates[signer],
+            signer,
+            signature,
+            aggregation_id=aggregation_id,
+            round=round,
+            survivors=survivors,
+            dropped=dropped,
+        )
+        valid.add(signer)
+    if len(valid) < roster.threshold:
+        raise SecAggError(
+            f"only {len(valid)} survivors signed the survivor set, threshold is {roster.threshold}: other sites may "
+            "have been shown other survivors, refusing to unmask"
+        )

@@ -1,5 +1,5 @@
 """One site's side of secure-aggregation rounds: a :class:`~confide.privacy.secagg.SecAggClient` per aggregation,
-kept between the round's four exchanges, so that the update leaves the site only masked.
+kept between the round's five exchanges, so that the update leaves the site only masked.
 
 The steps, in this order and once each (anything else is refused and ends the site's part in the aggregation):
 
@@ -14,8 +14,11 @@ The steps, in this order and once each (anything else is refused and ends the si
    the ledger), with the verified threshold as the fewest contributors to any sum the server can unmask; flatten
    the dense update into one float vector in the model's array order, mask it with the shares routed here,
    answer the masked vector with the number of examples and the metrics in clear;
-4. ``secagg/unmask``: answer the shares the server may have (one request only, naming at least the threshold
-   of survivors).
+4. ``secagg/confirm``: sign the survivor set the server names (the participants split into survivors and dropped,
+   this site a survivor, at least the threshold of survivors); one set per aggregation;
+5. ``secagg/unmask``: answer the shares the server may have, once, and only for the set this site signed and
+   with the signatures of at least the threshold of survivors over that same set (the consistency check of
+   Bonawitz et al.: every site that answers was shown the same survivors).
 
 A site without an identity (``identity=None``) refuses every aggregation at the first step.
 
@@ -36,8 +39,17 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from confide.errors import ConfigError, PayloadError
-from confide.privacy.secagg import Advertisement, RandomBytes, Roster, SecAggClient, SecAggError, UnmaskRequest
-from confide.privacy.secagg_identity import SiteIdentity, sign_advertisement
+from confide.privacy.secagg import (
+    Advertisement,
+    RandomBytes,
+    Roster,
+    SecAggClient,
+    SecAggError,
+    SurvivorCheck,
+    SurvivorSignature,
+    UnmaskRequest,
+)
+from confide.privacy.secagg_identity import SiteIdentity, sign_advertisement, sign_survivors
 from confide.privacy.secagg_wire import (
     TOPICS,
     MaskedTrainRes,
@@ -49,7 +61,7 @@ from confide.privacy.secagg_wire import (
     unpack,
 )
 from confide.records import Control, Failure, Record, SparseArrays, TrainIns, TrainRes
-from confide.site.roster_check import verify_roster
+from confide.site.roster_check import VerifiedRoster, check_confirmations, check_survivors, verify_roster
 from confide.strategies.aggregate import flatten
 
 if TYPE_CHECKING:
@@ -67,7 +79,8 @@ SHARED_META = frozenset({"filters", "epsilon", "delta", "task_seconds", "dp_clip
 _NEXT = {  # the step each topic needs the aggregation to be at
     TOPICS[Roster]: "advertised",
     TOPICS[SecureTrainIns]: "shared",
-    TOPICS[UnmaskRequest]: "masked",
+    TOPICS[SurvivorCheck]: "masked",
+    TOPICS[UnmaskRequest]: "confirmed",
 }
 
 
@@ -78,7 +91,10 @@ class _Aggregation:
     client: SecAggClient
     advertisement: Advertisement  # signed, as sent
     stage: str = "advertised"
+    roster: VerifiedRoster | None = None
     threshold: int = 0  # the verified roster's threshold: no sum of fewer masked updates can be unmasked
+    peers: tuple[str, ...] = ()  # the participants this site masked its update with
+    signed: tuple[tuple[str, ...], tuple[str, ...]] | None = None  # the survivor set (and dropped) it signed
 
 
 class SecureSite:
@@ -137,6 +153,8 @@ class SecureSite:
                 return self._share(current, control)
             if control.topic == TOPICS[SecureTrainIns]:
                 return self._mask(current, control)
+            if control.topic == TOPICS[SurvivorCheck]:
+                return self._confirm(current, control)
             return self._unmask(current, control)
         except (PayloadError, SecAggError) as exc:
             return self._refuse(control.round, f"secure aggregation refused: {exc}")
@@ -187,7 +205,7 @@ class SecureSite:
         )
         self._revocations = verified.revocation.data
         shares = current.client.share(roster)
-        current.threshold = verified.threshold
+        current.roster, current.threshold = verified, verified.threshold
         current.stage = "shared"
         self._current = current
         return pack_shares(control.round, current.setup.aggregation_id, shares)
@@ -213,14 +231,42 @@ class SecureSite:
                 current.setup.clip_range,
             )
         masked = current.client.mask(vector, ins.shares)
+        current.peers = masked.peers
         current.stage = "masked"
         self._current = current
         meta = {key: value for key, value in res.meta.items() if key in SHARED_META}
         return pack_masked(control.round, MaskedTrainRes(masked, res.num_examples, res.metrics, meta))
 
+    def _confirm(self, current: _Aggregation, control: Control) -> Control:
+        check = unpack(control, SurvivorCheck)
+        self._check_id(current, check.aggregation_id)
+        survivors, dropped = tuple(check.survivors), tuple(check.dropped)
+        check_survivors(survivors, dropped, peers=current.peers, me=self.name, threshold=current.threshold)
+        assert self.identity is not None  # no aggregation starts without one
+        agg = current.setup.aggregation_id
+        signature = sign_survivors(self.identity, agg, current.round, survivors, dropped)
+        current.signed = (survivors, dropped)
+        current.stage = "confirmed"
+        self._current = current
+        return pack(control.round, SurvivorSignature(agg, self.name, signature))
+
     def _unmask(self, current: _Aggregation, control: Control) -> Control:
         request = unpack(control, UnmaskRequest)
         self._check_id(current, request.aggregation_id)
+        survivors, dropped = tuple(request.survivors), tuple(request.dropped)
+        if (survivors, dropped) != current.signed:
+            raise SecAggError(
+                "the unmask request names other survivors or dropped participants than the set this site signed"
+            )
+        assert current.roster is not None
+        check_confirmations(
+            tuple(request.signatures),
+            current.roster,
+            aggregation_id=current.setup.aggregation_id,
+            round=current.round,
+            survivors=survivors,
+            dropped=dropped,
+        )
         return pack(control.round, current.client.unmask(request))
 
 
