@@ -29,7 +29,6 @@ from confide.server import checkpoint
 from confide.server.loop import LoopConfig, RoundEvents, ServerLoop
 from confide.server.secure_round import SecureSettings
 from confide.site.runner import SiteRunner
-from confide.site.secure import attach_identity
 from confide.strategies import Strategy
 from confide.transport.grpc_client import SiteClient
 from confide.transport.grpc_server import FederationService, ServiceConfig, read_kit_file, start_server
@@ -205,7 +204,9 @@ def private_runner(kit: Path, name: str, job: JobConfig, task: Any) -> SiteRunne
         delta = privacy.budget.delta if privacy.budget else 1e-5
         budget = privacy.budget.epsilon if privacy.budget else None
         ledger = Ledger.open_kit(name, kit, delta=delta, budget=budget)
-    runner = SiteRunner(
+    # Secure aggregation signs with the kit's identity and accepts only rosters of at least the sites the noise
+    # is sized for. A kit without site.yaml (no identity) refuses every secure aggregation.
+    return SiteRunner(
         name,
         task,
         chain=chain,
@@ -213,12 +214,9 @@ def private_runner(kit: Path, name: str, job: JobConfig, task: Any) -> SiteRunne
         secure_aggregation=privacy.secure_aggregation,
         job=job.name,
         private=privacy.spends,
+        identity=kit_identity(kit) if (kit / "site.yaml").is_file() else None,
+        min_roster=privacy.min_contributors or 1,
     )
-    # Secure aggregation signs with the kit's identity and accepts only rosters of at least the sites the noise
-    # is sized for. A kit without site.yaml (no identity) refuses every secure aggregation.
-    identity = kit_identity(kit) if (kit / "site.yaml").is_file() else None
-    attach_identity(runner, identity, min_roster=privacy.min_contributors or 1)
-    return runner
 
 
 def kit_identity(kit: Path) -> SiteIdentity:

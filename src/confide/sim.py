@@ -14,7 +14,6 @@ from confide.records import Arrays
 from confide.server.loop import History, LoopConfig, RoundEvents, ServerLoop
 from confide.sim_identities import SimFederation
 from confide.site.runner import SiteRunner
-from confide.site.secure import attach_identity
 from confide.strategies.base import Strategy
 from confide.tasks.base import Task
 from confide.transport.inmemory import InMemoryTransport
@@ -46,6 +45,10 @@ def simulate(
     identity in ``federation`` (by default an in-memory CA and one certificate per site, made here; a site it
     lacks has no identity and refuses) and at least ``min_roster`` verified sites in any aggregation. The server
     sends the federation's revocation list unless ``config.secure`` names one."""
+    if config.secure is not None:
+        federation = federation or SimFederation.create(tasks)
+        if not config.secure.revocation_list:
+            config = replace(config, secure=replace(config.secure, revocation_list=federation.revocation_list))
     runners = {
         name: SiteRunner(
             name,
@@ -54,16 +57,11 @@ def simulate(
             ledger=(ledgers or {}).get(name),
             secure_aggregation=config.secure is not None,
             job=job,
+            identity=federation.identities.get(name) if federation is not None else None,
+            min_roster=min_roster,
         )
         for name, task in tasks.items()
     }
-    if config.secure is not None:
-        federation = federation or SimFederation.create(tasks)
-        if not config.secure.revocation_list:
-            config = replace(config, secure=replace(config.secure, revocation_list=federation.revocation_list))
-    for name, runner in runners.items():
-        identity = federation.identities.get(name) if federation is not None else None
-        attach_identity(runner, identity, min_roster=min_roster)
     transport = InMemoryTransport(runners)
     loop = ServerLoop(strategy, transport, initial, config, events)
     history = loop.run()

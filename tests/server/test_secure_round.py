@@ -26,7 +26,6 @@ from confide.server.secure_round import SecureSettings
 from confide.sim import simulate
 from confide.sim_identities import SimFederation
 from confide.site.runner import SiteRunner
-from confide.site.secure import attach_identity
 from confide.strategies import DPFedAvg, FedAvg, fed_median, make_strategy
 from confide.transport.base import Reply
 from confide.transport.inmemory import Endpoint, InMemoryTransport
@@ -88,9 +87,7 @@ class Tap:
 
 def _runner(name: str, task: QuadraticTask, *, secure: bool = True) -> SiteRunner:
     """A site of FED: it signs its keys and checks rosters with its identity."""
-    runner = SiteRunner(name, task, secure_aggregation=secure)
-    attach_identity(runner, FED.identities[name])
-    return runner
+    return SiteRunner(name, task, secure_aggregation=secure, identity=FED.identities[name])
 
 
 def _loop(tasks: Mapping[str, QuadraticTask], cut: Mapping[str, str] | None = None, **config: object) -> ServerLoop:
@@ -228,7 +225,9 @@ def test_distributed_noise_under_secure_aggregation_is_accounted_for_the_smalles
     chains = {name: site_chain(privacy, len(tasks)) for name in tasks}
     strategy = make_strategy("fedavg", {"lr": 0.5}, privacy=privacy)
 
-    result = simulate(strategy, tasks, START, LoopConfig(rounds=1, secure=SECURE), chains=chains, ledgers=ledgers)
+    result = simulate(
+        strategy, tasks, START, LoopConfig(rounds=1, secure=SECURE), chains=chains, ledgers=ledgers, min_roster=4
+    )
 
     assert isinstance(strategy, DPFedAvg) and result.history.rounds[0].sites == ("a", "b", "c", "d")
     spends = [ledger.gaussian for ledger in ledgers.values() if ledger is not None]

@@ -22,7 +22,7 @@ from confide.privacy.secagg_wire import (
 from confide.records import Arrays, Control, Failure, Record, SparseArrays, TrainIns, TrainRes
 from confide.sim_identities import SimFederation
 from confide.site.runner import SiteRunner
-from confide.site.secure import SecureSite, Train, attach_identity
+from confide.site.secure import SecureSite, Train
 from tests.helpers import QuadraticTask, arrays
 
 AGG = "round-1-site-test"
@@ -83,8 +83,7 @@ def test_a_site_that_requires_secure_aggregation_refuses_a_plain_round() -> None
 
 
 def test_steps_out_of_order_are_refused() -> None:
-    runner = SiteRunner("a", QuadraticTask(arrays(w=[1.0, 1.0, 1.0]), 5))
-    attach_identity(runner, FED.identities["a"])
+    runner = SiteRunner("a", QuadraticTask(arrays(w=[1.0, 1.0, 1.0]), 5), identity=FED.identities["a"])
     early_unmask = pack(1, UnmaskRequest(AGG, ("a", "b"), ()))
 
     refused = _ask(runner, early_unmask)

@@ -10,9 +10,11 @@ whole aggregation, with a reason naming the member):
 * the member's signature over its keys verifies for this aggregation and this round
   (:func:`~confide.privacy.secagg_identity.check_signature`).
 
-Then the numbers: at least ``min_roster`` verified sites (the site's policy), a threshold above half of them (a
-server lying about dropouts cannot unmask a single update) and at least ``min_roster`` (every sum the server can
-unmask holds at least that many updates).
+Then the numbers: at least ``min_roster`` verified sites (the site's policy) and a threshold above half of them (a
+server lying about dropouts cannot unmask a single update). The threshold t is the fewest updates any sum the
+server can unmask holds; training is told it, and the site's ledger charges its distributed noise for
+min(t, min_roster) shares of it (a threshold below the policy's minimum costs the site more epsilon, honestly
+accounted, rather than refusing the round).
 
 Later, the consistency check of Bonawitz et al.: a site signs one survivor set per aggregation
 (:func:`check_survivors`), and answers an unmask request only for the set it signed and only with the signatures of
@@ -126,11 +128,6 @@ def verify_roster(
         raise SecAggError(
             f"the roster's threshold {t} is not above half of its {n} members: a server lying about dropouts "
             "could unmask a single update"
-        )
-    if t < min_roster:
-        raise SecAggError(
-            f"the roster's threshold {t} is below this site's minimum of {min_roster} contributors: the server "
-            f"could unmask a sum of only {t} updates"
         )
     return VerifiedRoster(names, t, revocation, MappingProxyType(certificates))
 

@@ -22,6 +22,7 @@ from confide import serde
 from confide.errors import ConfideError, PrivacyError
 from confide.privacy.filter import FilterChain
 from confide.privacy.ledger import Ledger
+from confide.privacy.secagg_identity import SiteIdentity
 from confide.privacy.spend import Spend
 from confide.records import Arrays, Control, EvalIns, Failure, Record, TrainIns, TrainRes
 from confide.site.release import DP_EVALUATION_REFUSAL, release
@@ -45,9 +46,13 @@ class SiteRunner:
         secure_aggregation: bool = False,
         job: str = "",
         private: bool | None = None,
+        identity: SiteIdentity | None = None,
+        min_roster: int = 1,
     ) -> None:
         """``private``: whether the site runs under differential privacy (its privacy configuration spends
-        privacy); by default, whether its chain or its task's training spends any."""
+        privacy); by default, whether its chain or its task's training spends any. ``identity``: the site's key and
+        certificate, with which it signs its secure-aggregation keys and checks every roster (without one it
+        refuses secure aggregation); ``min_roster``: the fewest verified sites it accepts in an aggregation."""
         self.name = name
         self.task = task
         self.chain = chain or FilterChain()
@@ -61,7 +66,7 @@ class SiteRunner:
         self.max_bytes = max_bytes
         self.notices: list[str] = []
         self.secure_aggregation = secure_aggregation
-        self.secure = SecureSite(name, self._train)
+        self.secure = SecureSite(name, self._train, identity=identity, min_roster=min_roster)
 
     def notice(self, message: str) -> None:
         """A message from the server about this site (for example, why its update was rejected)."""

@@ -34,7 +34,6 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -63,9 +62,6 @@ from confide.privacy.secagg_wire import (
 from confide.records import Control, Failure, Record, SparseArrays, TrainIns, TrainRes
 from confide.site.roster_check import VerifiedRoster, check_confirmations, check_survivors, verify_roster
 from confide.strategies.aggregate import flatten
-
-if TYPE_CHECKING:
-    from confide.site.runner import SiteRunner
 
 log = logging.getLogger(__name__)
 
@@ -268,9 +264,3 @@ class SecureSite:
             dropped=dropped,
         )
         return pack(control.round, current.client.unmask(request))
-
-
-def attach_identity(runner: SiteRunner, identity: SiteIdentity | None, *, min_roster: int = 1) -> None:
-    """Give ``runner`` the secure-aggregation steps of a site with this identity and minimum roster (until
-    :class:`~confide.site.runner.SiteRunner` takes them as arguments itself)."""
-    runner.secure = SecureSite(runner.name, runner._train, identity=identity, min_roster=min_roster)
