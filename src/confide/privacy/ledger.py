@@ -2,8 +2,10 @@
 
 Composition is done properly, never by adding up epsilons where a tighter bound exists:
 
-- Gaussian releases (client-level DP-FedAvg, DP-SGD steps) are composed with the Renyi-DP accountant of
-  ``dp-accounting`` (subsampled where a sampling rate below 1 applies) and converted to epsilon at the ledger's delta;
+- Gaussian releases (client-level DP-FedAvg, DP-SGD steps) are composed with two accountants of ``dp-accounting``,
+  the Renyi-DP accountant and the privacy-loss-distribution (PLD) accountant with pessimistic discretisation
+  (subsampled where a sampling rate below 1 applies); both give an upper bound on epsilon at the ledger's delta,
+  and the ledger reports the smaller (PLD is usually 5-15 % tighter for many subsampled steps);
 - pure epsilon-DP releases (the sparse vector technique, Laplace) add their epsilons (basic composition, delta 0);
 - the two parts add: an (eps_g, delta) mechanism composed with an (eps_p, 0) one is (eps_g + eps_p, delta)-DP.
 
@@ -28,7 +30,7 @@ from typing import Any
 
 import dp_accounting
 import numpy as np
-from dp_accounting import rdp
+from dp_accounting import pld, rdp
 
 from confide.errors import BUDGET_REFUSAL, ConfigError
 from confide.privacy.spend import Spend
@@ -186,13 +188,45 @@ def _unit_rdp(noise_multiplier: float, sampling_rate: float) -> tuple[float, ...
     return tuple(float(v) for v in accountant._rdp)  # composition adds these: k releases cost k times them
 
 
+PLD_INTERVAL = 1e-2
+"""Discretisation of the privacy-loss distributions (pessimistic: a coarser grid only loosens the bound)."""
+PLD_UP_TO = 100.0
+"""The PLD accountant is consulted only below this RDP epsilon (above it the bound means nothing anyway)."""
+
+
+@functools.lru_cache(maxsize=4096)
+def _pld_epsilon(groups: tuple[tuple[float, float, int], ...], delta: float) -> float:
+    """Epsilon at ``delta`` of releases grouped as (noise multiplier, sampling rate, count), by the PLD accountant."""
+    accountant = pld.PLDAccountant(value_discretization_interval=PLD_INTERVAL)
+    for noise_multiplier, sampling_rate, count in groups:
+        event: dp_accounting.DpEvent = dp_accounting.GaussianDpEvent(noise_multiplier)
+        if sampling_rate < 1.0:
+            event = dp_accounting.PoissonSampledDpEvent(sampling_rate, event)
+        accountant.compose(event, count)
+    return float(accountant.get_epsilon(delta))
+
+
+def _groups(gaussian: Sequence[Spend]) -> tuple[tuple[float, float, int], ...]:
+    counts: dict[tuple[float, float], int] = {}
+    for spend in gaussian:
+        key = (spend.noise_multiplier, spend.sampling_rate)
+        counts[key] = counts.get(key, 0) + spend.steps
+    return tuple(sorted((z, q, n) for (z, q), n in counts.items()))
+
+
 def _epsilon(gaussian: Sequence[Spend], pure: float, delta: float) -> float:
     if not gaussian:
         return pure
+    groups = _groups(gaussian)
     total = np.zeros(len(ORDERS))
-    for spend in gaussian:
-        total += spend.steps * np.asarray(_unit_rdp(spend.noise_multiplier, spend.sampling_rate))
+    for z, q, count in groups:
+        total += count * np.asarray(_unit_rdp(z, q))
     epsilon = float(rdp.rdp_privacy_accountant.compute_epsilon(ORDERS, total, delta)[0])
+    if math.isfinite(epsilon) and epsilon < PLD_UP_TO:
+        try:
+            epsilon = min(epsilon, _pld_epsilon(groups, delta))
+        except (ValueError, ArithmeticError, MemoryError):  # the RDP bound stands on its own
+            pass
     return epsilon + pure if math.isfinite(epsilon) else math.inf
 
 
