@@ -2,10 +2,15 @@
 
 Each configuration runs FedAvg on a logistic model for several seeds (the split and the training differ per seed);
 the metric is test accuracy per hospital, averaged over the four.
+
+Under differential privacy a site does not send its number of training rows (it is data), so FedAvg weighs the
+hospitals equally; without privacy it weighs them by rows. The row "no privacy, equal weights" separates the two
+effects: the cost of DP is read against it.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -15,16 +20,30 @@ from confide.data.tables import heart_disease
 from confide.privacy.build import site_chain, site_ledger
 from confide.privacy.config import DpSgdSpec, PrivacyConfig
 from confide.privacy.ledger import noise_multiplier_for
+from confide.records import Arrays, Config, EvalRes, TrainRes
 from confide.server.loop import LoopConfig
 from confide.sim import simulate
 from confide.strategies import make_strategy
 from confide.tasks.tabular import TabularTask, table_initial
 
 ROUNDS, STEPS, BATCH = 30, 5, 8
+DP_FAMILIES = ("svt", "client-dp", "dp-sgd")
+NOMINAL = 10.0
+"""Above this epsilon a configuration is flagged: nominal DP, no meaningful protection."""
+
+
+def protection(family: str, epsilon: float) -> str:
+    """What a row's guarantee is worth, in words."""
+    if family not in DP_FAMILIES:
+        return "not DP"
+    return "nominal, no meaningful protection" if epsilon > NOMINAL else f"DP (epsilon <= {NOMINAL:g})"
 
 
 def table_configurations() -> list[tuple[str, str, dict[str, Any]]]:
-    runs: list[tuple[str, str, dict[str, Any]]] = [("no privacy", "none", {})]
+    runs: list[tuple[str, str, dict[str, Any]]] = [
+        ("no privacy", "none", {}),
+        ("no privacy, equal weights", "equal", {}),
+    ]
     for fraction in (0.1, 0.25, 0.4, 0.6):
         runs.append(
             (f"share {fraction:.0%}", "share:reported", {"filters": [{"type": "sparsify", "fraction": fraction}]})
@@ -41,6 +60,19 @@ def table_configurations() -> list[tuple[str, str, dict[str, Any]]]:
     return runs
 
 
+class EqualWeight:
+    """A site that reports one example, as a site under DP does: FedAvg then weighs every hospital the same."""
+
+    def __init__(self, task: TabularTask) -> None:
+        self.task = task
+
+    def train(self, arrays: Arrays, config: Config, round: int) -> TrainRes:
+        return replace(self.task.train(arrays, config, round), num_examples=1)
+
+    def evaluate(self, arrays: Arrays, config: Config, round: int) -> EvalRes:
+        return self.task.evaluate(arrays, config, round)
+
+
 def site_dp_sgd(epsilon: float, rows: int) -> DpSgdSpec:
     """The DP-SGD a hospital of ``rows`` training rows runs to spend ``epsilon`` (delta 1e-5) over the whole job:
     a small hospital samples a larger share of its rows per step, so it needs more noise."""
@@ -48,12 +80,14 @@ def site_dp_sgd(epsilon: float, rows: int) -> DpSgdSpec:
     return DpSgdSpec(noise_multiplier=round(sigma + 5e-5, 4), clip=1.0)
 
 
-def run_table(path: Path, seeds: int) -> list[dict[str, Any]]:
+def run_table(path: Path, seeds: int, only: str = "") -> list[dict[str, Any]]:
     first = heart_disease(path, seed=0)
     rows = []
     print(f"\nheart disease ({', '.join(first)}), logistic model, {seeds} seeds")
-    print(f"{'configuration':<32} {'accuracy (mean of 4)':>21} {'spread':>7} {'epsilon':>9}")
+    print(f"{'configuration':<32} {'accuracy (mean of 4)':>21} {'spread':>7} {'epsilon':>9}  protection")
     for label, family, section in table_configurations():
+        if only and only not in label and family not in ("none", "equal"):
+            continue
         plan = section.pop("plan", None)
         privacy = PrivacyConfig.model_validate(
             {**section, **({"dp_sgd": {"noise_multiplier": 1, "clip": 1}} if plan else {})}
@@ -75,11 +109,12 @@ def run_table(path: Path, seeds: int) -> list[dict[str, Any]]:
             }
             ledgers = {site: site_ledger(privacy, site, None) for site in tasks}
             features = next(iter(splits.values())).x_train.shape[1]
+            sites: dict[str, Any] = {s: EqualWeight(t) for s, t in tasks.items()} if family == "equal" else tasks
             result = simulate(
                 make_strategy(
                     "fedavg", {"local_steps": STEPS, "lr": 0.05, "batch_size": BATCH}, privacy=privacy, seed=seed
                 ),
-                tasks,
+                sites,
                 table_initial(features, "logistic", seed),
                 LoopConfig(rounds=ROUNDS, min_sites=len(tasks)),
                 chains={site: site_chain(privacy, len(tasks)) for site in tasks},
@@ -96,6 +131,7 @@ def run_table(path: Path, seeds: int) -> list[dict[str, Any]]:
             "fraction": next((f["fraction"] for f in section.get("filters", []) if f["type"] == "sparsify"), 1.0),
         }
         rows.append(row)
-        eps = f"{row['epsilon']:.3g}" if family in ("svt", "client-dp", "dp-sgd") else "-"
-        print(f"{label:<32} {row['accuracy']:>21.3f} {row['spread']:>7.3f} {eps:>9}", flush=True)
+        eps = f"{row['epsilon']:.3g}" if family in DP_FAMILIES else "-"
+        shown = f"{label:<32} {row['accuracy']:>21.3f} {row['spread']:>7.3f} {eps:>9}"
+        print(f"{shown}  {protection(family, row['epsilon'])}", flush=True)
     return rows

@@ -244,12 +244,15 @@ def site(
 
 @privacy_app.command("report")
 @_clean_errors
-def privacy_report(run: Annotated[Path, typer.Argument(help="a run's report folder (report.out)")]) -> None:
-    """Print the privacy ledger of every site of a run: mechanism, parameters, epsilon per round and in total."""
+def privacy_report(
+    run: Annotated[Path, typer.Argument(help="a run's report folder (report.out), or a site's kit")],
+) -> None:
+    """Print the privacy ledger of every site of a run, or of a site's kit across all its jobs: mechanism,
+    parameters, epsilon per round and in total."""
     from rich.table import Table
 
     from confide.privacy.ledger import read_ledgers
-    from confide.report.tables import ledger_rows
+    from confide.report.tables import ledger_matrix, ledger_rows
 
     ledgers = read_ledgers(run)
     header, body = ledger_rows(ledgers)
@@ -257,6 +260,11 @@ def privacy_report(run: Annotated[Path, typer.Argument(help="a run's report fold
     for row in body:
         table.add_row(*row)
     console.print(table)
+    matrix_header, matrix = ledger_matrix(ledgers)
+    by_round = Table(*matrix_header, title="epsilon spent by the end of each round")
+    for row in matrix:
+        by_round.add_row(*row)
+    console.print(by_round)
     for ledger in ledgers:
         entries = ledger.get("entries") or []
         total = entries[-1]["epsilon_total"] if entries else 0.0

@@ -127,3 +127,21 @@ def test_the_budget_is_kept_per_kit_across_jobs_whatever_their_names(tmp_path: P
     assert again.ledger.epsilon == pytest.approx(runner.ledger.epsilon)  # type: ignore[union-attr]
     assert "privacy budget" in again._train(ins).reason  # type: ignore[union-attr]
     assert {e.job for e in again.ledger.entries} == {"study"}
+
+
+def test_the_report_command_reads_a_kits_ledger_across_jobs(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from confide.cli import app
+
+    kit = _kit(tmp_path, {"filters": [GAUSS]})
+    task = QuadraticTask(arrays(w=[0.0, 0.0]), examples=5)
+    ins = TrainIns(round=1, arrays=arrays(w=[0.0, 0.0]), config={"lr": 0.1})
+    for name in ("first-study", "second-study"):
+        private_runner(kit, "a", parse_job({"name": name, "data": {"root": "x"}}), task)._train(ins)
+
+    printed = CliRunner().invoke(app, ["privacy", "report", str(kit)], terminal_width=200)
+
+    assert printed.exit_code == 0, printed.output
+    assert "first-study" in printed.output and "second-study" in printed.output
+    assert "first-study  │ 1" in printed.output and "second-study │ 1" in printed.output  # the table by round

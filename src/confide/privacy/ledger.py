@@ -18,6 +18,7 @@ the ledgers of a run as a table.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -223,20 +224,23 @@ def _epsilon(gaussian: Sequence[Spend], pure: float, delta: float) -> float:
         total += count * np.asarray(_unit_rdp(z, q))
     epsilon = float(rdp.rdp_privacy_accountant.compute_epsilon(ORDERS, total, delta)[0])
     if math.isfinite(epsilon) and epsilon < PLD_UP_TO:
-        try:
+        with contextlib.suppress(ValueError, ArithmeticError, MemoryError):  # the RDP bound stands on its own
             epsilon = min(epsilon, _pld_epsilon(groups, delta))
-        except (ValueError, ArithmeticError, MemoryError):  # the RDP bound stands on its own
-            pass
     return epsilon + pure if math.isfinite(epsilon) else math.inf
 
 
 def read_ledgers(run: Path) -> list[dict[str, Any]]:
-    """The ledgers stored under a run folder (``RUN/privacy/*.json``), for reports."""
+    """The ledgers stored under a run folder (``RUN/privacy/*.json``), or a site kit's own (``KIT/ledger.json``,
+    across all its jobs), for reports."""
     folder = run / "privacy"
-    if not folder.is_dir():
-        raise ConfigError(f"{run} holds no privacy ledger (no folder {folder})")
+    if (run / "ledger.json").is_file():
+        paths = [run / "ledger.json"]
+    elif folder.is_dir():
+        paths = sorted(folder.glob("*.json"))
+    else:
+        raise ConfigError(f"{run} holds no privacy ledger (neither {folder} nor {run / 'ledger.json'})")
     out = []
-    for path in sorted(folder.glob("*.json")):
+    for path in paths:
         try:
             out.append(json.loads(path.read_text()))
         except (OSError, ValueError) as exc:

@@ -127,14 +127,17 @@ def _coloured(cell: str) -> str:
 
 def ledger_rows(ledgers: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[list[str]]]:
     """The privacy ledgers of a run: one row per site, round and mechanism, with the cumulative (epsilon, delta)."""
+    jobs = len({entry.get("job", "") for ledger in ledgers for entry in ledger.get("entries", [])}) > 1
     header = ["site", "round", "mechanism", "parameters", "epsilon this round", "epsilon total", "delta", "budget"]
+    header = ["job", *header] if jobs else header
     body = []
     for ledger in ledgers:
         budget = ledger.get("budget")
         for entry in ledger.get("entries", []):
             params = ", ".join(f"{k}={_short(v)}" for k, v in sorted(entry["params"].items()))
             body.append(
-                [
+                ([str(entry.get("job", ""))] if jobs else [])
+                + [
                     str(ledger["site"]),
                     str(entry["round"]),
                     str(entry["mechanism"]),
@@ -149,26 +152,43 @@ def ledger_rows(ledgers: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[l
 
 
 def epsilon_by_round(ledgers: Sequence[Mapping[str, Any]]) -> dict[str, dict[int, float]]:
-    """Each site's cumulative epsilon at the end of each round it spent in (site -> round -> epsilon)."""
+    """Each site's cumulative epsilon at the end of each round it spent in (site -> round -> epsilon). A kit's
+    ledger spans several jobs: their rounds are numbered on, one after the other."""
     out: dict[str, dict[int, float]] = {}
     for ledger in ledgers:
         per_round = out.setdefault(str(ledger["site"]), {})
-        for entry in ledger.get("entries", []):
-            per_round[int(entry["round"])] = float(entry["epsilon_total"])
+        totals = _round_totals(ledger)
+        several = len({job for (job, _, _), _ in totals}) > 1
+        for (_, rnd, index), total in totals:
+            per_round[index if several else rnd] = total
     return out
+
+
+def _round_totals(ledger: Mapping[str, Any]) -> list[tuple[tuple[str, int, int], float]]:
+    """((job, round, running index), cumulative epsilon) at the end of each (job, round) of a ledger."""
+    totals: dict[tuple[str, int], float] = {}
+    for entry in ledger.get("entries", []):
+        totals[(str(entry.get("job", "")), int(entry["round"]))] = float(entry["epsilon_total"])
+    return [((job, rnd, i + 1), total) for i, ((job, rnd), total) in enumerate(totals.items())]
 
 
 def ledger_matrix(ledgers: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[list[str]]]:
     """Epsilon spent so far by every site after every round: one row per round, one column per site."""
-    spent = epsilon_by_round(ledgers)
-    sites = sorted(spent)
-    rounds = sorted({r for per in spent.values() for r in per})
-    header = ["round", *sites]
-    body = [[str(r), *(f"{spent[s][r]:.3g}" if r in spent[s] else "-" for s in sites)] for r in rounds]
-    budgets = [ledger.get("budget") for ledger in ledgers]
-    if any(b is not None for b in budgets):
-        by_site = {str(ledger["site"]): ledger.get("budget") for ledger in ledgers}
-        body.append(["budget", *("-" if by_site.get(s) is None else f"{by_site[s]:g}" for s in sites)])
+    sites = sorted(str(ledger["site"]) for ledger in ledgers)
+    cells: dict[tuple[str, int], dict[str, float]] = {}
+    for ledger in ledgers:
+        for (job, rnd, _), total in _round_totals(ledger):
+            cells.setdefault((job, rnd), {})[str(ledger["site"])] = total
+    several = len({job for job, _ in cells}) > 1
+    header = ["job", "round", *sites] if several else ["round", *sites]
+    body = []
+    for (job, rnd), per_site in cells.items():
+        row = [f"{per_site[s]:.3g}" if s in per_site else "-" for s in sites]
+        body.append([job, str(rnd), *row] if several else [str(rnd), *row])
+    by_site = {str(ledger["site"]): ledger.get("budget") for ledger in ledgers}
+    if any(b is not None for b in by_site.values()):
+        budgets = ["-" if by_site.get(s) is None else f"{by_site[s]:g}" for s in sites]
+        body.append(["budget", "", *budgets] if several else ["budget", *budgets])
     return header, body
 
 

@@ -178,9 +178,7 @@ def write_report(result: JobResult, out: Path) -> dict[str, Path]:
     files["markdown"].write_text("\n".join(md) + "\n")
     files["html"] = out / "report.html"
     privacy = _html_privacy(ledgers, "ledger" in files)
-    files["html"].write_text(
-        _html(result, (header, body), (gain_header, gain_body), (long_header, long_body), privacy)
-    )
+    files["html"].write_text(_html(result, (header, body), (gain_header, gain_body), (long_header, long_body), privacy))
     return files
 
 
