@@ -132,3 +132,14 @@ def test_central_noise_cannot_be_regenerated_by_a_site_that_knows_the_job() -> N
 def test_bad_gaussian_arguments_are_refused(kwargs: dict[str, float], named: str) -> None:
     with pytest.raises(ValueError, match=named):
         GaussianClientDP(**{"clip": 1.0, "noise_multiplier": 1.0, "sites": 2, **kwargs})  # type: ignore[arg-type]
+
+
+def test_central_noise_leaves_integer_arrays_alone() -> None:
+    start = Arrays.from_dict({"w": np.zeros(1000, np.float32), "count": np.array([5], np.int64)})
+    update = Arrays.from_dict({"w": np.full(1000, 0.01, np.float32), "count": np.array([3], np.int64)})
+    central = DPFedAvg(clip=1.0, noise_multiplier=2.0, placement="server")
+
+    agg = central.aggregate(1, start, iter([("a", TrainRes(1, update, 1)), ("b", TrainRes(1, update, 1))]))
+
+    assert agg.arrays["count"].dtype == np.int64 and int(agg.arrays["count"][0]) == 5  # no change, no noise
+    assert float(np.std(agg.arrays["w"])) > 0.5  # the float arrays are noised

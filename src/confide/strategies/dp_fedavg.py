@@ -17,7 +17,7 @@ from types import MappingProxyType
 import numpy as np
 
 from confide.errors import RoundFailed
-from confide.privacy.gaussian import Placement, clip_to_norm
+from confide.privacy.gaussian import Placement, clip_to_norm, float_part
 from confide.privacy.secret_random import secret_generator
 from confide.records import Arrays, Scalar, SparseArrays, TrainIns, TrainRes
 from confide.strategies.aggregate import (
@@ -67,7 +67,9 @@ class DPFedAvg:
                     update = _clip_sparse(update, self.clip)
                 accumulate_sparse(acc, update, 1.0)
             else:
-                accumulate(acc, clip_to_norm(update, self.clip)[0] if self.placement == "server" else update, 1.0)
+                if self.placement == "server":
+                    update = clip_to_norm(float_part(update), self.clip)[0]
+                accumulate(acc, update, 1.0)
             sites.append(site)
             examples += res.num_examples
             metric_items.append((res.metrics, float(res.num_examples)))
@@ -76,7 +78,9 @@ class DPFedAvg:
         if self.placement == "server":
             std = self.noise_multiplier * self.clip
             rng = secret_generator()
-            for value in acc.values():
+            for name, value in acc.items():
+                if not np.issubdtype(global_arrays[name].dtype, np.floating):
+                    continue  # integer arrays carry no noise: the sites send them as no change
                 value += rng.normal(0.0, std, size=value.shape).astype(value.dtype)
         scale(acc, 1.0 / len(sites))
         return Aggregate(
