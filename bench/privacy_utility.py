@@ -71,7 +71,7 @@ def configurations(args: argparse.Namespace, cases_per_site: int) -> list[tuple[
         )
     train = max(1, round(cases_per_site * 0.75))
     rate = min(1.0, 2 / train)
-    for epsilon in (1.0, 3.0, 10.0):
+    for epsilon in (1.0, 3.0, 10.0, 30.0, 100.0):
         sigma = noise_multiplier_for(epsilon, 1e-5, sampling_rate=rate, steps=args.rounds * args.local_steps)
         runs.append(
             (
@@ -136,7 +136,12 @@ def main() -> None:
         dice = float(result.cross[run.name]["all"]["dice_mean"])
         epsilon = max((ledger.epsilon for ledger in run.ledgers.values()), default=0.0)
         fraction = next((f["fraction"] for f in privacy.get("filters", []) if f["type"] == "sparsify"), 1.0)
-        rows.append({"label": label, "family": family, "dice": dice, "epsilon": epsilon, "fraction": fraction})
+        row = {"label": label, "family": family, "dice": dice, "epsilon": epsilon, "fraction": fraction}
+        if "dp_sgd" in privacy:  # what limits DP-SGD here: the noise's norm against the clipped signal's, per step
+            expected_batch = min(1.0, 2 / max(1, round(args.cases * 0.75))) * max(1, round(args.cases * 0.75))
+            sigma = float(privacy["dp_sgd"]["noise_multiplier"])
+            row["noise_to_signal"] = sigma * math.sqrt(parameters(job)) / expected_batch
+        rows.append(row)
         eps_text = f"{epsilon:.3g}" if family in DP_FAMILIES else "-"
         minutes = (time.perf_counter() - t0) / 60
         print(f"{label:<32} {dice:>16.3f} {eps_text:>9} {minutes:>8.1f}  {protection(family, epsilon)}", flush=True)
@@ -158,6 +163,14 @@ def table_targets(rows: list[dict[str, Any]]) -> list[str]:
             f"{row['accuracy']:.3f}, {gap * 100:+.1f} points below: {verdict}"
         )
     return out
+
+
+def parameters(job: Any) -> int:
+    """Trainable entries of the job's model (floating arrays of its initial weights)."""
+    from confide.workloads.registry import make_workload
+
+    arrays = make_workload(job.task).initial(0)
+    return int(sum(v.size for v in arrays.values() if v.dtype.kind == "f"))
 
 
 def write_table(out: Path, rows: list[dict[str, Any]]) -> None:
@@ -209,6 +222,15 @@ def write(out: Path, rows: list[dict[str, Any]]) -> None:
         )
         print(target)
         lines += ["", f"- {target}"]
+    limits = [r for r in rows if "noise_to_signal" in r]
+    if limits:
+        worst = ", ".join(f"epsilon {r['epsilon']:.3g}: {r['noise_to_signal']:.0f}x" for r in limits)
+        limit = (
+            "what limits DP-SGD here: per step, the norm of the noise (sigma C sqrt(d), d trainable entries) over the "
+            f"norm of the clipped signal (at most C times the expected batch): {worst}"
+        )
+        print(limit)
+        lines += [f"- {limit}"]
     (out / "privacy_utility.md").write_text("\n".join(lines) + "\n")
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     for family, marker in (("svt", "o"), ("client-dp", "s"), ("dp-sgd", "^")):
