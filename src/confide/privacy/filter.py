@@ -64,11 +64,13 @@ class FilterChain:
     def apply(self, res: TrainRes, rng: np.random.Generator | None = None) -> TrainRes:
         """The update after every filter, in order. ``rng`` is for tests only: by default the filters draw from a
         generator keyed from the OS CSPRNG for this update alone."""
-        rng = secret_generator() if rng is None else rng
         current = res
+        if not self.filters:  # nothing draws randomness: no generator to key
+            return replace(current, meta={**current.meta, "filters": "", "filter_params": "[]"})
+        source = secret_generator() if rng is None else rng
         for item in self.filters:
             try:
-                out = item.apply(current, rng)
+                out = item.apply(current, source)
             except Exception as exc:
                 raise PrivacyError(f"privacy filter {item.name!r} failed, update blocked: {exc}") from exc
             if not isinstance(out, TrainRes):
