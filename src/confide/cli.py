@@ -13,6 +13,7 @@ from typing import Annotated, ParamSpec
 import typer
 from rich.console import Console
 
+from confide.cli_audit import audit as privacy_audit
 from confide.cli_features import features_app
 from confide.config import JobConfig, load_job, parse_job
 from confide.errors import ConfideError
@@ -23,6 +24,7 @@ data_app = typer.Typer(no_args_is_help=True, help="Generate and inspect data.")
 app.add_typer(data_app, name="data")
 privacy_app = typer.Typer(no_args_is_help=True, help="Privacy ledgers and policies.")
 app.add_typer(privacy_app, name="privacy")
+privacy_app.command("audit")(privacy_audit)
 app.add_typer(features_app, name="features")
 console = Console()
 if not console.is_terminal:  # logs and CI: wide enough that the result table is never cut

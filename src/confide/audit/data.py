@@ -1,0 +1,124 @@
+"""The audit's data, read through the workloads as a job reads it: generated without ``--data``, real with it.
+
+Images: without ``--data``, generated mammograms (:mod:`confide.data.synthetic_mammo`) written as one site folder
+under ``OUT/data``; with it, MIAS (a folder with ``Info.txt``) or a folder of site folders (``labels.csv`` and
+images). Every site's training and test images together form the pool that trials draw from.
+
+Tables: without ``--data``, a generated table (:mod:`confide.data.synthetic_table`) in ``OUT/data/table.csv``; with
+it, the UCI heart-disease CSV (columns ``dataset`` and ``num``, as ``jobs/heart_disease.yaml`` reads it) or any CSV
+with a ``site`` column and a binary ``y``. The audited site is the one with the most training rows; its training
+rows, standardised as the site prepares them, are what it trains on besides the canaries.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+from confide.audit.settings import AuditSettings
+from confide.config import DataConfig
+from confide.data.synthetic_mammo import write_mammo_sites
+from confide.data.synthetic_table import synthetic_binary_table
+from confide.data.tables import TableRows
+from confide.errors import DataError
+from confide.tasks.mammo_config import MammoTaskConfig
+from confide.tasks.mammo_density import ImageData
+from confide.tasks.table_config import TableTaskConfig
+from confide.workloads.mammo import MammoWorkload
+from confide.workloads.tables import TableWorkload
+
+HEART_DROP = ("id", "slope", "ca", "thal")  # as jobs/heart_disease.yaml: most hospitals did not record them
+
+
+def image_task_config(settings: AuditSettings) -> MammoTaskConfig:
+    """The mammography task the audited site runs: GroupNorm (DP-SGD cannot train BatchNorm), one image per batch,
+    no augmentation and no class weights (neither would change what one image's update shows)."""
+    s = settings.image
+    return MammoTaskConfig(
+        image_size=s.image_size,
+        width=s.width,
+        blocks=s.blocks,
+        norm="group",
+        lr=s.lr,
+        batch_size=1,
+        augment=False,
+        class_weighted=False,
+    )
+
+
+@dataclass(frozen=True)
+class ImagePool:
+    workload: MammoWorkload
+    images: ImageData
+    source: str
+
+
+def image_pool(settings: AuditSettings, data: Path | None, out: Path) -> ImagePool:
+    """Every image the trials draw from (true images and the attacker's public ones alike)."""
+    workload = MammoWorkload(image_task_config(settings))
+    if data is None:
+        root = out / "data" / "mammograms"
+        write_mammo_sites(root, 1, settings.image.public, settings.image.image_size, settings.seed)
+        source = f"{settings.image.public} generated mammograms ({root})"
+    else:
+        root = data
+        source = f"images under {data}"
+    if not root.exists():
+        raise DataError(f"--data {root} does not exist")
+    splits = workload.load_sites(DataConfig(root=root), settings.seed, lambda _: None)
+    images = ImageData.concat([part for split in splits for part in (split.train, split.test)])
+    if len(images) < settings.image.candidates + 1:
+        raise DataError(
+            f"{source}: {len(images)} images, the audit needs more than {settings.image.candidates} (the candidates)"
+        )
+    return ImagePool(workload, images, source)
+
+
+@dataclass(frozen=True)
+class SiteRows:
+    workload: TableWorkload
+    rows: TableRows
+    site: str
+    source: str
+
+
+def _header(path: Path) -> list[str]:
+    try:
+        with open(path, newline="") as handle:
+            return [c.strip() for c in next(csv.reader(handle), [])]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"--data {path} cannot be read: {exc}") from None
+
+
+def table_task_config(settings: AuditSettings, header: list[str]) -> TableTaskConfig:
+    s = settings.table
+    common = {"kind": "binary", "model": s.model, "hidden": s.hidden, "lr": s.lr, "batch_size": s.batch}
+    if {"dataset", "num"} <= set(header):
+        drop = tuple(c for c in HEART_DROP if c in header)
+        return TableTaskConfig(site_column="dataset", target="num", positive_above=0, drop=drop, **common)
+    if {"site", "y"} <= set(header):
+        return TableTaskConfig(site_column="site", target="y", **common)
+    raise DataError(
+        f"the table's columns {header[:12]} are neither the UCI heart-disease layout (dataset, num) nor a site "
+        "column with a binary y"
+    )
+
+
+def site_rows(settings: AuditSettings, data: Path | None, out: Path) -> SiteRows:
+    """The audited site's training rows (the site with the most of them)."""
+    if data is None:
+        path = out / "data" / "table.csv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        s = settings.table
+        path.write_text(synthetic_binary_table(["generated"], s.rows, s.features, settings.seed))
+        source = f"a generated table of {s.rows} rows and {s.features} features ({path})"
+    else:
+        path = data
+        if not path.is_file():
+            raise DataError(f"--data {path} is not a CSV file (the table audit reads one table)")
+        source = f"the table {path}"
+    workload = TableWorkload(table_task_config(settings, _header(path)))
+    splits = workload.load_sites(DataConfig(root=path, test_fraction=1 / 3), settings.seed, lambda _: None)
+    biggest = max(splits, key=lambda split: len(split.train))
+    return SiteRows(workload, biggest.train, biggest.name, source)
