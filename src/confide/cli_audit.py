@@ -46,7 +46,7 @@ def audit(
     """Run real attacks on a site's updates under each privacy configuration, beside the ledger's epsilon.
 
     Exits with code 1 when an attack proves more epsilon than the ledger allows (a bug), 2 on bad input."""
-    from confide.audit.report import header, row_cells, write_audit
+    from confide.audit.report import header, legend, row_cells, write_audit
     from confide.audit.run import run_audit
     from confide.audit.settings import full
     from confide.audit.settings import quick as quick_settings
@@ -67,16 +67,22 @@ def audit(
     except ConfideError as exc:
         console.print(f"[bold red]error:[/] {exc}", highlight=False)
         raise typer.Exit(code=2) from None
-    table = Table(title=f"privacy audit, {task} task: {result.description}", title_justify="left")
+    table = Table(
+        title=f"privacy audit, {task} task: {result.description}",
+        title_justify="left",
+        caption=legend(result),
+        caption_justify="left",
+    )
     for i, name in enumerate(header(result)):
-        table.add_column(name, justify="left" if i in (0, 3) else "right")
+        table.add_column(name, justify="left" if i in (0, 3) else "right", no_wrap=i == 3)
     for row in result.rows:
         cells = row_cells(row)
         style = "bold red" if row.violation else None
         table.add_row(*cells, style=style)
     console.print(table)
-    for key, value in result.baselines.items():
-        console.print(f"  baseline {key}: {value:.3g}", highlight=False)
+    if result.baselines:
+        shown = ", ".join(f"{key.replace('_', ' ')} {value:.3g}" for key, value in result.baselines.items())
+        console.print(f"baselines without the update: {shown}", highlight=False)
     console.print(f"files: {files['markdown']} (also audit.json and the figures); {time.perf_counter() - began:.1f} s")
     if result.violations:
         for message in result.violations:

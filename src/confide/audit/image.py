@@ -176,5 +176,5 @@ def _row(
             "identified": found / s.trials,
             "label_right": labels_right / s.trials,
         },
-        summary=f"PSNR {mean_psnr:.1f} dB, SSIM {mean_ssim:.2f}; identified {found}/{s.trials} (of {s.candidates})",
+        summary=f"PSNR {mean_psnr:.1f} dB, SSIM {mean_ssim:.2f}, identified {found}/{s.trials} of {s.candidates}",
     )

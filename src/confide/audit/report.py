@@ -16,7 +16,7 @@ import numpy as np
 from confide.audit.result import AuditResult, AuditRow
 from confide.report.tables import markdown_table
 
-HEADER = ("configuration", "ledger epsilon", "record bound", "attack", "proven epsilon", "lower <= upper")
+HEADER = ("configuration", "ledger eps", "record bound", "attack", "proven eps", "check")
 
 
 def _epsilon(value: float, infinite: str) -> str:
@@ -37,12 +37,19 @@ def row_cells(row: AuditRow) -> list[str]:
 
 
 def header(result: AuditResult) -> list[str]:
+    return list(HEADER)
+
+
+def legend(result: AuditResult) -> str:
+    """What the columns mean."""
     confidence = result.settings.get("confidence", 0.95)
     delta = result.settings.get("delta", 1e-5)
-    cells = list(HEADER)
-    cells[1] = f"ledger eps (delta {delta:g})"
-    cells[4] = f"proven eps ({confidence:.0%})"
-    return cells
+    return (
+        f"ledger eps: what the site's ledger recorded for the round (delta {delta:g}); record bound: the upper bound "
+        "one image or row is held to (for the client-level filter, twice its sensitivity: one record can move the "
+        f"clipped update from one side to the other); proven eps: the attack's lower bound at {confidence:.0%} "
+        "confidence; check: ok when lower <= upper (a BUG otherwise)"
+    )
 
 
 def write_audit(result: AuditResult, out: Path) -> dict[str, Path]:
@@ -63,13 +70,7 @@ def markdown(result: AuditResult, figures: dict[str, str]) -> str:
         lines += ["## Bugs found", ""] + [f"- {v}" for v in result.violations] + [""]
     else:
         lines += ["No attack proved more than the ledger allows: every lower bound is at most its upper bound.", ""]
-    lines += [
-        "The ledger's epsilon bounds what the site's privacy allows (its whole update, for the client-level "
-        "filter); the bound for one record is the one an attack on one image or row is held to (twice the clip's "
-        "sensitivity for the client-level filter, as one record can move the clipped update from one side to the "
-        "other). An attack's epsilon is a lower bound that holds at the stated confidence.",
-        "",
-    ]
+    lines += [legend(result) + ".", ""]
     if result.baselines:
         lines += ["Baselines (no update needed): " + ", ".join(f"{k} {v:.3g}" for k, v in result.baselines.items()), ""]
     lines += ["## How it was measured", ""] + [f"- {n}" for n in result.notes] + [""]

@@ -127,5 +127,5 @@ def _row(
         lower_epsilon=lower,
         attack="membership (one run)",
         metrics={"auc": area, "guesses": float(guessed.guesses), "correct": float(guessed.correct)},
-        summary=f"AUC {area:.2f}; {guessed.correct}/{guessed.guesses} guesses right",
+        summary=f"AUC {area:.2f}, {guessed.correct}/{guessed.guesses} guesses right",
     )
