@@ -14,6 +14,9 @@ epsilon, Dice against the share of the update sent).
 First, on the four-hospital heart-disease table (``--table``, one hospital per site, logistic model, ``--seeds``
 seeds), the same families of configurations, scored by accuracy averaged over the four hospitals
 (``OUT/privacy_table.md``, ``OUT/privacy_table.png``).
+
+Then the privacy audit (bench/privacy_audit.py, ``--audit full|quick|skip``): real attacks on what a site sends,
+beside the ledger's epsilon, under ``OUT/audit/``.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from confide.privacy.ledger import noise_multiplier_for
 from confide.report.progress import ProgressDisplay
 
 sys.path.insert(0, str(Path(__file__).parent))
+from privacy_audit import run_audits
 from privacy_table import DP_FAMILIES, protection, run_table
 
 
@@ -102,12 +106,16 @@ def main() -> None:
     )
     parser.add_argument("--seeds", type=int, default=5, help="seeds for the heart-disease table")
     parser.add_argument("--skip-phantoms", action="store_true")
+    parser.add_argument("--audit", choices=("full", "quick", "skip"), default="full", help="the privacy audit's size")
     args = parser.parse_args()
     if args.table.exists():
         table_rows = run_table(args.table, args.seeds, args.only)
         write_table(args.out, table_rows)
     else:
         print(f"heart-disease table not found at {args.table}: skipped")
+    if args.audit != "skip":
+        images = args.table.parents[1] / "mias"
+        run_audits(args.out, table=args.table, images=images, is_quick=args.audit == "quick")
     if args.skip_phantoms:
         return
     data = args.out / "phantoms"
