@@ -20,7 +20,9 @@ if not console.is_terminal:  # logs and CI: wide enough that the table is never 
 
 
 def audit(
-    task: Annotated[str, typer.Option(help="table (membership of canary rows) or image (gradient inversion)")],
+    task: Annotated[
+        str, typer.Option(help="table (membership of canary rows) or image (gradient inversion, identification)")
+    ],
     out: Annotated[Path, typer.Option(help="folder for audit.md, audit.json, the figures (and generated data)")] = Path(
         "runs/privacy-audit"
     ),
@@ -62,7 +64,7 @@ def audit(
     began = time.perf_counter()
     try:
         with ProgressDisplay(console) as display:
-            result = run_audit(task, settings, data=data, out=out, progress=display)  # type: ignore[arg-type]
+            result = run_audit(task, settings, data=data, out=out, progress=display)
         files = write_audit(result, out)
     except ConfideError as exc:
         console.print(f"[bold red]error:[/] {exc}", highlight=False)

@@ -54,3 +54,17 @@ def test_the_pool_is_read_through_the_workload_from_generated_files(tmp_path: Pa
     (row,) = result.rows
     assert row.ledger_epsilon == pytest.approx(row.record_epsilon) and 0 < row.ledger_epsilon < 10
     assert result.pictures is not None and set(result.pictures.reconstructions) == {"dp-sgd"}
+
+
+def test_real_mammograms_can_be_audited(shared_data: Path, tmp_path: Path) -> None:
+    mias = shared_data / "mias"
+    if not (mias / "Info.txt").is_file():
+        pytest.skip(f"mini-MIAS not found at {mias}")
+    settings = quick(seed=0)
+    settings = replace(settings, configs=("none",), image=replace(settings.image, trials=3, inversions=1))
+
+    result = run_audit("image", settings, data=mias, out=tmp_path, progress=Silent())
+
+    (row,) = result.rows
+    assert "images under" in result.notes[0] and row.metrics["identified"] == 1.0
+    assert row.metrics["psnr"] > result.baselines["mean_psnr"]

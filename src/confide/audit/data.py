@@ -95,10 +95,11 @@ def table_task_config(settings: AuditSettings, header: list[str]) -> TableTaskCo
     s = settings.table
     common = {"kind": "binary", "model": s.model, "hidden": s.hidden, "lr": s.lr, "batch_size": s.batch}
     if {"dataset", "num"} <= set(header):
-        drop = tuple(c for c in HEART_DROP if c in header)
-        return TableTaskConfig(site_column="dataset", target="num", positive_above=0, drop=drop, **common)
+        drop = [c for c in HEART_DROP if c in header]
+        layout = {"site_column": "dataset", "target": "num", "positive_above": 0, "drop": drop}
+        return TableTaskConfig.model_validate({**common, **layout})
     if {"site", "y"} <= set(header):
-        return TableTaskConfig(site_column="site", target="y", **common)
+        return TableTaskConfig.model_validate({**common, "site_column": "site", "target": "y"})
     raise DataError(
         f"the table's columns {header[:12]} are neither the UCI heart-disease layout (dataset, num) nor a site "
         "column with a binary y"

@@ -19,14 +19,14 @@ from pathlib import Path
 from confide.audit.data import image_pool, site_rows
 from confide.audit.image import run_image_audit
 from confide.audit.result import AuditProgress, AuditResult
-from confide.audit.settings import AuditSettings, Task
+from confide.audit.settings import AuditSettings
 from confide.audit.site import check_configs
 from confide.audit.table import run_table_audit
 from confide.errors import ConfigError
 
 
 def run_audit(
-    task: Task, settings: AuditSettings, *, data: Path | None, out: Path, progress: AuditProgress
+    task: str, settings: AuditSettings, *, data: Path | None, out: Path, progress: AuditProgress
 ) -> AuditResult:
     """Audit ``task`` ("table" or "image") on ``data`` (generated under ``out/data`` when None)."""
     if task not in ("table", "image"):

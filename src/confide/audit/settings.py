@@ -7,7 +7,6 @@ from typing import Literal
 
 from confide.privacy.audit_inversion import InversionSettings
 
-Task = Literal["table", "image"]
 CONFIGS = ("none", "gaussian", "dp-sgd", "sparsify")
 
 

@@ -18,7 +18,7 @@ bound above the upper bound is impossible unless the accounting, the mechanism o
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -52,9 +52,8 @@ def one_run_p_value(canaries: int, guesses: int, correct: int, epsilon: float, d
     return min(1.0, tail + 2.0 * canaries * delta * float(ratios.max()))
 
 
-def _largest_rejected(p_value: object, level: float) -> float:
+def _largest_rejected(p_value: Callable[[float], float], level: float) -> float:
     """The largest epsilon whose null hypothesis ``p_value(eps) < level`` still rejects (0 when none does)."""
-    assert callable(p_value)
     if p_value(0.0) >= level:
         return 0.0
     low, high = 0.0, 1.0
