@@ -18,6 +18,8 @@ from pathlib import Path
 
 from confide.audit.settings import AuditSettings
 from confide.config import DataConfig
+from confide.data.mammo_io import LABELS_FILE
+from confide.data.mias import parse_info
 from confide.data.synthetic_mammo import write_mammo_sites
 from confide.data.synthetic_table import synthetic_binary_table
 from confide.data.tables import TableRows
@@ -25,6 +27,7 @@ from confide.errors import DataError
 from confide.tasks.mammo_config import MammoTaskConfig
 from confide.tasks.mammo_density import ImageData
 from confide.tasks.table_config import TableTaskConfig
+from confide.workloads.base import SiteSplit
 from confide.workloads.mammo import MammoWorkload
 from confide.workloads.tables import TableWorkload
 
@@ -49,9 +52,33 @@ def image_task_config(settings: AuditSettings) -> MammoTaskConfig:
 
 @dataclass(frozen=True)
 class ImagePool:
+    """The images, and each one's patient: the attacker's public images never include the true image's patient
+    (MIAS holds both breasts of a patient, which look alike)."""
+
     workload: MammoWorkload
     images: ImageData
+    patients: tuple[str, ...]
     source: str
+
+
+def _patients(root: Path, splits: list[SiteSplit]) -> tuple[str, ...]:
+    """The patient of every image of ``splits`` (train then test, site by site), as ``ImageData.concat`` orders
+    them: from MIAS's numbering (both films of a patient), or the ``patient`` column of a site's labels.csv."""
+    if (root / "Info.txt").is_file():
+        records = parse_info(root / "Info.txt")
+        return tuple(
+            records[i].patient if i in records else i for s in splits for part in (s.train, s.test) for i in part.ids
+        )
+    out = []
+    for split in splits:
+        folder = root / split.name if (root / split.name).is_dir() else root
+        named: dict[str, str] = {}
+        with open(folder / LABELS_FILE, newline="") as handle:
+            for row in csv.DictReader(handle):
+                file = (row.get("file") or "").strip()
+                named[file] = (row.get("patient") or "").strip() or file
+        out += [f"{split.name}/{named.get(i, i)}" for part in (split.train, split.test) for i in part.ids]
+    return tuple(out)
 
 
 def image_pool(settings: AuditSettings, data: Path | None, out: Path) -> ImagePool:
@@ -68,11 +95,12 @@ def image_pool(settings: AuditSettings, data: Path | None, out: Path) -> ImagePo
         raise DataError(f"--data {root} does not exist")
     splits = workload.load_sites(DataConfig(root=root), settings.seed, lambda _: None)
     images = ImageData.concat([part for split in splits for part in (split.train, split.test)])
+    patients = _patients(root, splits)
     if len(images) < settings.image.candidates + 1:
         raise DataError(
             f"{source}: {len(images)} images, the audit needs more than {settings.image.candidates} (the candidates)"
         )
-    return ImagePool(workload, images, source)
+    return ImagePool(workload, images, patients, source)
 
 
 @dataclass(frozen=True)

@@ -53,12 +53,18 @@ def _one(images: ImageData, index: int) -> ImageData:
     return ImageData(images.images[index : index + 1], images.labels[index : index + 1], (images.ids[index],))
 
 
-def baselines(images: ImageData, truths: list[int]) -> dict[str, float]:
+def public_images(pool: ImagePool, index: int) -> np.ndarray:
+    """The attacker's public images when image ``index`` is the true one: every image of another patient."""
+    others = np.array([patient != pool.patients[index] for patient in pool.patients])
+    return pool.images.images[others]
+
+
+def baselines(pool: ImagePool, truths: list[int]) -> dict[str, float]:
     """PSNR and SSIM that need no update: the mean public image, and a public image at random (averaged)."""
     out: dict[str, list[float]] = {"mean_psnr": [], "mean_ssim": [], "random_psnr": [], "random_ssim": []}
     for index in truths:
-        truth = images.images[index, 0]
-        public = np.delete(images.images[:, 0], index, axis=0)
+        truth = pool.images.images[index, 0]
+        public = public_images(pool, index)[:, 0]
         mean = public.mean(axis=0)
         out["mean_psnr"].append(psnr(mean, truth))
         out["mean_ssim"].append(ssim(mean, truth))
@@ -117,7 +123,7 @@ def _image_audit(settings: AuditSettings, pool: ImagePool, progress: AuditProgre
             )
             found += int(np.argmin(losses) == secret)
             if number < s.inversions:
-                public = np.delete(images.images, index, axis=0)
+                public = public_images(pool, index)
                 made = invert(model, start, observed, label, loss_fn, recipe, public, s.inversion)
                 truth = images.images[index, 0]
                 scores.append((psnr(made.image, truth), ssim(made.image, truth)))
@@ -130,7 +136,7 @@ def _image_audit(settings: AuditSettings, pool: ImagePool, progress: AuditProgre
     notes = (
         f"data: {pool.source}; {len(images)} images of {s.image_size} px",
         f"each trial: a site holding one image trains {s.steps} Adam step(s) at lr {s.lr:g}; the attacker knows the "
-        "model, this recipe and the update as decoded, and holds the other images as its public ones",
+        "model, this recipe and the update as decoded, and holds the other patients' images as its public ones",
         f"identification: {s.trials} trials, each among {s.candidates} candidates (chance {1 / s.candidates:.0%}); "
         "its epsilon is for adding or removing one image (group privacy from replacing one)",
         f"inversion: {s.inversions} trial(s), informed start from the best {s.inversion.top} public images, then "
@@ -145,7 +151,7 @@ def _image_audit(settings: AuditSettings, pool: ImagePool, progress: AuditProgre
         settings={"seed": settings.seed, "delta": settings.delta, "confidence": settings.confidence, **vars(s)}
         | {"inversion": vars(s.inversion)},
         seconds=time.perf_counter() - began,
-        baselines={**baselines(images, truths), "chance": 1 / s.candidates},
+        baselines={**baselines(pool, truths), "chance": 1 / s.candidates},
         pictures=Pictures(truth0, pictures, prior) if truths else None,
     )
 
