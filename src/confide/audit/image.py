@@ -74,6 +74,7 @@ def baselines(pool: ImagePool, truths: list[int]) -> dict[str, float]:
 
 
 def run_image_audit(settings: AuditSettings, pool: ImagePool, progress: AuditProgress) -> AuditResult:
+    """Attack one site's update under each configuration of ``settings``, on trials drawn from ``pool``."""
     with one_thread():
         return _image_audit(settings, pool, progress)
 

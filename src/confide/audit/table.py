@@ -43,6 +43,7 @@ def canary_count(settings: AuditSettings, features: int) -> int:
 
 
 def run_table_audit(settings: AuditSettings, site: SiteRows, progress: AuditProgress) -> AuditResult:
+    """Plant canaries in ``site``'s rows and attack its updates under each configuration of ``settings``."""
     with one_thread():
         return _table_audit(settings, site, progress)
 
