@@ -115,8 +115,9 @@ def release_once(
     chain = site_chain(privacy)
     ledger = Ledger(site=SITE, delta=delta) if privacy.spends else None
     runner = SiteRunner(SITE, task, chain=chain, ledger=ledger)
-    spends = [*task.privacy_spend(config), *chain.spends()]
-    answer = serde.decode(runner.handle(serde.encode(TrainIns(round=round, arrays=initial, config=config))))
+    instruction = TrainIns(round=round, arrays=initial, config=config)
+    spends = runner.spends(instruction)  # what the runner itself charges for this round
+    answer = serde.decode(runner.handle(serde.encode(instruction)))
     if isinstance(answer, Failure):
         raise PrivacyError(f"the audited site ({audit.label}) sent no update: {answer.reason}")
     if not isinstance(answer, TrainRes):

@@ -111,10 +111,15 @@ class SiteRunner:
             log.exception("site %s: task failed in round %d", self.name, instruction.round)
             return Failure(round=instruction.round, reason=f"site {self.name}: {type(exc).__name__}: {exc}")
 
-    def _train(self, instruction: TrainIns, contributors: int | None = None) -> TrainRes | Failure:
-        """Train, filter, charge the ledger. ``contributors``: under secure aggregation, the fewest updates in any
+    def spends(self, instruction: TrainIns, contributors: int | None = None) -> list[Spend]:
+        """What answering ``instruction`` spends, in the order the mechanisms run: the task's private training
+        (DP-SGD), then the chain's filters. ``contributors``: under secure aggregation, the fewest updates in any
         sum the server can unmask (the aggregation's threshold), which sets what distributed noise protects."""
-        spends = [*self._task_spends(instruction), *self.chain.spends(contributors)]
+        return [*self._task_spends(instruction), *self.chain.spends(contributors)]
+
+    def _train(self, instruction: TrainIns, contributors: int | None = None) -> TrainRes | Failure:
+        """Train, filter, charge the ledger (see :meth:`spends`)."""
+        spends = self.spends(instruction, contributors)
         if self.ledger is not None:
             refusal = self.ledger.refusal(spends)
             if refusal is not None:
