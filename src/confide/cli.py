@@ -68,6 +68,9 @@ def _run_job(job: JobConfig) -> None:
             title=f"what federation gained each site ({label}, own test split)",
         )
     )
+    for run in result.runs:
+        if run.stopped:
+            console.print(f"[bold yellow]training stopped early ({run.name}):[/] {run.stopped}", highlight=False)
     console.print(f"report: {files['html']} (also {files['markdown'].name}, metrics.json, plots)")
     console.print(f"wall time: {time.perf_counter() - start:.0f} s")
 

@@ -10,6 +10,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+import matplotlib.ticker
 import numpy as np
 
 Cross = Mapping[str, Mapping[str, Mapping[str, float]]]
@@ -122,6 +123,7 @@ def privacy_ledger(
         if budget is not None:
             ax.axhline(budget, ls="--", lw=1.0, color=line.get_color(), alpha=0.7)
     ax.set(title=f"privacy spent per site (epsilon at delta {delta:g}; dashed: budget)", xlabel="round")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_ylabel("epsilon, cumulative")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left")
