@@ -22,6 +22,15 @@ def _batch(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(n, 4, 16, 16, 16, generator=gen), (torch.rand(n, 3, 16, 16, 16, generator=gen) > 0.7).float()
 
 
+def _cases(n: int) -> SegData:
+    rng = np.random.default_rng(0)
+    return SegData(
+        images=rng.normal(size=(n, 4, 16, 16, 16)).astype(np.float32),
+        regions=rng.random((n, 3, 16, 16, 16)) > 0.8,
+        case_ids=tuple(f"c{i}" for i in range(n)),
+    )
+
+
 def _step(dp: DpSgd, model: torch.nn.Module, n: int, expected: float) -> torch.Tensor:
     before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
     x, y = _batch(n)
@@ -57,12 +66,7 @@ def test_a_model_with_batchnorm_is_refused_with_the_reason() -> None:
 
 
 def test_a_private_round_reports_its_spend_and_trains() -> None:
-    rng = np.random.default_rng(0)
-    data = SegData(
-        images=rng.normal(size=(8, 4, 16, 16, 16)).astype(np.float32),
-        regions=rng.random((8, 3, 16, 16, 16)) > 0.8,
-        case_ids=tuple(f"c{i}" for i in range(8)),
-    )
+    data = _cases(8)
     task = BrainTumorTask(CONFIG, data, None, site="s", dp_sgd=DpSgdSpec(noise_multiplier=1.0, clip=1.0))
     config = {"local_steps": 3, "batch_size": 2, "lr": 1e-3}
 
@@ -77,12 +81,7 @@ def test_a_private_round_reports_its_spend_and_trains() -> None:
 def test_two_private_rounds_from_one_seed_differ_and_cannot_be_regenerated() -> None:
     """The attack of issue 10: whoever knows the job's seed, the site and the round re-ran DP-SGD and got the
     same 'noisy' update bit for bit. Now the sampling and the noise come from the OS CSPRNG."""
-    rng = np.random.default_rng(0)
-    data = SegData(
-        images=rng.normal(size=(6, 4, 16, 16, 16)).astype(np.float32),
-        regions=rng.random((6, 3, 16, 16, 16)) > 0.8,
-        case_ids=tuple(f"c{i}" for i in range(6)),
-    )
+    data = _cases(6)
     spec = DpSgdSpec(noise_multiplier=1.0, clip=1.0)
     config = {"local_steps": 2, "batch_size": 2, "lr": 1e-3}
     first = BrainTumorTask(CONFIG, data, None, site="s", seed=3, dp_sgd=spec)
@@ -96,12 +95,7 @@ def test_two_private_rounds_from_one_seed_differ_and_cannot_be_regenerated() -> 
 
 
 def test_without_privacy_a_round_is_reproducible_bit_for_bit() -> None:
-    rng = np.random.default_rng(0)
-    data = SegData(
-        images=rng.normal(size=(6, 4, 16, 16, 16)).astype(np.float32),
-        regions=rng.random((6, 3, 16, 16, 16)) > 0.8,
-        case_ids=tuple(f"c{i}" for i in range(6)),
-    )
+    data = _cases(6)
     config = {"local_steps": 2, "batch_size": 2, "lr": 1e-3}
     first = BrainTumorTask(CONFIG, data, None, site="s", seed=3)
     second = BrainTumorTask(CONFIG, data, None, site="s", seed=3)
