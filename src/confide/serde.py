@@ -68,7 +68,10 @@ __all__ = [
 WIRE_VERSION = 1
 MASK_SUFFIX = "@mask"
 
-ScalarValue = bool | int | float | str
+Int64 = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
+Count = Annotated[int, Field(ge=0, le=2**63 - 1)]
+Dim = Annotated[int, Field(ge=0, le=2**48)]
+ScalarValue = bool | Int64 | float | Annotated[str, Field(max_length=65_536)]
 Name = Annotated[str, Field(min_length=1, max_length=512)]
 Hex = Annotated[str, Field(pattern=r"^(?:[0-9a-f]{2})*$")]
 Text = Annotated[str, Field(max_length=4096)]
@@ -80,11 +83,11 @@ class _Header(BaseModel):
 
     v: Literal[1]
     kind: Literal["train_ins", "train_res", "eval_ins", "eval_res", "failure", "control"]
-    round: int = Field(ge=0)
+    round: Count
     names: list[Name] = Field(default_factory=list, max_length=1_000_000)
-    shapes: list[list[int]] = Field(default_factory=list, max_length=1_000_000)
+    shapes: list[Annotated[list[Dim], Field(max_length=32)]] = Field(default_factory=list, max_length=1_000_000)
     config: dict[Name, ScalarValue] = Field(default_factory=dict)
-    num_examples: int = Field(default=0, ge=0)
+    num_examples: Count = 0
     metrics: dict[Name, float] = Field(default_factory=dict)
     meta: dict[Name, ScalarValue] = Field(default_factory=dict)
     loss: float = 0.0
@@ -245,6 +248,8 @@ def _read_header(data: bytes) -> tuple[_Header, dict[str, Any], int]:
         return _Header.model_validate_json(meta), document, length
     except ValidationError as exc:
         raise PayloadError(f"payload header is invalid: {_problems(exc)}") from exc
+    except RecursionError:
+        raise PayloadError("payload header nests too deeply") from None
 
 
 def _problems(exc: ValidationError) -> str:

@@ -137,6 +137,8 @@ def split_header(data: bytes) -> tuple[dict[str, Any], int]:
         document = json.loads(data[8 : 8 + length])
     except ValueError as exc:
         raise PayloadError(f"payload header is not JSON: {exc}") from exc
+    except RecursionError:
+        raise PayloadError("payload header nests too deeply") from None
     if not isinstance(document, dict):
         raise PayloadError("payload header is not a JSON object")
     return document, length
@@ -156,6 +158,17 @@ _DTYPES: dict[str, np.dtype[Any]] = {
 }
 
 
+MAX_DIMS = 32
+"""The most dimensions a tensor on the wire may have (numpy's own limit is 64)."""
+
+
+def _whole(value: object) -> int:
+    """A JSON number that must be a whole number of int64's range (not a bool, a float or a string)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not -(2**63) <= value < 2**63:
+        raise ValueError(f"{value!r} is not a whole number in range")
+    return value
+
+
 def views(data: bytes | bytearray | memoryview, document: dict[str, Any], start: int) -> dict[str, np.ndarray]:
     """Arrays as read-only views into ``data`` (no copy), after checking every tensor entry's bounds."""
     available = len(data) - start
@@ -165,11 +178,11 @@ def views(data: bytes | bytearray | memoryview, document: dict[str, Any], start:
             continue
         try:
             dtype = _DTYPES[spec["dtype"]]
-            shape = [int(n) for n in spec["shape"]]
-            begin, end = (int(n) for n in spec["data_offsets"])
+            shape = [_whole(n) for n in spec["shape"]]
+            begin, end = (_whole(n) for n in spec["data_offsets"])
         except (KeyError, TypeError, ValueError) as exc:
             raise PayloadError(f"tensor entry {name!r} is malformed or has a dtype the wire does not carry") from exc
-        if any(n < 0 for n in shape) or not 0 <= begin <= end <= available:
+        if len(shape) > MAX_DIMS or any(n < 0 for n in shape) or not 0 <= begin <= end <= available:
             raise PayloadError(f"tensor {name!r} lies outside the payload")
         count = math.prod(shape)
         if count * dtype.itemsize != end - begin:

@@ -65,6 +65,14 @@ class RoundResult:
         return max(self.seconds - self.site_seconds, 0.0)
 
 
+def _seconds(reported: object, measured: float) -> float:
+    """A site's own training time when it reports a plausible one (a number, finite, within a day), else the
+    time the transport measured: the field is the site's word and may be anything."""
+    if isinstance(reported, int | float) and not isinstance(reported, bool) and 0 <= reported <= 86_400:
+        return float(reported)
+    return measured
+
+
 @dataclass(frozen=True)
 class Rejection:
     """Why a reply was not aggregated; ``tell_site`` when the site should hear it (its update was refused)."""
@@ -276,7 +284,7 @@ class ServerLoop:
                     self.transport.notify(reply.site, f"round {rnd}: {outcome.reason}")
                 self.events.site_finished(rnd, reply.site, False, outcome.reason)
                 continue
-            tally.site_seconds += float(outcome.meta.get("task_seconds", reply.seconds))
+            tally.site_seconds += _seconds(outcome.meta.get("task_seconds"), reply.seconds)
             self.events.site_finished(rnd, reply.site, True, f"loss {outcome.metrics.get('loss', float('nan')):.4f}")
             yield reply.site, outcome
 
@@ -289,6 +297,9 @@ class ServerLoop:
             record = serde.decode(payload)
         except ConfideError as exc:
             return Rejection(f"site {site}: undecodable reply: {exc}")
+        except Exception as exc:  # the boundary: no reply, however made, takes the server down
+            log.exception("round %d: decoding site %s's reply raised", rnd, site)
+            return Rejection(f"site {site}: undecodable reply ({type(exc).__name__})")
         if isinstance(record, Failure):
             verb = "refused" if record.kind == "refused" else "failed"
             return Rejection(f"site {site} {verb}: {record.reason}", tell_site=False)
@@ -300,6 +311,9 @@ class ServerLoop:
             check_update(site, record, self.global_arrays, max_norm=self.config.max_update_norm)
         except ConfideError as exc:
             return Rejection(str(exc))
+        except Exception as exc:  # the boundary: a check that trips over a reply rejects it, never the round
+            log.exception("round %d: checking site %s's update raised", rnd, site)
+            return Rejection(f"site {site}: update could not be checked ({type(exc).__name__})")
         return record
 
     def _evaluate(self, rnd: int, tally: _Tally) -> dict[str, Mapping[str, float]]:

@@ -315,6 +315,9 @@ class SecureRound:
             except ConfideError as exc:
                 self._drop(rnd, step, reply.site, f"undecodable answer: {exc}")
                 continue
+            except Exception as exc:  # the boundary: no answer, however made, takes the server down
+                self._drop(rnd, step, reply.site, f"undecodable answer ({type(exc).__name__})")
+                continue
             if isinstance(record, Failure):
                 verb = "refused" if record.kind == "refused" else "failed"
                 self._drop(rnd, step, reply.site, f"{verb}: {record.reason}", tell=False)
@@ -331,6 +334,9 @@ class SecureRound:
             yield
         except (PayloadError, SecAggError) as exc:
             self._drop(rnd, step, site, str(exc))
+        except Exception as exc:  # the boundary: whatever a site's message trips, only that site is left out
+            log.exception("round %d, %s: site %s's message raised", rnd, step, site)
+            self._drop(rnd, step, site, f"its {step} message could not be read ({type(exc).__name__})")
 
     def _drop(self, rnd: int, step: str, site: str, reason: str, *, tell: bool = True) -> None:
         note = " (its masked update is in the sum)" if step in ("confirm", "unmask") else ""
