@@ -97,3 +97,32 @@ def test_a_hostile_reply_is_rejected_and_the_honest_sites_finish_the_round(label
     else:
         assert "mallory" in result.failures and len(result.failures["mallory"]) < 500
     assert np.isfinite(loop.global_arrays["w"]).all()
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered")
+def test_an_aggregate_that_overflows_is_refused_and_the_model_kept() -> None:
+    """Before: an update of norm 3e38 was accepted and the global model became inf."""
+    endpoints: dict[str, object] = {name: SiteRunner(name, QuadraticTask(t, 10)) for name, t in HONEST.items()}
+    huge = np.asarray([3e38, 3e38], np.float32)
+    endpoints["mallory"] = Hostile(serde.encode(TrainRes(round=1, update=arrays(w=huge.tolist()), num_examples=10)))
+    endpoints["mallory2"] = Hostile(serde.encode(TrainRes(round=1, update=arrays(w=huge.tolist()), num_examples=10)))
+    loop = ServerLoop(FedAvg({"lr": 0.5}), InMemoryTransport(endpoints), START, LoopConfig(rounds=1, min_sites=3))  # type: ignore[arg-type]
+
+    from confide.errors import RoundFailed
+
+    with pytest.raises(RoundFailed, match="NaN or infinite"):
+        loop.run_round(1)
+    assert np.array_equal(loop.global_arrays["w"], START["w"])
+
+
+def test_a_checkpoint_holding_infinite_values_is_refused_on_resume(tmp_path: object) -> None:
+    from pathlib import Path
+
+    from confide.errors import ConfideError
+    from confide.server import checkpoint
+
+    folder = Path(str(tmp_path))
+    checkpoint.save(folder, 3, arrays(w=[1.0, float("inf")]), {"history": []})
+
+    with pytest.raises(ConfideError, match=r"round 3\) is refused: its model holds NaN or infinite values in \['w'\]"):
+        checkpoint.load_latest(folder)

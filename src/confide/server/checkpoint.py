@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from confide import serde
 from confide.errors import ConfideError
 from confide.records import Arrays
@@ -67,6 +69,19 @@ def load_latest(directory: Path) -> Checkpoint | None:
             scalars=dict(kept.get("scalars", {})),
             arrays=serde.decode_arrays((directory / kept["arrays"]).read_bytes()) if "arrays" in kept else Arrays(()),
         )
-        return Checkpoint(round=int(record["round"]), arrays=arrays, state=dict(record["state"]), strategy=strategy)
+        found = Checkpoint(round=int(record["round"]), arrays=arrays, state=dict(record["state"]), strategy=strategy)
     except (OSError, ValueError, KeyError, TypeError, ConfideError) as exc:
         raise ConfideError(f"checkpoint in {directory} cannot be read: {exc}") from exc
+    for what, held in (("model", found.arrays), ("strategy state", found.strategy.arrays)):
+        bad = non_finite(held)
+        if bad:
+            raise ConfideError(
+                f"checkpoint in {directory} (round {found.round}) is refused: its {what} holds NaN or infinite values "
+                f"in {bad[:3]}; resume from a sound copy or start the job afresh"
+            )
+    return found
+
+
+def non_finite(arrays: Arrays) -> list[str]:
+    """The names of the floating-point arrays that hold NaN or infinite values."""
+    return [name for name, v in arrays.items() if np.issubdtype(v.dtype, np.floating) and not np.isfinite(v).all()]

@@ -221,6 +221,12 @@ class ServerLoop:
                     f"{', '.join(spent)} is spent ({exc})"
                 ) from None
             raise
+        bad = checkpoint.non_finite(accepted.arrays)
+        if bad:  # the previous model stands; nothing non-finite is ever checkpointed or sent
+            raise RoundFailed(
+                f"round {rnd}: the aggregate of {', '.join(accepted.sites)} holds NaN or infinite values in "
+                f"{bad[:3]}; the model of the previous round is kept"
+            )
         self.global_arrays = accepted.arrays
         eval_metrics: dict[str, Mapping[str, float]] = {}
         if self.config.evaluate_every and rnd % self.config.evaluate_every == 0:
