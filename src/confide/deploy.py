@@ -155,6 +155,9 @@ def serve(
         rounds = [{**r.to_dict(), "coordination_seconds": r.coordination_seconds} for r in history.rounds]
         (job.report.out / "rounds.json").write_text(json.dumps(rounds, indent=1))
         return final
+    except BaseException as exc:  # the sites hear that the job failed, not that it is done
+        service.close(failed=f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+        raise
     finally:
         service.close()
         left = service.wait_for_farewells(timeout_s=60.0)  # every live site hears "done" and gets the final model

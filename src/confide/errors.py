@@ -84,3 +84,7 @@ class BudgetSpent(RoundFailed):
 BUDGET_REFUSAL = "privacy budget:"
 """How a site's refusal of a round over its budget begins; the server stops training on it (only when the round
 missed its quorum anyway, so a site cannot stop a federation that could go on without it)."""
+
+
+class JobFailed(ConfideError):
+    """The server ended the job as failed (a site hears why and exits non-zero)."""

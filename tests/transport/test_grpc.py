@@ -339,3 +339,32 @@ def test_a_result_arriving_after_its_round_closed_is_discarded_with_a_log_line(
     assert sorted(rounds[0]["sites"]) == ["site-1", "site-2"] and "deadline" in rounds[0]["failures"]["site-3"]
     assert any("arrived after its round closed; discarded" in r.getMessage() for r in caplog.records)
     assert sorted(rounds[-1]["sites"]) == SITES  # the late site is back
+
+
+def test_a_failed_job_tells_the_sites_it_failed_and_they_say_why(tmp_path: Path) -> None:
+    """Before: the server's finally told every site "done", and the sites printed "job done" and exited 0."""
+    from confide.errors import JobFailed, RoundFailed
+
+    kits = _federation(tmp_path / "kits")
+    job = parse_job(
+        {
+            "data": {"root": str(tmp_path)},
+            "federation": {"rounds": 2, "local_steps": 1, "min_sites": 3, "quorum_retries": 0},
+            "report": {"out": str(tmp_path / "report")},
+        }
+    )
+    server, result, _ = _start(kits, job)
+    answers: dict[str, object] = {}
+
+    def failing(name: str, job: JobConfig) -> SiteRunner:
+        return SiteRunner(name, QuadraticTask(TARGETS[name], examples=10, fail=True))
+
+    threads = [_site(kits, name, int(result["port"]), answers, runner=failing) for name in SITES]  # type: ignore[call-overload]
+    server.join(90)
+    for t in threads:
+        t.join(60)
+
+    assert isinstance(result.get("error"), RoundFailed)
+    for name in SITES:
+        assert isinstance(answers[name], JobFailed), answers[name]
+        assert "failed" in str(answers[name]) and "disk full" in str(answers[name])

@@ -16,7 +16,7 @@ from typing import Any
 import grpc
 
 from confide import serde
-from confide.errors import ConfideError, TransportError
+from confide.errors import ConfideError, JobFailed, TransportError
 from confide.records import Arrays
 from confide.serde import DEFAULT_MAX_BYTES, Encoded
 from confide.transport import framing
@@ -104,6 +104,9 @@ class SiteClient:
                 except ConfideError as exc:
                     log.warning("site %s: instruction transfer broken (%s); pulling it again", self.name, exc)
                     continue
+                if header.get("done") and header.get("failed"):
+                    reason = " ".join(str(header["failed"]).split())[:500]
+                    raise JobFailed(f"the server ended the job as failed: {reason}")
                 if header.get("done"):
                     log.info("site %s: the server says the job is done", self.name)
                     if transfer is not None:

@@ -87,6 +87,7 @@ class FederationService:
         self._sending = threading.BoundedSemaphore(config.max_sending)
         self._expected: dict[str, str] = {}
         self._done = False
+        self._failed: str | None = None
         self._final: bytes | Encoded | None = None
         self._told_done: set[str] = set()
 
@@ -197,13 +198,16 @@ class FederationService:
                 state.notices.append(message)
                 state.wake.notify_all()
 
-    def close(self, final: bytes | Encoded | None = None) -> None:
+    def close(self, final: bytes | Encoded | None = None, *, failed: str | None = None) -> None:
         """The job is over: every site's next pull answers "done", with the final model (``final``: encoded
-        arrays) when one is given, so that each site can keep it and adapt it to its own patients."""
+        arrays) when one is given, so that each site can keep it and adapt it to its own patients. ``failed``: the
+        job ended in failure, and why; sites hear it with "done" (and no model) and exit non-zero."""
         with self._lock:
             self._done = True
             if final is not None:
                 self._final = final
+            if failed is not None and self._failed is None:
+                self._failed = " ".join(failed.split())[:500]
             for state in self._sites.values():
                 state.wake.notify_all()
 
@@ -253,7 +257,7 @@ class FederationService:
         with self._lock:
             while state.task is None and not state.notices and not self._done and time.monotonic() < end:
                 state.wake.wait(timeout=max(0.0, end - time.monotonic()))
-            task, done = state.task, self._done
+            task, done, failed = state.task, self._done, self._failed
             notice = state.notices.pop(0) if state.notices else None
         state.last_seen = time.monotonic()
         if notice is not None:
@@ -261,6 +265,9 @@ class FederationService:
         elif task is not None:
             with self._sending:  # a few streams at a time: each one buffers a few MB in flight
                 yield from framing.frames(task[1], task=task[0])
+        elif done and failed is not None:
+            yield framing.control(done=True, failed=failed)
+            self._farewell(name)
         elif done and self._final is not None:
             with self._sending:
                 yield from framing.frames(self._final, done=True)
