@@ -186,6 +186,9 @@ def server(
     kit: Annotated[Path, typer.Option(help="the server kit (server.yaml, certificates, key)")],
     resume: Annotated[bool, typer.Option(help="continue from the last completed round's checkpoint")] = False,
     port: Annotated[int | None, typer.Option(help="override the kit's port")] = None,
+    host: Annotated[
+        str | None, typer.Option(help="address to listen on (default: the kit's host; 0.0.0.0 for every interface)")
+    ] = None,
     wait: Annotated[float, typer.Option(help="seconds to wait for the quorum of sites to join")] = 600.0,
 ) -> None:
     """Serve a job to the federation's sites over gRPC with mutual TLS (sites dial in)."""
@@ -200,6 +203,7 @@ def server(
         initial=lambda j: initial_global(j, make_workload(j.task)),
         resume=resume,
         port=port,
+        host=host,
         wait_s=wait,
         on_listen=lambda p: console.print(f"listening on port {p}; waiting for {job.federation.min_sites} site(s)"),
     )

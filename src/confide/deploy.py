@@ -90,11 +90,13 @@ def serve(
     initial: Callable[[JobConfig], Any],
     resume: bool = False,
     port: int | None = None,
+    host: str | None = None,
     wait_s: float = 300.0,
     events: RoundEvents | None = None,
     on_listen: Callable[[int], None] | None = None,
 ) -> Path:
-    """Serve ``job`` to the federation's sites; return the path of the final global model."""
+    """Serve ``job`` to the federation's sites; return the path of the final global model. The server listens on
+    ``host`` (default: the address in its kit, the one sites dial; ``0.0.0.0`` for every interface)."""
     cfg = read_kit_config(kit, "server.yaml", ("federation", "port", "certificate", "private_key", "ca"))
     ckpt_dir = job.report.out / "checkpoints"
     found = checkpoint.load_latest(ckpt_dir)
@@ -118,6 +120,7 @@ def serve(
     )
     server, bound = start_server(
         service,
+        host=str(host or cfg.get("host") or "127.0.0.1"),
         port=int(cfg["port"] if port is None else port),
         key_pem=read_kit_file(kit, cfg["private_key"]),
         cert_pem=read_kit_file(kit, cfg["certificate"]),

@@ -368,3 +368,41 @@ def test_a_failed_job_tells_the_sites_it_failed_and_they_say_why(tmp_path: Path)
     for name in SITES:
         assert isinstance(answers[name], JobFailed), answers[name]
         assert "failed" in str(answers[name]) and "disk full" in str(answers[name])
+
+
+def test_a_second_server_on_a_taken_port_refuses_to_start(tmp_path: Path) -> None:
+    """Before: gRPC's SO_REUSEPORT let both print "listening" while the kernel split the sites between them."""
+    from confide.errors import ConfideError
+
+    kits = _federation(tmp_path / "kits")
+    _, result, _ = _start(kits, _job(tmp_path / "one"))
+
+    with pytest.raises(ConfideError, match=r"cannot listen on 127\.0\.0\.1:"):
+        serve(kits / "server", _job(tmp_path / "two"), initial=lambda _: arrays(w=[0.0, 0.0]), port=int(result["port"]))  # type: ignore[call-overload]
+
+
+def _listening(port: int) -> set[str]:
+    """The local addresses (hex, as the kernel lists them) of the sockets listening on ``port``."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        if not Path(table).exists():
+            continue
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, hex_port = local.rsplit(":", 1)
+            if state == "0A" and int(hex_port, 16) == port:
+                found.add(address)
+    return found
+
+
+def test_the_server_listens_on_its_kits_address_not_every_interface(tmp_path: Path) -> None:
+    """Before: the server always bound every interface ([::])."""
+    if not Path("/proc/net/tcp").exists():
+        pytest.skip("needs Linux's /proc/net/tcp to see where a socket listens")
+    kits = _federation(tmp_path / "kits")  # its host: 127.0.0.1
+    _, result, _ = _start(kits, _job(tmp_path))
+
+    addresses = _listening(int(result["port"]))  # type: ignore[call-overload]
+
+    assert addresses  # 127.0.0.1 only (as itself or IPv4-mapped), not 0.0.0.0 or ::
+    assert all(a.endswith("0100007F") for a in addresses), addresses

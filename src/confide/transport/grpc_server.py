@@ -46,7 +46,12 @@ GRPC_OPTIONS = [
 
 # The server's receive windows stay small: a site whose update waits its turn (max_inflight) holds at most a
 # window of it in the server's memory, instead of the megabytes that bandwidth probing would grant each stream.
-SERVER_OPTIONS = [*GRPC_OPTIONS, ("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", 512 << 10)]
+SERVER_OPTIONS = [
+    *GRPC_OPTIONS,
+    ("grpc.http2.bdp_probe", 0),
+    ("grpc.http2.lookahead_bytes", 512 << 10),
+    ("grpc.so_reuseport", 0),  # a second server on a taken port fails instead of splitting the sites with the first
+]
 
 
 @dataclass
@@ -379,9 +384,13 @@ def start_server(
     credentials = grpc.ssl_server_credentials(
         [(key_pem, cert_pem)], root_certificates=service.ca_pem, require_client_auth=True
     )
-    bound = server.add_secure_port(f"{host}:{port}", credentials)
+    address = f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+    try:
+        bound = server.add_secure_port(address, credentials)
+    except RuntimeError as exc:  # grpcio raises where older versions returned 0
+        raise ConfideError(f"cannot listen on {address}: {exc} (is another server using the port?)") from None
     if bound == 0:
-        raise ConfideError(f"cannot listen on {host}:{port} (port in use or not allowed)")
+        raise ConfideError(f"cannot listen on {address} (port in use, or an address this machine does not have)")
     server.start()
     return server, bound
 
