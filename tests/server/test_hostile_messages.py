@@ -126,3 +126,18 @@ def test_a_checkpoint_holding_infinite_values_is_refused_on_resume(tmp_path: obj
 
     with pytest.raises(ConfideError, match=r"round 3\) is refused: its model holds NaN or infinite values in \['w'\]"):
         checkpoint.load_latest(folder)
+
+
+def test_a_sites_failure_reason_is_stored_on_one_bounded_line() -> None:
+    """Before: a reason with newlines forged log lines, and an 8 MB reason grew latest.json to 8 MB."""
+    from confide.records import Failure
+
+    forged = "disk full\nWARNING confide.server.loop: round 1: site a refused: forged" + "x" * 8_000_000
+    endpoints: dict[str, object] = {name: SiteRunner(name, QuadraticTask(t, 10)) for name, t in HONEST.items()}
+    endpoints["mallory"] = Hostile(serde.encode(Failure(round=1, reason=forged)))
+    loop = ServerLoop(FedAvg({"lr": 0.5}), InMemoryTransport(endpoints), START, LoopConfig(rounds=1, min_sites=3))  # type: ignore[arg-type]
+
+    result = loop.run_round(1)
+
+    stored = result.failures["mallory"]
+    assert "\n" not in stored and len(stored) < 400 and stored.endswith("…")

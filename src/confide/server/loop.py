@@ -17,6 +17,7 @@ from typing import Any, Protocol
 from confide import serde
 from confide.errors import BUDGET_REFUSAL, BudgetSpent, ConfideError, RoundFailed
 from confide.records import Arrays, EvalIns, EvalRes, Failure, TrainIns, TrainRes
+from confide.sanitize import one_line
 from confide.server import checkpoint
 from confide.server.checks import check_update
 from confide.server.secure_round import SecureRound, SecureSettings, check_secure_strategy
@@ -308,7 +309,7 @@ class ServerLoop:
             return Rejection(f"site {site}: undecodable reply ({type(exc).__name__})")
         if isinstance(record, Failure):
             verb = "refused" if record.kind == "refused" else "failed"
-            return Rejection(f"site {site} {verb}: {record.reason}", tell_site=False)
+            return Rejection(f"site {site} {verb}: {one_line(record.reason)}", tell_site=False)
         if not isinstance(record, TrainRes):
             return Rejection(f"site {site}: expected a training result, got {type(record).__name__}")
         if record.round != rnd:

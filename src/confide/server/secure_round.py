@@ -76,6 +76,7 @@ from confide.privacy.secagg_wire import (
     unpack_shares,
 )
 from confide.records import Arrays, Control, Failure, TrainIns, TrainRes
+from confide.sanitize import one_line
 from confide.server.checks import check_update
 from confide.strategies.aggregate import apply_delta, model_size, unflatten, weighted_metrics
 from confide.strategies.base import Aggregate, Strategy
@@ -320,7 +321,7 @@ class SecureRound:
                 continue
             if isinstance(record, Failure):
                 verb = "refused" if record.kind == "refused" else "failed"
-                self._drop(rnd, step, reply.site, f"{verb}: {record.reason}", tell=False)
+                self._drop(rnd, step, reply.site, f"{verb}: {one_line(record.reason)}", tell=False)
             elif not isinstance(record, Control) or record.round != rnd:
                 got = type(record).__name__ + (f" of round {record.round}" if isinstance(record, Control) else "")
                 self._drop(rnd, step, reply.site, f"expected its {step} answer for round {rnd}, got a {got}")
