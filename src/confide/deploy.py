@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -26,7 +27,7 @@ from confide.provision import IdentityError, site_identity
 from confide.provision_kit import CRL, load_revoked, load_roster
 from confide.records import Arrays
 from confide.server import checkpoint
-from confide.server.loop import LoopConfig, RoundEvents, ServerLoop
+from confide.server.loop import History, LoopConfig, RoundEvents, RoundResult, ServerLoop
 from confide.server.secure_round import SecureSettings
 from confide.site.runner import SiteRunner
 from confide.strategies import Strategy
@@ -135,6 +136,7 @@ def serve(
             raise RoundFailed(
                 f"only {len(present)} of the {start} sites needed joined within {wait_s:.0f} s: {present}"
             )
+        rounds_file = _RoundsFile(job.report.out / "rounds.json", events)
         loop = ServerLoop(
             _strategy(job, roster_size=len(service.config.roster() or {}) or len(present)),
             service,
@@ -148,15 +150,15 @@ def serve(
                 retry_wait_s=job.federation.retry_wait_s,
                 secure=_secure_settings(kit, cfg) if job.privacy.secure_aggregation else None,
             ),
-            events,
+            rounds_file,
         )
+        rounds_file.history = loop.history
         history = loop.run()
         job.report.out.mkdir(parents=True, exist_ok=True)
         final = job.report.out / "global.safetensors"
         serde.save_arrays(final, loop.global_arrays)
         service.close(final=serde.encode_arrays_parts(loop.global_arrays))  # every site leaves with the final model
-        rounds = [{**r.to_dict(), "coordination_seconds": r.coordination_seconds} for r in history.rounds]
-        (job.report.out / "rounds.json").write_text(json.dumps(rounds, indent=1))
+        rounds_file.write(history)
         return final
     except BaseException as exc:  # the sites hear that the job failed, not that it is done
         service.close(failed=f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
@@ -168,6 +170,37 @@ def serve(
             log.warning("sites %s were not told the job is done (still busy after 60 s)", left)
         # stop taking calls, but let the streams in flight (the final model on its way to a site) finish first
         server.stop(grace=15.0).wait(timeout=20.0)
+
+
+class _RoundsFile:
+    """Round events that rewrite ``rounds.json`` after every round (an auditor reads a running job's trail, and a
+    crash loses nothing of it), then pass the event on."""
+
+    def __init__(self, path: Path, inner: RoundEvents | None) -> None:
+        self.path = path
+        self.inner = inner
+        self.history: History | None = None
+
+    def round_started(self, round: int, sites: list[str]) -> None:
+        if self.inner is not None:
+            self.inner.round_started(round, sites)
+
+    def site_finished(self, round: int, site: str, ok: bool, detail: str) -> None:
+        if self.inner is not None:
+            self.inner.site_finished(round, site, ok, detail)
+
+    def round_finished(self, result: RoundResult, global_arrays: Arrays) -> None:
+        if self.history is not None:
+            self.write(self.history)
+        if self.inner is not None:
+            self.inner.round_finished(result, global_arrays)
+
+    def write(self, history: History) -> None:
+        rounds = [{**r.to_dict(), "coordination_seconds": r.coordination_seconds} for r in history.rounds]
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        tmp.write_text(json.dumps(rounds, indent=1))
+        os.replace(tmp, self.path)
 
 
 def _secure_settings(kit: Path, cfg: dict[str, Any]) -> SecureSettings:

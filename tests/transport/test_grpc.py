@@ -341,8 +341,9 @@ def test_a_result_arriving_after_its_round_closed_is_discarded_with_a_log_line(
     assert sorted(rounds[-1]["sites"]) == SITES  # the late site is back
 
 
-def test_a_failed_job_tells_the_sites_it_failed_and_they_say_why(tmp_path: Path) -> None:
-    """Before: the server's finally told every site "done", and the sites printed "job done" and exited 0."""
+def test_a_failed_job_tells_the_sites_it_failed_and_keeps_the_rounds_it_ran(tmp_path: Path) -> None:
+    """Before: the server's finally told every site "done", and the sites printed "job done" and exited 0; and
+    rounds.json was written only at the end, so a failed job left none."""
     from confide.errors import JobFailed, RoundFailed
 
     kits = _federation(tmp_path / "kits")
@@ -356,8 +357,14 @@ def test_a_failed_job_tells_the_sites_it_failed_and_they_say_why(tmp_path: Path)
     server, result, _ = _start(kits, job)
     answers: dict[str, object] = {}
 
+    class FailsFromRound2(QuadraticTask):
+        def train(self, arrays: Arrays, config: Config, round: int) -> TrainRes:
+            if round >= 2:
+                raise RuntimeError("disk full")
+            return super().train(arrays, config, round)
+
     def failing(name: str, job: JobConfig) -> SiteRunner:
-        return SiteRunner(name, QuadraticTask(TARGETS[name], examples=10, fail=True))
+        return SiteRunner(name, FailsFromRound2(TARGETS[name], examples=10))
 
     threads = [_site(kits, name, int(result["port"]), answers, runner=failing) for name in SITES]  # type: ignore[call-overload]
     server.join(90)
@@ -365,6 +372,8 @@ def test_a_failed_job_tells_the_sites_it_failed_and_they_say_why(tmp_path: Path)
         t.join(60)
 
     assert isinstance(result.get("error"), RoundFailed)
+    rounds = json.loads((tmp_path / "report" / "rounds.json").read_text())  # written as round 1 closed
+    assert [r["round"] for r in rounds] == [1]
     for name in SITES:
         assert isinstance(answers[name], JobFailed), answers[name]
         assert "failed" in str(answers[name]) and "disk full" in str(answers[name])
