@@ -73,8 +73,14 @@ class SiteClient:
                 code = exc.code()
                 if code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
                     raise TransportError(f"server refused this site's identity: {exc.details()}") from None
+                details = str(exc.details() or "")
+                if code == grpc.StatusCode.UNAVAILABLE and _tls_failure(details):
+                    raise TransportError(
+                        f"{what}: the TLS handshake with the server failed, so retrying cannot help (is this kit from "
+                        f"this federation? does the server's certificate match its address?): {details}"
+                    ) from None
                 if code not in _RETRYABLE or time.monotonic() - start > self.give_up_after_s:
-                    raise TransportError(f"{what} failed: {code.name}: {exc.details()}") from None
+                    raise TransportError(f"{what} failed: {code.name}: {details}") from None
                 log.info("%s: server unreachable (%s), retrying in %.1f s", what, code.name, delay)
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
@@ -151,6 +157,16 @@ class SiteClient:
             if not reply.get("retry"):
                 return
         log.error("site %s: answer to %s could not be delivered after %d attempts", self.name, task_id, attempt)
+
+
+_TLS_MARKS = ("handshake", "certificate", "ssl", "tls", "alert")
+
+
+def _tls_failure(details: str) -> bool:
+    """Whether gRPC's reason for an unavailable server is a failed TLS handshake (a wrong CA, a certificate that
+    does not match), which no retry cures, rather than a server that is down or unreachable."""
+    lowered = details.lower()
+    return any(mark in lowered for mark in _TLS_MARKS)
 
 
 def _answer(endpoint: Endpoint, payload: memoryview) -> bytes | Encoded:
