@@ -7,6 +7,7 @@ import math
 from collections.abc import Iterator, Mapping
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -300,22 +301,24 @@ def test_a_deployed_site_requires_secure_aggregation_when_its_job_or_its_policy_
     assert [r.secure_aggregation for r in runners] == [False, True, True]
 
 
-class Unsigned:
-    """A site whose advertisement loses its signature on the way (a broken or outdated site)."""
+class Tampered:
+    """A site whose answer on one step has a field replaced on the way (a broken, outdated or forged site)."""
 
-    def __init__(self, runner: SiteRunner) -> None:
-        self.runner = runner
+    def __init__(self, runner: SiteRunner, topic: str, kind: type[Any], **changes: object) -> None:
+        self.runner, self.topic, self.kind, self.changes = runner, topic, kind, changes
 
     def handle(self, payload: bytes | memoryview) -> bytes:
         reply = serde.decode(self.runner.handle(payload))
-        if isinstance(reply, Control) and reply.topic == "secagg/advertisement":
-            reply = pack(reply.round, replace(unpack(reply, Advertisement), signature=b""))
+        if isinstance(reply, Control) and reply.topic == self.topic:
+            reply = pack(reply.round, replace(unpack(reply, self.kind), **self.changes))
         return serde.encode(reply)
 
 
 def test_a_site_whose_keys_are_unsigned_is_left_out_before_the_roster() -> None:
     runners: dict[str, Endpoint] = {n: _runner(n, t) for n, t in _tasks("a", "b", "c").items()}
-    runners["d"] = Unsigned(_runner("d", QuadraticTask(TARGETS["d"], 10)))
+    runners["d"] = Tampered(
+        _runner("d", QuadraticTask(TARGETS["d"], 10)), "secagg/advertisement", Advertisement, signature=b""
+    )
     loop = ServerLoop(FedAvg({"lr": 0.5}), Tap(runners), START, LoopConfig(rounds=1, secure=SIGNED))
 
     result = loop.run_round(1)
@@ -353,22 +356,11 @@ def test_a_simulated_site_that_fails_before_masking_is_left_out_and_the_others_a
     np.testing.assert_allclose(result.arrays["w"], _mean_update(("a", "b", "c")), atol=2 / SCALE)
 
 
-class ForgedConfirmation:
-    """A site whose signature over the survivor set is replaced on the way."""
-
-    def __init__(self, runner: SiteRunner) -> None:
-        self.runner = runner
-
-    def handle(self, payload: bytes | memoryview) -> bytes:
-        reply = serde.decode(self.runner.handle(payload))
-        if isinstance(reply, Control) and reply.topic == "secagg/confirmed":
-            reply = pack(reply.round, replace(unpack(reply, SurvivorSignature), signature=b"forged"))
-        return serde.encode(reply)
-
-
 def test_the_server_unmasks_only_with_the_survivors_signatures_and_leaves_a_forgery_out() -> None:
     runners: dict[str, Endpoint] = {n: _runner(n, t) for n, t in _tasks("a", "b", "c").items()}
-    runners["d"] = ForgedConfirmation(_runner("d", QuadraticTask(TARGETS["d"], 10)))
+    runners["d"] = Tampered(
+        _runner("d", QuadraticTask(TARGETS["d"], 10)), "secagg/confirmed", SurvivorSignature, signature=b"forged"
+    )
     tap = Tap(runners)
     loop = ServerLoop(FedAvg({"lr": 0.5}), tap, START, LoopConfig(rounds=1, secure=SIGNED))
 
