@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -244,8 +245,10 @@ def test_strategy_state_is_checkpointed_and_a_resumed_run_matches_an_unbroken_on
 
     assert resumed_strategy.rounds_seen == 4  # two before the restart, restored, then two more
     np.testing.assert_allclose(resumed.arrays["w"], unbroken.arrays["w"], rtol=1e-6)
-    assert sorted(p.name for p in tmp_path.glob("*.safetensors")) == [
+    assert sorted(p.name for p in tmp_path.glob("*.safetensors")) == [  # this round's and the one before
+        "global-round00003.safetensors",
         "global-round00004.safetensors",
+        "strategy-round00003.safetensors",
         "strategy-round00004.safetensors",
     ]
 
@@ -255,3 +258,17 @@ def test_a_checkpoint_of_another_strategy_is_refused(tmp_path: Path) -> None:
 
     with pytest.raises(ConfideError, match="written by strategy 'momentum-test'"):
         ServerLoop(FedAvg(), InMemoryTransport({}), arrays(w=[0.0, 0.0]), LoopConfig(rounds=2, checkpoint_dir=tmp_path))
+
+
+def test_two_checkpoint_generations_are_kept(tmp_path: Path) -> None:
+    for rnd in (1, 2, 3):
+        checkpoint.save(tmp_path, rnd, arrays(w=[float(rnd), 0.0]), {"history": []})
+
+    models = sorted(p.name for p in tmp_path.glob("global-round*.safetensors"))
+    assert models == ["global-round00002.safetensors", "global-round00003.safetensors"]
+    assert json.loads((tmp_path / "previous.json").read_text())["round"] == 2
+    latest = checkpoint.load_latest(tmp_path)
+    assert latest is not None and latest.round == 3
+    (tmp_path / "previous.json").replace(tmp_path / "latest.json")  # what an operator does after a bad round
+    earlier = checkpoint.load_latest(tmp_path)
+    assert earlier is not None and earlier.round == 2 and float(earlier.arrays["w"][0]) == 2.0

@@ -31,6 +31,21 @@ def _atomic_write(path: Path, data: bytes) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)
+    _sync_directory(path.parent)
+
+
+def _sync_directory(directory: Path) -> None:
+    """Make a rename in ``directory`` durable (a crash right after it must not lose the new name)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # a platform without directory handles: the rename stands as the OS keeps it
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def save(
@@ -48,12 +63,24 @@ def save(
         kept = directory / f"strategy-round{round:05d}.safetensors"
         serde.save_arrays(kept, strategy.arrays)
         record["strategy"]["arrays"] = kept.name
-    _atomic_write(directory / "latest.json", json.dumps(record, indent=1).encode())
-    current = {model.name, record["strategy"].get("arrays")}
+    pointer = directory / "latest.json"
+    if pointer.exists():  # the previous generation stays, pointed at by previous.json, until the next round
+        _atomic_write(directory / "previous.json", pointer.read_bytes())
+    _atomic_write(pointer, json.dumps(record, indent=1).encode())
+    current = {model.name, record["strategy"].get("arrays"), *_files(directory / "previous.json")}
     for old in [*directory.glob("global-round*.safetensors"), *directory.glob("strategy-round*.safetensors")]:
         if old.name not in current:
             old.unlink(missing_ok=True)
     return model
+
+
+def _files(pointer: Path) -> set[str]:
+    """The files a checkpoint record points at (none when it is missing or unreadable)."""
+    try:
+        record = json.loads(pointer.read_text())
+        return {str(record["model"]), *([str(record["strategy"]["arrays"])] if "arrays" in record["strategy"] else [])}
+    except (OSError, ValueError, KeyError, TypeError):
+        return set()
 
 
 def load_latest(directory: Path) -> Checkpoint | None:
@@ -77,7 +104,8 @@ def load_latest(directory: Path) -> Checkpoint | None:
         if bad:
             raise ConfideError(
                 f"checkpoint in {directory} (round {found.round}) is refused: its {what} holds NaN or infinite values "
-                f"in {bad[:3]}; resume from a sound copy or start the job afresh"
+                f"in {bad[:3]}; the round before is kept in previous.json (rename it to latest.json to resume from "
+                "it), or start the job afresh"
             )
     return found
 
