@@ -1,30 +1,9 @@
 """What a site sends beside its update, and what it holds back under differential privacy.
 
 Under any DP setting (a filter that spends privacy, or DP-SGD in the task) nothing data-dependent leaves the site
-unless a mechanism noised it and the ledger charged it. The fields of a training answer, and what each carries:
-
-============================  ===============================  ==================================================
-field                         without DP                       under DP
-============================  ===============================  ==================================================
-``round``                     the instruction's round          the same (the server's own number)
-``update``                    trained minus received           after the privacy chain: noised (and charged)
-``num_examples``              the site's training cases        1: updates weigh equally (the count is data)
-``metrics``                   training loss and the task's     none: an exact loss describes the patients
-``meta["filters"]``           the filters run, in order        the same (the site's configuration)
-``meta["filter_params"]``     each filter's parameters         the same (configuration, not data)
-``meta["epsilon"|"delta"]``   the ledger's total so far        the same (a function of the configuration)
-``meta["dp_clip"]``           --                               the clip norm (configuration)
-``meta["dp_noise_std"]``      --                               the noise's standard deviation (configuration)
-``meta["shared_fraction"]``   share of entries sent            the same (a function of the configuration)
-``meta["sparsify"]``          selection rule                   the same
-``meta["svt_epsilon"]``       --                               SVT's epsilon per round (configuration)
-``meta["svt_shared"]``        --                               share of entries SVT released (read off the
-                                                               released sparse update anyway)
-``meta["task_seconds"]``      how long training took           none: timing follows the data's size
-============================  ===============================  ==================================================
-
-A sparse update's selection is part of the update: under SVT it is noised and charged; plain sparsification
-(``sparsify``) is not differential privacy and sends exact entries (see :mod:`confide.privacy.sparsify`).
+unless a mechanism noised it and the ledger charged it: the noised update, the keys of :data:`RELEASED_META`
+(how the site protected it), a count of 1 (updates weigh equally) and no metrics. DESIGN.md ("What a site sends")
+tables every field with and without DP; ``tests/site/test_release.py`` holds that table to these sets.
 Evaluation requests are refused under DP: exact metrics on a site's patients would leave unaccounted.
 """
 

@@ -18,6 +18,7 @@ import grpc
 from confide import serde
 from confide.errors import ConfideError, JobFailed, TransportError
 from confide.records import Arrays
+from confide.sanitize import one_line
 from confide.serde import DEFAULT_MAX_BYTES, Encoded
 from confide.transport import framing
 from confide.transport.grpc_server import GRPC_OPTIONS, SERVICE
@@ -111,8 +112,7 @@ class SiteClient:
                     log.warning("site %s: instruction transfer broken (%s); pulling it again", self.name, exc)
                     continue
                 if header.get("done") and header.get("failed"):
-                    reason = " ".join(str(header["failed"]).split())[:500]
-                    raise JobFailed(f"the server ended the job as failed: {reason}")
+                    raise JobFailed(f"the server ended the job as failed: {one_line(header['failed'], 500)}")
                 if header.get("done"):
                     log.info("site %s: the server says the job is done", self.name)
                     if transfer is not None:

@@ -29,6 +29,7 @@ import grpc
 
 from confide.errors import ConfideError
 from confide.provision import IdentityError, site_identity
+from confide.sanitize import one_line
 from confide.serde import Encoded
 from confide.transport import framing
 from confide.transport.base import Reply
@@ -212,7 +213,7 @@ class FederationService:
             if final is not None:
                 self._final = final
             if failed is not None and self._failed is None:
-                self._failed = " ".join(failed.split())[:500]
+                self._failed = one_line(failed, 500)
             for state in self._sites.values():
                 state.wake.notify_all()
 
