@@ -165,9 +165,12 @@ def serve(
         raise
     finally:
         service.close()
-        left = service.wait_for_farewells(timeout_s=60.0)  # every live site hears "done" and gets the final model
+        # every live site hears "done" and gets the final model; one still training on a round that closed without
+        # it (its answer late) finishes that step first, so the wait covers a round's deadline
+        farewell_s = max(60.0, min(job.federation.round_deadline_s or 0.0, 600.0))
+        left = service.wait_for_farewells(timeout_s=farewell_s)
         if left:
-            log.warning("sites %s were not told the job is done (still busy after 60 s)", left)
+            log.warning("sites %s were not told the job is done (still busy after %.0f s)", left, farewell_s)
         # stop taking calls, but let the streams in flight (the final model on its way to a site) finish first
         server.stop(grace=15.0).wait(timeout=20.0)
 

@@ -43,12 +43,14 @@ class SiteClient:
         give_up_after_s: float = 600.0,
         push_attempts: int = 3,
         pull_timeout_s: float = 600.0,
+        after_done_s: float = 60.0,
     ) -> None:
         self.address = address
         self.make_endpoint = make_endpoint
         self.give_up_after_s = give_up_after_s
         self.push_attempts = push_attempts
         self.pull_timeout_s = pull_timeout_s
+        self.after_done_s = after_done_s  # how long to retry a server that has said the job is over, then left
         credentials = grpc.ssl_channel_credentials(
             root_certificates=ca_pem, private_key=key_pem, certificate_chain=cert_pem
         )
@@ -58,6 +60,8 @@ class SiteClient:
         self._pull = self._channel.unary_stream(f"/{SERVICE}/Pull")
         self._push = self._channel.stream_unary(f"/{SERVICE}/Push")
         self._stop = threading.Event()
+        self._over_at: float | None = None  # when a heartbeat reply first said the job is over
+        self._over_failed: str | None = None
         self.name = ""
         self.answered = 0
         self.notices: list[str] = []
@@ -82,6 +86,9 @@ class SiteClient:
                     ) from None
                 if code not in _RETRYABLE or time.monotonic() - start > self.give_up_after_s:
                     raise TransportError(f"{what} failed: {code.name}: {details}") from None
+                over_at = self._over_at
+                if over_at is not None and time.monotonic() - over_at > self.after_done_s:
+                    raise _ServerLeft(details) from None
                 log.info("%s: server unreachable (%s), retrying in %.1f s", what, code.name, delay)
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
@@ -89,11 +96,24 @@ class SiteClient:
     def _beat(self, every_s: float) -> None:
         while not self._stop.wait(every_s):
             try:
-                self._heartbeat(b"{}", timeout=every_s)
+                reply = self._heartbeat(b"{}", timeout=every_s)
             except grpc.RpcError as exc:
                 log.debug("heartbeat failed: %s", exc.code().name)
+                continue
             except ValueError:  # the channel closed under us: the site is shutting down
                 return
+            self._heard(reply)
+
+    def _heard(self, reply: bytes) -> None:
+        """A heartbeat reply: the server says whether the job is over (a site still training learns it here)."""
+        try:
+            said = json.loads(reply or b"{}")
+        except ValueError:
+            return
+        if isinstance(said, dict) and said.get("done") and self._over_at is None:
+            self._over_failed = one_line(said["failed"], 500) if said.get("failed") else None
+            self._over_at = time.monotonic()
+            log.info("site %s: the server says the job is over", self.name)
 
     def run(self) -> int:
         """Serve until the server says done; return the number of instructions answered."""
@@ -105,34 +125,50 @@ class SiteClient:
         beat.start()
         try:
             endpoint = self.make_endpoint(hello["job"])
-            while True:
-                try:
-                    header, transfer = self._call("pull", self._fetch)
-                except ConfideError as exc:
-                    log.warning("site %s: instruction transfer broken (%s); pulling it again", self.name, exc)
-                    continue
-                if header.get("done") and header.get("failed"):
-                    raise JobFailed(f"the server ended the job as failed: {one_line(header['failed'], 500)}")
-                if header.get("done"):
-                    log.info("site %s: the server says the job is done", self.name)
-                    if transfer is not None:
-                        self.final = serde.decode_arrays(bytes(transfer.payload))
-                    return self.answered
-                if header.get("wait"):
-                    continue
-                if "notice" in header:
-                    log.warning("site %s: the server says: %s", self.name, header["notice"])
-                    self.notices.append(str(header["notice"]))
-                    continue
-                if transfer is None:
-                    continue
-                answer = _answer(endpoint, transfer.payload)
-                del transfer  # the instruction's buffer is not needed while the answer streams
-                self._deliver(str(header["task"]), answer)
+            return self._serve(endpoint)
+        except _ServerLeft as exc:
+            if self._over_failed is not None:
+                raise JobFailed(f"the server ended the job as failed: {self._over_failed}") from None
+            log.warning(
+                "site %s: the server finished the job and has been unreachable for %.0f s since (%s); this site "
+                "leaves without the final model (fetch it from the server's report folder)",
+                self.name,
+                self.after_done_s,
+                one_line(str(exc), 200),
+            )
+            self.notices.append("the server finished the job but went away before this site collected the final model")
+            return self.answered
         finally:
             self._stop.set()
             beat.join(timeout=5.0)
             self._channel.close()
+
+    def _serve(self, endpoint: Endpoint) -> int:
+        """Pull, answer, push, until the server says done."""
+        while True:
+            try:
+                header, transfer = self._call("pull", self._fetch)
+            except ConfideError as exc:
+                log.warning("site %s: instruction transfer broken (%s); pulling it again", self.name, exc)
+                continue
+            if header.get("done") and header.get("failed"):
+                raise JobFailed(f"the server ended the job as failed: {one_line(header['failed'], 500)}")
+            if header.get("done"):
+                log.info("site %s: the server says the job is done", self.name)
+                if transfer is not None:
+                    self.final = serde.decode_arrays(bytes(transfer.payload))
+                return self.answered
+            if header.get("wait"):
+                continue
+            if "notice" in header:
+                log.warning("site %s: the server says: %s", self.name, header["notice"])
+                self.notices.append(str(header["notice"]))
+                continue
+            if transfer is None:
+                continue
+            answer = _answer(endpoint, transfer.payload)
+            del transfer  # the instruction's buffer is not needed while the answer streams
+            self._deliver(str(header["task"]), answer)
 
     def _fetch(self) -> tuple[dict[str, Any], framing.Transfer | None]:
         """One long poll: a control message, or an instruction streamed into its own buffer."""
@@ -153,10 +189,17 @@ class SiteClient:
             if reply.get("ok"):
                 self.answered += 1
                 return
+            if reply.get("done"):  # the job ended while this site worked: the next pull collects the final model
+                log.info("site %s: the job ended before this answer arrived; collecting the final model", self.name)
+                return
             log.warning("site %s: server did not take the answer (%s), attempt %d", self.name, reply, attempt)
             if not reply.get("retry"):
                 return
         log.error("site %s: answer to %s could not be delivered after %d attempts", self.name, task_id, attempt)
+
+
+class _ServerLeft(Exception):
+    """The server said the job is over, then stayed unreachable for ``after_done_s``."""
 
 
 _TLS_MARKS = ("handshake", "certificate", "ssl", "tls", "alert")

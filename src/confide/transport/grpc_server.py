@@ -252,9 +252,14 @@ class FederationService:
         return json.dumps({"site": name, "job": self.config.job, "heartbeat_s": self.config.heartbeat_s}).encode()
 
     def heartbeat(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+        """Liveness; once the job is over the reply says so, for a site still training to learn it without
+        waiting for its next pull (and to stop retrying should the server then be gone)."""
         name = self._identify(context)
         self._seen(name)
-        return b"{}"
+        with self._lock:
+            if not self._done:
+                return b"{}"
+            return json.dumps({"done": True, **({"failed": self._failed} if self._failed else {})}).encode()
 
     def pull(self, request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
         name = self._identify(context)
@@ -316,6 +321,8 @@ class FederationService:
         """Why a result for ``task_id`` from ``name`` is not wanted (``None``: it is, and is closed if asked)."""
         with self._lock:
             expected = self._expected.get(task_id)
+            if expected is None and self._done:
+                return json.dumps({"ok": False, "retry": False, "done": True, "reason": "the job is over"}).encode()
             if expected is None:
                 log.warning("site %s: result for %s arrived after its round closed; discarded", name, task_id)
                 return _answer(False, retry=False, reason="round already closed")
