@@ -66,7 +66,24 @@ class FederationConfig(_Strict):
     local_steps: int = Field(default=10, ge=1, le=1_000_000)
     min_sites: int = Field(default=1, ge=1, description="quorum: fewest accepted updates that close a round")
     round_deadline_s: float | None = Field(
-        default=None, gt=0, description="deployment: a site that has not answered by then is dropped from the round"
+        default=3600.0,
+        gt=0,
+        description="deployment: a site that has not answered by then is dropped from the round (null: no deadline)",
+    )
+    max_update_norm: float | Literal["auto", "off"] = Field(
+        default="auto",
+        description="an update whose L2 norm exceeds this is refused; auto: norm_multiple times the median norm of "
+        "recent rounds' accepted updates (the first round calibrates on its first updates); off: no bound",
+    )
+    norm_multiple: float = Field(default=10.0, gt=1, le=1e6, description="auto norm bound: times the median norm")
+    max_examples: int | None = Field(
+        default=None, ge=1, description="the most examples one site's update may be weighed with, whatever it reports"
+    )
+    max_site_share: float = Field(
+        default=0.5,
+        gt=0,
+        le=1,
+        description="the largest share of a round's weight one site's update may get (1: no cap)",
     )
     quorum_retries: int = Field(
         default=3, ge=0, le=1000, description="deployment: times a round that misses its quorum is tried again"
@@ -89,6 +106,13 @@ class FederationConfig(_Strict):
     proximal_mu: float = Field(
         default=0.01, ge=0, allow_inf_nan=False, description="fedprox: strength of the sites' proximal term (mu)"
     )
+
+    @model_validator(mode="after")
+    def _norm_bound(self) -> FederationConfig:
+        bound = self.max_update_norm
+        if isinstance(bound, float) and not (0 < bound < float("inf")):
+            raise ValueError(f"max_update_norm must be a positive finite number, 'auto' or 'off', got {bound}")
+        return self
 
     @model_validator(mode="after")
     def _cyclic_quorum(self) -> FederationConfig:

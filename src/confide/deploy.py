@@ -27,6 +27,7 @@ from confide.provision import IdentityError, site_identity
 from confide.provision_kit import CRL, load_revoked, load_roster
 from confide.records import Arrays
 from confide.server import checkpoint
+from confide.server.guard import guard_config
 from confide.server.loop import History, LoopConfig, RoundEvents, RoundResult, ServerLoop
 from confide.server.secure_round import SecureSettings
 from confide.site.runner import SiteRunner
@@ -145,6 +146,7 @@ def serve(
                 rounds=job.federation.rounds,
                 min_sites=need,
                 deadline_s=job.federation.round_deadline_s,
+                guard=guard_config(job.federation),
                 checkpoint_dir=ckpt_dir,
                 quorum_retries=job.federation.quorum_retries,
                 retry_wait_s=job.federation.retry_wait_s,

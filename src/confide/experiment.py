@@ -33,6 +33,7 @@ from confide.privacy.config import PrivacyConfig, job_as_policy
 from confide.privacy.ledger import Ledger
 from confide.records import Arrays
 from confide.report.progress import ProgressDisplay
+from confide.server.guard import guard_config
 from confide.server.loop import LoopConfig, RoundResult
 from confide.server.secure_round import SecureSettings
 from confide.sim import simulate
@@ -201,6 +202,7 @@ def _train_run(
     loop = LoopConfig(
         rounds=job.federation.rounds,
         min_sites=min(job.federation.min_sites, len(tasks)),
+        guard=guard_config(job.federation),
         secure=SecureSettings() if privacy.secure_aggregation else None,
     )
     start = initial_global(job, workload) if run.kind == "federated" else workload.initial(job.seed)

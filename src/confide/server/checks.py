@@ -17,8 +17,18 @@ def _entries(update: Update) -> Iterator[tuple[str, np.ndarray, tuple[int, ...]]
     return ((name, value, value.shape) for name, value in update.items())
 
 
-def check_update(site: str, res: TrainRes, global_arrays: Arrays, *, max_norm: float | None = None) -> None:
-    """Raise :class:`UpdateRejected` unless ``res`` fits the global model and is finite (and bounded)."""
+def _squared_norm(value: np.ndarray) -> float:
+    """Sum of squares; recomputed in float64 when float32's range overflows (a hostile 3e38 update)."""
+    flat = value.ravel()
+    squared = float(np.vdot(flat, flat))
+    if not np.isfinite(squared) and value.dtype != np.float64:
+        squared = float(np.vdot(flat.astype(np.float64), flat.astype(np.float64)))
+    return squared
+
+
+def check_update(site: str, res: TrainRes, global_arrays: Arrays, *, max_norm: float | None = None) -> float:
+    """Raise :class:`UpdateRejected` unless ``res`` fits the global model and is finite (and within ``max_norm``);
+    return the update's L2 norm over its floating-point arrays."""
     update = res.update
     expected, got = global_arrays.names(), update.names()
     if expected != got:
@@ -42,10 +52,12 @@ def check_update(site: str, res: TrainRes, global_arrays: Arrays, *, max_norm: f
         if np.issubdtype(value.dtype, np.floating):
             if not np.isfinite(value).all():
                 raise UpdateRejected(site, f"array {name!r} holds NaN or infinite values")
-            if max_norm is not None:
-                flat = value.ravel()
-                squared += float(np.vdot(flat, flat))
-    if max_norm is not None and squared**0.5 > max_norm:
-        raise UpdateRejected(site, f"update norm {squared**0.5:.4g} exceeds the bound {max_norm:.4g}")
+            squared += _squared_norm(value)
+    norm = squared**0.5
+    if not np.isfinite(norm):
+        raise UpdateRejected(site, "update norm overflows")
+    if max_norm is not None and norm > max_norm:
+        raise UpdateRejected(site, f"update norm {norm:.4g} exceeds the bound {max_norm:.4g}")
     if res.num_examples <= 0:
         raise UpdateRejected(site, "update reports no training examples")
+    return norm

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -20,6 +20,7 @@ from confide.records import Arrays, EvalIns, EvalRes, Failure, TrainIns, TrainRe
 from confide.sanitize import one_line
 from confide.server import checkpoint
 from confide.server.checks import check_update
+from confide.server.guard import GuardConfig, UpdateGuard
 from confide.server.secure_round import SecureRound, SecureSettings, check_secure_strategy
 from confide.strategies.base import Aggregate, Strategy
 from confide.transport.base import Transport
@@ -119,7 +120,7 @@ class LoopConfig:
     min_sites: int = 1
     evaluate_every: int = 0
     deadline_s: float | None = None
-    max_update_norm: float | None = None
+    guard: GuardConfig = field(default_factory=GuardConfig)  # norm bound and weight caps (see guard.py)
     checkpoint_dir: Path | None = None
     quorum_retries: int = 0
     retry_wait_s: float = 30.0
@@ -141,6 +142,7 @@ class ServerLoop:
         self.config = config
         self.events = events or NoEvents()
         self.history = History()
+        self.guard = UpdateGuard(config.guard)
         self.start_round = 1
         if config.secure is not None:
             check_secure_strategy(strategy)
@@ -159,6 +161,7 @@ class ServerLoop:
                 self.strategy.restore(found.strategy)
                 self.start_round = found.round + 1
                 self.history.rounds = [RoundResult.from_dict(r) for r in found.state.get("history", [])]
+                self.guard.restore(found.state.get("guard"))
                 log.info("resuming after round %d from %s", found.round, config.checkpoint_dir)
 
     def run(self) -> History:
@@ -229,6 +232,7 @@ class ServerLoop:
                 f"{bad[:3]}; the model of the previous round is kept"
             )
         self.global_arrays = accepted.arrays
+        self.guard.end_round()
         eval_metrics: dict[str, Mapping[str, float]] = {}
         if self.config.evaluate_every and rnd % self.config.evaluate_every == 0:
             eval_metrics = self._evaluate(rnd, tally)
@@ -244,7 +248,7 @@ class ServerLoop:
         self.history.rounds.append(result)
         if self.config.checkpoint_dir is not None:
             history = [r.to_dict() for r in self.history.rounds]
-            state = {"history": history, "strategy_name": self.strategy.name}
+            state = {"history": history, "strategy_name": self.strategy.name, "guard": self.guard.state()}
             checkpoint.save(self.config.checkpoint_dir, rnd, self.global_arrays, state, self.strategy.state())
         self.events.round_finished(result, self.global_arrays)
         return result
@@ -270,7 +274,7 @@ class ServerLoop:
             settings,
             deadline_s=self.config.deadline_s,
             min_sites=self.config.min_sites,
-            max_norm=self.config.max_update_norm,
+            max_norm=self.config.guard.max_norm,
             on_site=lambda site, ok, detail: self.events.site_finished(rnd, site, ok, detail),
         )
         try:
@@ -282,28 +286,84 @@ class ServerLoop:
     def _accepted(
         self, rnd: int, encoded: Mapping[str, serde.Encoded], tally: _Tally
     ) -> Iterator[tuple[str, TrainRes]]:
+        """Replies decoded, checked and weighed, in the order they arrive. While the guard has no norm bound for the
+        round (the job's first), the first few updates are held (copied out of the transport's buffer) until their
+        median gives one."""
+        guard = self.guard
+        round_sites = list(encoded)
+        guard.start_round(round_sites)
+        held: list[tuple[str, TrainRes, float]] = []
+        want = guard.calibration_size(len(round_sites))
         for reply in self.transport.exchange(encoded, self.config.deadline_s):
-            outcome = self._reason(rnd, reply.site, reply.payload, reply.error)
+            calibrating = guard.calibrating
+            outcome = self._reason(rnd, reply.site, reply.payload, reply.error, detach=calibrating)
             if isinstance(outcome, Rejection):
-                tally.failures[reply.site] = outcome.reason
-                log.warning("round %d: %s", rnd, outcome.reason)
-                if outcome.tell_site:
-                    self.transport.notify(reply.site, f"round {rnd}: {outcome.reason}")
-                self.events.site_finished(rnd, reply.site, False, outcome.reason)
+                self._reject(rnd, reply.site, outcome, tally)
                 continue
-            tally.site_seconds += _seconds(outcome.meta.get("task_seconds"), reply.seconds)
-            self.events.site_finished(rnd, reply.site, True, f"loss {outcome.metrics.get('loss', float('nan')):.4f}")
-            yield reply.site, outcome
+            record, norm = outcome
+            tally.site_seconds += _seconds(record.meta.get("task_seconds"), reply.seconds)
+            if calibrating:
+                held.append((reply.site, record, norm))
+                if len(held) >= want:
+                    yield from self._release(rnd, held, round_sites, tally)
+                    held = []
+                continue
+            admitted = self._admit(rnd, reply.site, record, norm, round_sites, tally)
+            if admitted is not None:
+                yield reply.site, admitted
+        if held:
+            yield from self._release(rnd, held, round_sites, tally)
+
+    def _release(
+        self, rnd: int, held: list[tuple[str, TrainRes, float]], round_sites: list[str], tally: _Tally
+    ) -> Iterator[tuple[str, TrainRes]]:
+        """The held updates give the round its norm bound, are weighed against each other, and go on."""
+        self.guard.calibrate(norm for _, _, norm in held)
+        if self.guard.bound is not None:
+            log.info("round %d: update norm bound %.4g (%d update(s) held to set it)", rnd, self.guard.bound, len(held))
+        for site, record, norm in held:
+            if self.guard.over_bound(norm) is None:
+                self.guard.presume(site, record.num_examples)
+        for site, record, norm in held:
+            admitted = self._admit(rnd, site, record, norm, round_sites, tally)
+            if admitted is not None:
+                yield site, admitted
+
+    def _admit(
+        self, rnd: int, site: str, record: TrainRes, norm: float, round_sites: list[str], tally: _Tally
+    ) -> TrainRes | None:
+        """The update within the norm bound, its count capped (see guard.py); ``None``: refused."""
+        too_large = self.guard.over_bound(norm)
+        if too_large is not None:
+            self._reject(rnd, site, Rejection(f"site {site}: {too_large}"), tally)
+            return None
+        weight, note = self.guard.weight(site, record.num_examples, round_sites)
+        if note is not None:
+            log.warning("round %d: site %s: %s", rnd, site, note)
+            self.transport.notify(site, f"round {rnd}: {note}")
+        self.guard.admitted(site, norm, weight)
+        self.events.site_finished(rnd, site, True, f"loss {record.metrics.get('loss', float('nan')):.4f}")
+        return record if weight == record.num_examples else replace(record, num_examples=weight)
+
+    def _reject(self, rnd: int, site: str, rejection: Rejection, tally: _Tally) -> None:
+        reason = one_line(rejection.reason, 500)  # it quotes the site's words: one line, bounded, wherever it goes
+        tally.failures[site] = reason
+        log.warning("round %d: %s", rnd, reason)
+        if rejection.tell_site:
+            self.transport.notify(site, f"round {rnd}: {reason}")
+        self.events.site_finished(rnd, site, False, reason)
 
     def _reason(
-        self, rnd: int, site: str, payload: bytes | memoryview | None, error: str | None
-    ) -> TrainRes | Rejection:
+        self, rnd: int, site: str, payload: bytes | memoryview | None, error: str | None, *, detach: bool = False
+    ) -> tuple[TrainRes, float] | Rejection:
+        """The reply as a checked update and its norm, or why not. ``detach``: decode from a copy, so that the
+        update outlives the transport's buffer."""
         if payload is None:
-            return Rejection(f"site {site}: {error}", tell_site=False)
+            return Rejection(f"site {site}: {one_line(str(error))}", tell_site=False)
         try:
-            record = serde.decode(payload)
+            record = serde.decode(bytes(payload) if detach else payload)
         except ConfideError as exc:
-            return Rejection(f"site {site}: undecodable reply: {exc}")
+            return Rejection(f"site {site}: undecodable reply: {one_line(str(exc))}")
         except Exception as exc:  # the boundary: no reply, however made, takes the server down
             log.exception("round %d: decoding site %s's reply raised", rnd, site)
             return Rejection(f"site {site}: undecodable reply ({type(exc).__name__})")
@@ -315,13 +375,13 @@ class ServerLoop:
         if record.round != rnd:
             return Rejection(f"site {site}: result for round {record.round} arrived in round {rnd}; discarded")
         try:
-            check_update(site, record, self.global_arrays, max_norm=self.config.max_update_norm)
+            norm = check_update(site, record, self.global_arrays)
         except ConfideError as exc:
-            return Rejection(str(exc))
+            return Rejection(one_line(str(exc)))
         except Exception as exc:  # the boundary: a check that trips over a reply rejects it, never the round
             log.exception("round %d: checking site %s's update raised", rnd, site)
             return Rejection(f"site {site}: update could not be checked ({type(exc).__name__})")
-        return record
+        return record, norm
 
     def _evaluate(self, rnd: int, tally: _Tally) -> dict[str, Mapping[str, float]]:
         payload = serde.encode_parts(EvalIns(round=rnd, arrays=self.global_arrays))

@@ -341,7 +341,7 @@ class SecureRound:
 
     def _drop(self, rnd: int, step: str, site: str, reason: str, *, tell: bool = True) -> None:
         note = " (its masked update is in the sum)" if step in ("confirm", "unmask") else ""
-        message = f"site {site}: secure aggregation, {step} step: {reason}{note}"
+        message = one_line(f"site {site}: secure aggregation, {step} step: {reason}{note}", 500)
         self.failures[site] = message
         log.warning("round %d: %s", rnd, message)
         if tell:
