@@ -284,6 +284,8 @@ def privacy_report(
 
 def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:  # the console shows warnings; the server's trail file takes INFO
+        handler.setLevel(logging.WARNING)
     try:
         app()
     except KeyboardInterrupt:

@@ -26,10 +26,12 @@ from confide.privacy.secagg_identity import SiteIdentity
 from confide.provision import IdentityError, site_identity
 from confide.provision_kit import CRL, load_revoked, load_roster
 from confide.records import Arrays
+from confide.sanitize import one_line
 from confide.server import checkpoint
 from confide.server.guard import guard_config
 from confide.server.loop import History, LoopConfig, RoundEvents, RoundResult, ServerLoop
 from confide.server.secure_round import SecureSettings
+from confide.server.trail import server_trail
 from confide.site.runner import SiteRunner
 from confide.strategies import Strategy
 from confide.transport.grpc_client import SiteClient
@@ -107,6 +109,30 @@ def serve(
             f"{ckpt_dir} holds a checkpoint of round {found.round}: pass --resume to continue it, "
             "or choose another report.out"
         )
+    with server_trail(job.report.out):
+        log.info("server for job %r starting (%s)", job.name, "resuming" if found is not None else "new run")
+        try:
+            return _serve(
+                kit, cfg, job, initial=initial, port=port, host=host, wait_s=wait_s, events=events, on_listen=on_listen
+            )
+        except BaseException as exc:
+            log.error("the job ended in failure: %s", one_line(f"{type(exc).__name__}: {exc}", 500))
+            raise
+
+
+def _serve(
+    kit: Path,
+    cfg: dict[str, Any],
+    job: JobConfig,
+    *,
+    initial: Callable[[JobConfig], Any],
+    port: int | None,
+    host: str | None,
+    wait_s: float,
+    events: RoundEvents | None,
+    on_listen: Callable[[int], None] | None,
+) -> Path:
+    ckpt_dir = job.report.out / "checkpoints"
     ca = read_kit_file(kit, cfg["ca"])
     service = FederationService(
         ca,
@@ -127,6 +153,7 @@ def serve(
         key_pem=read_kit_file(kit, cfg["private_key"]),
         cert_pem=read_kit_file(kit, cfg["certificate"]),
     )
+    log.info("listening on %s:%d", host or cfg.get("host") or "127.0.0.1", bound)
     if on_listen is not None:
         on_listen(bound)
     try:
@@ -161,6 +188,7 @@ def serve(
         serde.save_arrays(final, loop.global_arrays)
         service.close(final=serde.encode_arrays_parts(loop.global_arrays))  # every site leaves with the final model
         rounds_file.write(history)
+        log.info("job done after round %d: final model %s", history.rounds[-1].round if history.rounds else 0, final)
         return final
     except BaseException as exc:  # the sites hear that the job failed, not that it is done
         service.close(failed=f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)

@@ -528,3 +528,34 @@ def test_a_late_answer_after_the_job_ended_collects_the_final_model(tmp_path: Pa
     assert not site.is_alive() and client.final is not None
     np.testing.assert_allclose(client.final["w"], [1.0, 2.0])
     assert client.answered == 0
+
+
+def test_the_server_keeps_a_timestamped_trail_of_joins_rounds_and_rejections(tmp_path: Path) -> None:
+    """Before: logs were WARNING-only on stderr, without timestamps or a file; joins and rounds never appeared."""
+    import re
+
+    kits = _federation(tmp_path / "kits")
+    job = _job(tmp_path, rounds=2)
+    federation = job.federation.model_copy(update={"min_sites": 2, "start_sites": 3})
+    job = job.model_copy(update={"federation": federation})
+
+    def runner(name: str, job: JobConfig) -> SiteRunner:
+        return SiteRunner(name, QuadraticTask(TARGETS[name], examples=10, nan=name == "site-3"))
+
+    server, result, _ = _start(kits, job)
+    answers: dict[str, object] = {}
+    threads = [_site(kits, name, int(result["port"]), answers, runner=runner) for name in SITES]  # type: ignore[call-overload]
+    server.join(90)
+    for t in threads:
+        t.join(30)
+
+    assert "error" not in result, result.get("error")
+    lines = (tmp_path / "report" / "server.log").read_text().splitlines()
+    stamp = r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z (INFO|WARNING|ERROR) confide\."
+    assert lines and all(re.match(stamp, line) for line in lines), lines[:5]
+    text = "\n".join(lines)
+    for site in SITES:
+        assert f"site {site} joined" in text
+    assert "round 1 of 2: 3 site(s) take part" in text
+    assert re.search(r"round 2 closed in [\d.]+ s .*accepted site-1, site-2; left out: site-3: .*NaN", text)
+    assert "job done after round 2" in text

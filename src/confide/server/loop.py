@@ -205,6 +205,7 @@ class ServerLoop:
         if len(sites) < self.config.min_sites:
             raise RoundFailed(f"round {rnd}: {len(sites)} site(s) connected, the quorum is {self.config.min_sites}")
         self.events.round_started(rnd, sites)
+        log.info("round %d of %d: %d site(s) take part: %s", rnd, self.config.rounds, len(sites), ", ".join(sites))
         instructions = self.strategy.configure(rnd, self.global_arrays, sites)
         tally = _Tally()
         try:
@@ -250,6 +251,14 @@ class ServerLoop:
             history = [r.to_dict() for r in self.history.rounds]
             state = {"history": history, "strategy_name": self.strategy.name, "guard": self.guard.state()}
             checkpoint.save(self.config.checkpoint_dir, rnd, self.global_arrays, state, self.strategy.state())
+        log.info(
+            "round %d closed in %.2f s (sites' own work %.2f s): accepted %s; left out: %s",
+            rnd,
+            result.seconds,
+            result.site_seconds,
+            ", ".join(sorted(result.sites)),
+            "; ".join(f"{site}: {reason}" for site, reason in sorted(result.failures.items())) or "none",
+        )
         self.events.round_finished(result, self.global_arrays)
         return result
 
