@@ -559,3 +559,21 @@ def test_the_server_keeps_a_timestamped_trail_of_joins_rounds_and_rejections(tmp
     assert "round 1 of 2: 3 site(s) take part" in text
     assert re.search(r"round 2 closed in [\d.]+ s .*accepted site-1, site-2; left out: site-3: .*NaN", text)
     assert "job done after round 2" in text
+
+
+def test_a_site_whose_server_never_answers_gives_up_in_bounded_time_and_says_so(tmp_path: Path) -> None:
+    import socket
+
+    kits = _federation(tmp_path / "kits")
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    answers: dict[str, object] = {}
+    began = time.monotonic()
+
+    _site(kits, "site-1", port, answers, give_up=3.0).join(120)
+
+    assert time.monotonic() - began < 60
+    error = answers["site-1"]
+    assert isinstance(error, TransportError)
+    assert f"localhost:{port} has been unreachable for 3 s" in str(error) and "giving up" in str(error)

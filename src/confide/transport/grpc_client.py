@@ -84,8 +84,14 @@ class SiteClient:
                         f"{what}: the TLS handshake with the server failed, so retrying cannot help (is this kit from "
                         f"this federation? does the server's certificate match its address?): {details}"
                     ) from None
-                if code not in _RETRYABLE or time.monotonic() - start > self.give_up_after_s:
+                if code not in _RETRYABLE:
                     raise TransportError(f"{what} failed: {code.name}: {details}") from None
+                if time.monotonic() - start > self.give_up_after_s:
+                    raise TransportError(
+                        f"{what}: the server at {self.address} has been unreachable for {self.give_up_after_s:.0f} s "
+                        f"(last: {code.name}: {one_line(details, 200)}); giving up. Is the server stopped or the "
+                        "network down? Start this site again once it is back: it rejoins the job where it stands."
+                    ) from None
                 over_at = self._over_at
                 if over_at is not None and time.monotonic() - over_at > self.after_done_s:
                     raise _ServerLeft(details) from None
