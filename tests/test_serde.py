@@ -203,3 +203,46 @@ def test_control_fields_on_another_kind_are_refused() -> None:
 
     with pytest.raises(PayloadError, match="no topic or control fields"):
         serde.decode(forged)
+
+
+WRAPPING_SHAPE = [6, 2**21 + 1, 2**42 - 2**21 + 1]
+"""6 * (2**63 + 1): numpy's int64 product of these dimensions wraps around to 6."""
+
+
+def test_a_shape_whose_int64_product_wraps_to_the_arrays_size_is_refused() -> None:
+    """Found by tests/server/test_fuzz_site_answers.py: a header shape whose numpy product wrapped around to the
+    array's size passed the count check, and numpy's reshape then raised ValueError out of decode."""
+    assert int(np.prod(WRAPPING_SHAPE)) == 6  # the premise: numpy's product wraps
+    header = {"v": 1, "kind": "eval_res", "round": 1, "names": ["w"], "shapes": [WRAPPING_SHAPE]}
+    forged = _forge(header, {"w": np.zeros(6, np.float32)})
+
+    with pytest.raises(PayloadError, match=r"'w' holds 6 values, its header says shape \[6, 2097153, "):
+        serde.decode(forged)
+
+
+@pytest.mark.parametrize("shape", ["[1e999]", "[-1, -6]", "[6.0]", '["6"]'])
+def test_an_array_file_whose_recorded_shape_is_not_a_whole_number_is_refused(shape: str) -> None:
+    """Before: a recorded dimension of 1e999 raised OverflowError out of decode_arrays (a final model from a
+    hostile server), and dimensions of -1 and -6 numpy's ValueError from reshape."""
+    import safetensors.numpy
+
+    order = f'[["w", {shape}]]'
+    data = bytes(safetensors.numpy.save({"w": np.zeros(6, np.float32)}, metadata={"confide_order": order}))
+
+    with pytest.raises(PayloadError, match="recorded order is malformed"):
+        serde.decode_arrays(data)
+
+
+def test_an_error_quotes_a_hostile_name_on_one_short_line() -> None:
+    """Before: a tensor named with 100 000 characters made a rejection reason of 100 kB, and a header key holding
+    a newline made one of two lines (the server stores and logs the reason)."""
+    long_name = "\n" + "a" * 100_000
+    forged = _forge({"v": 1, "kind": "train_res", "round": 1}, {long_name: np.zeros(2, np.float32)})
+    forged_key = _forge({"v": 1, "kind": "train_res", "round": 1, "meta": {"x\ny" * 1000: [1]}})
+
+    for data in (forged, forged_key):
+        with pytest.raises(PayloadError) as caught:
+            serde.decode(data)
+
+        message = str(caught.value)
+        assert "\n" not in message and len(message) < 400, message[:400]

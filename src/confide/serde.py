@@ -33,6 +33,7 @@ from confide.records import (
     TrainIns,
     TrainRes,
 )
+from confide.sanitize import one_line
 from confide.serde_container import (
     DEFAULT_MAX_BYTES,
     MAX_HEADER_BYTES,
@@ -41,6 +42,7 @@ from confide.serde_container import (
     encode_arrays,
     encode_arrays_parts,
     header_bytes,
+    label,
     new_digest,
     reshaped,
     safetensors_parts,
@@ -212,17 +214,17 @@ def _build_sparse(header: _Header, loaded: dict[str, np.ndarray]) -> TrainRes:
     for name, shape in shapes:
         size, mask = math.prod(shape), loaded[name + MASK_SUFFIX]
         if mask.dtype != np.uint8 or mask.ndim != 1 or mask.size != (size + 7) // 8:
-            raise PayloadError(f"sparse array {name!r}: its mask does not cover its {size} entries")
+            raise PayloadError(f"sparse array {label(name)}: its mask does not cover its {size} entries")
         bits = np.unpackbits(mask)
         if bits[size:].any():
-            raise PayloadError(f"sparse array {name!r}: its mask marks entries past its {size} entries")
+            raise PayloadError(f"sparse array {label(name)}: its mask marks entries past its {size} entries")
         indices[name] = np.flatnonzero(bits[:size]).astype(np.int64)
     try:
         update = SparseArrays(
             shapes, Arrays.from_dict(indices), Arrays.from_dict({name: loaded[name] for name in header.names})
         )
     except ValueError as exc:
-        raise PayloadError(f"sparse update is malformed: {exc}") from exc
+        raise PayloadError(f"sparse update is malformed: {one_line(exc, 200)}") from exc
     return TrainRes(
         round=header.round, update=update, num_examples=header.num_examples, metrics=header.metrics, meta=header.meta
     )
@@ -253,7 +255,11 @@ def _read_header(data: bytes) -> tuple[_Header, dict[str, Any], int]:
 
 
 def _problems(exc: ValidationError) -> str:
-    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'header'}: {e['msg']}" for e in exc.errors()[:5])
+    """The first three problems, each on one short line: a location names the message's own keys, which may be
+    megabytes long or hold newlines."""
+    return "; ".join(
+        f"{one_line('.'.join(map(str, e['loc'])) or 'header', 80)}: {one_line(e['msg'], 120)}" for e in exc.errors()[:3]
+    )
 
 
 def _build(header: _Header, arrays: Arrays) -> Record:
@@ -287,7 +293,7 @@ def _build_control(header: _Header, arrays: Arrays) -> Control:
     for key in _CONTROL_MAPS:
         for name, value in getattr(header, key).items():
             if name in fields:
-                raise PayloadError(f"control field {name!r} appears in more than one of the header's maps")
+                raise PayloadError(f"control field {label(name)} appears in more than one of the header's maps")
             if key == "blobs":
                 fields[name] = bytes.fromhex(value)
             elif key == "blob_lists":

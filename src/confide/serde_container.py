@@ -103,15 +103,40 @@ def safetensors_parts(arrays: Arrays | None, metadata: dict[str, str]) -> Encode
     return Encoded([memoryview(struct.pack("<Q", len(text)) + text), *buffers])
 
 
+NAME_SHOWN = 60
+"""Most characters of a name from a message that an error message quotes (a name may be megabytes long)."""
+
+
+def label(name: object, limit: int = NAME_SHOWN) -> str:
+    """``name`` quoted for an error message: its ``repr`` (one printable line), cut to ``limit`` characters."""
+    text = repr(name)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def shape_label(shape: object) -> str:
+    """A shape from a message for an error message: at most its first 8 dimensions, each at most 20 digits."""
+    if not isinstance(shape, list | tuple):
+        return label(shape)
+    dims = [label(n, 20) for n in shape[:8]]
+    return "[" + ", ".join(dims) + (", …]" if len(shape) > 8 else "]")
+
+
 def reshaped(loaded: dict[str, np.ndarray], names: list[str], shapes: list[list[int]]) -> dict[str, np.ndarray]:
-    """Arrays in the recorded order and shapes (safetensors stores a 0-d array as shape (1,))."""
+    """Arrays in the recorded order and shapes (safetensors stores a 0-d array as shape (1,)). The entries are
+    counted in Python's integers: numpy's product wraps around in int64, so a shape of huge dimensions could pass
+    for a small one."""
     out: dict[str, np.ndarray] = {}
     for name, shape in zip(names, shapes, strict=True):
         value = loaded[name]
         if tuple(shape) != value.shape:
-            if int(np.prod(shape)) != value.size:
-                raise PayloadError(f"array {name!r} holds {value.size} values, its header says shape {shape}")
-            value = value.reshape(shape)
+            if math.prod(shape) != value.size:
+                raise PayloadError(
+                    f"array {label(name)} holds {value.size} values, its header says shape {shape_label(shape)}"
+                )
+            try:
+                value = value.reshape(shape)
+            except ValueError as exc:
+                raise PayloadError(f"array {label(name)} cannot take shape {shape_label(shape)}") from exc
         out[name] = value
     return out
 
@@ -181,12 +206,15 @@ def views(data: bytes | bytearray | memoryview, document: dict[str, Any], start:
             shape = [_whole(n) for n in spec["shape"]]
             begin, end = (_whole(n) for n in spec["data_offsets"])
         except (KeyError, TypeError, ValueError) as exc:
-            raise PayloadError(f"tensor entry {name!r} is malformed or has a dtype the wire does not carry") from exc
+            raise PayloadError(
+                f"tensor entry {label(name)} is malformed or has a dtype the wire does not carry"
+            ) from exc
         if len(shape) > MAX_DIMS or any(n < 0 for n in shape) or not 0 <= begin <= end <= available:
-            raise PayloadError(f"tensor {name!r} lies outside the payload")
+            raise PayloadError(f"tensor {label(name)} lies outside the payload")
         count = math.prod(shape)
         if count * dtype.itemsize != end - begin:
-            raise PayloadError(f"tensor {name!r}: shape {shape} does not fill its {end - begin} bytes")
+            size = end - begin
+            raise PayloadError(f"tensor {label(name)}: shape {shape_label(shape)} does not fill its {size} bytes")
         view = np.frombuffer(data, dtype=dtype, count=count, offset=start + begin).reshape(shape)
         view.flags.writeable = False
         out[name] = view
@@ -227,9 +255,11 @@ def decode_arrays(data: bytes | bytearray | memoryview, *, max_bytes: int = DEFA
     loaded = views(data, document, 8 + length)
     try:
         names = [str(name) for name, _ in order]
-        shapes = [[int(n) for n in shape] for _, shape in order]
+        shapes = [[_whole(n) for n in shape] for _, shape in order]
     except (TypeError, ValueError) as exc:
         raise PayloadError("array file's recorded order is malformed") from exc
+    if any(n < 0 for shape in shapes for n in shape):
+        raise PayloadError("array file's recorded order is malformed (a negative dimension)")
     if sorted(names) != sorted(loaded):
         raise PayloadError("array file's recorded order does not match its arrays")
     return Arrays.from_dict(reshaped(loaded, names, shapes))
