@@ -217,14 +217,17 @@ def site(
     data: Annotated[Path, typer.Option(help="this site's own data (its folder of cases, images or slides; its table)")],
     server_address: Annotated[str | None, typer.Option("--server", help="override the kit's host:port")] = None,
     models: Annotated[
-        Path | None, typer.Option(help="where the site keeps the final and fine-tuned models (default: KIT/models)")
+        Path | None,
+        typer.Option(
+            help="where the site keeps each job's final and fine-tuned models, in JOB/RUN/ (default: KIT/models)"
+        ),
     ] = None,
 ) -> None:
     """Run this hospital's side of a federation: dial out, train on local data, send filtered updates; at the end,
     keep the final model and fine-tune it on the site's own training split."""
     from rich.table import Table
 
-    from confide.deploy import private_runner, run_site, site_privacy
+    from confide.deploy import private_runner, read_kit_config, run_site, site_privacy
     from confide.experiment import site_task
     from confide.records import Arrays
     from confide.site.finish import keep_and_adapt
@@ -240,12 +243,15 @@ def site(
 
     def finish(job: JobConfig, final: Arrays) -> None:
         console.print("the job is done: keeping the final model and fine-tuning it on this site's training split")
-        kept = keep_and_adapt(tasks["mine"], job, final, models or kit / "models")
+        dialled = server_address or str(read_kit_config(kit, "site.yaml", ("server",))["server"])
+        kept = keep_and_adapt(tasks["mine"], job, final, models or kit / "models", server=dialled)
         table = Table("model", *next(iter(kept.scores.values())), title="this site's own test split")
         for name, values in kept.scores.items():
             table.add_row(name, *(f"{v:.3f}" for v in values.values()))
         console.print(table)
-        console.print(f"kept: {kept.global_model}" + (f" and {kept.finetuned}" if kept.finetuned else ""))
+        console.print(
+            f"kept in {kept.folder}: {kept.global_model.name}" + (f", {kept.finetuned.name}" if kept.finetuned else "")
+        )
 
     answered = run_site(kit, runner, address=server_address, on_final=finish)
     console.print(f"job done: answered {answered} instruction(s)")

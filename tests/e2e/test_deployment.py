@@ -92,11 +92,15 @@ def test_server_and_three_site_processes_complete_the_job(tmp_path: Path) -> Non
     assert all("answered 2 instruction" in out for out in client_outs)  # two rounds, no evaluation
     # each site left with the final model, fine-tuned it on its own training cases and scored both
     for site, out in zip(SITES, client_outs, strict=True):
-        kept = kits / "sites" / site / "models"
-        assert (kept / "e2e-global.safetensors").stat().st_size > 0, out
-        assert (kept / "e2e-finetuned.safetensors").stat().st_size > 0
-        scores = json.loads((kept / "e2e-own-test.json").read_text())
+        job_models = kits / "sites" / site / "models" / "e2e"  # KIT/models/JOB/RUN/, the run named by latest.json
+        kept = job_models / json.loads((job_models / "latest.json").read_text())["run"]
+        assert (kept / "global.safetensors").stat().st_size > 0, out
+        assert (kept / "finetuned.safetensors").stat().st_size > 0
+        scores = json.loads((kept / "own-test.json").read_text())
         assert set(scores) == {"global", "finetuned"} and 0 <= scores["global"]["dice_mean"] <= 1
+        manifest = json.loads((kept / "manifest.json").read_text())
+        assert manifest["job"] == "e2e" and manifest["server"] == f"localhost:{port}"
+        assert manifest["rounds_planned"] == 2 and manifest["files"]["finetuned"] == "finetuned.safetensors"
 
 
 def test_server_killed_with_sigkill_resumes_and_sites_rejoin(tmp_path: Path) -> None:

@@ -191,7 +191,8 @@ def test_a_table_job_with_scaffold_deploys_as_it_simulates(tmp_path: Path) -> No
         tuned = serde.decode_arrays(models.finetuned.read_bytes())
         assert not tuned.allclose(real)
         assert set(models.scores) == {"global", "finetuned"} and 0 <= models.scores["global"]["accuracy"] <= 1
-        assert (tmp_path / "kept" / name / f"{job.name}-own-test.json").exists()
+        assert models.own_test == tmp_path.resolve() / "kept" / name / job.name / models.folder.name / "own-test.json"
+        assert models.own_test.exists()
 
 
 def _norm(a: Arrays, b: Arrays) -> float:
