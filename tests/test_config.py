@@ -84,3 +84,10 @@ def test_fine_tuning_defaults_to_one_rounds_steps_at_a_quarter_of_the_task_rate(
     assert finetune_config(job, make_workload(job.task)) == {"local_steps": 7, "lr": 0.001, "batch_size": 2}
     assert finetune_config(chosen, make_workload(chosen.task))["local_steps"] == 3
     assert finetune_config(chosen, make_workload(chosen.task))["lr"] == 0.1
+
+
+@pytest.mark.parametrize("name", [".", "..", ".hidden", "-x"])
+def test_a_job_name_that_is_not_a_plain_folder_name_is_refused(name: str) -> None:
+    """Sites and the server use the job's name in paths: '.' and '..' must never be one."""
+    with pytest.raises(ConfigError, match="name"):
+        parse_job({"name": name})

@@ -152,7 +152,7 @@ TASK_NAMES = ("brain_tumor", "mammo_density", "table", "mil")
 
 
 class JobConfig(_Strict):
-    name: str = Field(default="job", min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str = Field(default="job", min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
     seed: int = Field(default=0, ge=0)
     task: TaskConfig = Field(
         default_factory=BrainTumorTaskConfig, description=f"what the sites learn; task.name is one of {TASK_NAMES}"

@@ -61,3 +61,11 @@ def check_update(site: str, res: TrainRes, global_arrays: Arrays, *, max_norm: f
     if res.num_examples <= 0:
         raise UpdateRejected(site, "update reports no training examples")
     return norm
+
+
+def reported_seconds(reported: object, measured: float) -> float:
+    """A site's own training time when it reports a plausible one (a number, finite, within a day), else the
+    time the transport measured: the field is the site's word and may be anything."""
+    if isinstance(reported, int | float) and not isinstance(reported, bool) and 0 <= reported <= 86_400:
+        return float(reported)
+    return measured

@@ -19,7 +19,7 @@ from confide.errors import BUDGET_REFUSAL, BudgetSpent, ConfideError, RoundFaile
 from confide.records import Arrays, EvalIns, EvalRes, Failure, TrainIns, TrainRes
 from confide.sanitize import one_line
 from confide.server import checkpoint
-from confide.server.checks import check_update
+from confide.server.checks import check_update, reported_seconds
 from confide.server.guard import GuardConfig, UpdateGuard
 from confide.server.secure_round import SecureRound, SecureSettings, check_secure_strategy
 from confide.strategies.base import Aggregate, Strategy
@@ -65,14 +65,6 @@ class RoundResult:
     def coordination_seconds(self) -> float:
         """Round time not spent inside sites' tasks (serialising, transport, checks, aggregation)."""
         return max(self.seconds - self.site_seconds, 0.0)
-
-
-def _seconds(reported: object, measured: float) -> float:
-    """A site's own training time when it reports a plausible one (a number, finite, within a day), else the
-    time the transport measured: the field is the site's word and may be anything."""
-    if isinstance(reported, int | float) and not isinstance(reported, bool) and 0 <= reported <= 86_400:
-        return float(reported)
-    return measured
 
 
 @dataclass(frozen=True)
@@ -310,7 +302,7 @@ class ServerLoop:
                 self._reject(rnd, reply.site, outcome, tally)
                 continue
             record, norm = outcome
-            tally.site_seconds += _seconds(record.meta.get("task_seconds"), reply.seconds)
+            tally.site_seconds += reported_seconds(record.meta.get("task_seconds"), reply.seconds)
             if calibrating:
                 held.append((reply.site, record, norm))
                 if len(held) >= want:
@@ -402,7 +394,12 @@ class ServerLoop:
                 continue
             try:
                 record = serde.decode(reply.payload)
-            except ConfideError:
+            except ConfideError as exc:
+                log.warning("round %d: site %s's evaluation is unreadable: %s", rnd, reply.site, one_line(str(exc)))
+                continue
+            except Exception as exc:  # the boundary, as for training replies: no reply takes the server down
+                log.exception("round %d: decoding site %s's evaluation raised", rnd, reply.site)
+                log.warning("round %d: site %s's evaluation is unreadable (%s)", rnd, reply.site, type(exc).__name__)
                 continue
             if isinstance(record, EvalRes):
                 out[reply.site] = {"loss": record.loss, **record.metrics}

@@ -77,7 +77,7 @@ from confide.privacy.secagg_wire import (
 )
 from confide.records import Arrays, Control, Failure, TrainIns, TrainRes
 from confide.sanitize import one_line
-from confide.server.checks import check_update
+from confide.server.checks import check_update, reported_seconds
 from confide.strategies.aggregate import apply_delta, model_size, unflatten, weighted_metrics
 from confide.strategies.base import Aggregate, Strategy
 from confide.transport.base import Transport
@@ -230,9 +230,10 @@ class SecureRound:
                 self._check_sender(site, res.masked.sender, res.masked.aggregation_id, agg)
                 if res.num_examples <= 0:
                     raise SecAggError("its update reports no training examples")
+                took = reported_seconds(res.meta.get("task_seconds"), seconds)  # read before the sum takes it
                 server.collect([res.masked])  # checked whole, then added to the running sum
                 examples[site], metrics[site] = res.num_examples, res.metrics
-                self.site_seconds += float(res.meta.get("task_seconds", seconds))
+                self.site_seconds += took
                 self.on_site(site, True, f"masked update, loss {res.metrics.get('loss', float('nan')):.4f}")
         self._need(rnd, len(examples), "sent masked updates")
         return examples, metrics
