@@ -17,13 +17,17 @@ def _entries(update: Update) -> Iterator[tuple[str, np.ndarray, tuple[int, ...]]
     return ((name, value, value.shape) for name, value in update.items())
 
 
-def _squared_norm(value: np.ndarray) -> float:
-    """Sum of squares; recomputed in float64 when float32's range overflows (a hostile 3e38 update)."""
+def _squared_norm(value: np.ndarray) -> float | None:
+    """Sum of squares, or ``None`` when ``value`` holds NaN or infinity. One pass in the common case: a finite sum
+    of squares means every value is finite (a NaN or an infinity makes the sum NaN or infinite); only when it is not
+    finite are the values checked, and the sum redone in float64 if float32's range merely overflowed."""
     flat = value.ravel()
     squared = float(np.vdot(flat, flat))
-    if not np.isfinite(squared) and value.dtype != np.float64:
-        squared = float(np.vdot(flat.astype(np.float64), flat.astype(np.float64)))
-    return squared
+    if np.isfinite(squared):
+        return squared
+    if not np.isfinite(value).all():
+        return None
+    return float(np.vdot(flat.astype(np.float64), flat.astype(np.float64)))
 
 
 def check_update(site: str, res: TrainRes, global_arrays: Arrays, *, max_norm: float | None = None) -> float:
@@ -50,9 +54,10 @@ def check_update(site: str, res: TrainRes, global_arrays: Arrays, *, max_norm: f
         if value.dtype != ref.dtype:
             raise UpdateRejected(site, f"array {name!r} has dtype {value.dtype}, expected {ref.dtype}")
         if np.issubdtype(value.dtype, np.floating):
-            if not np.isfinite(value).all():
+            part = _squared_norm(value)
+            if part is None:
                 raise UpdateRejected(site, f"array {name!r} holds NaN or infinite values")
-            squared += _squared_norm(value)
+            squared += part
     norm = squared**0.5
     if not np.isfinite(norm):
         raise UpdateRejected(site, "update norm overflows")
