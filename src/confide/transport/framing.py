@@ -77,13 +77,20 @@ def new_buffer(size: int) -> memoryview:
     return np.empty(size, dtype=np.uint8).data
 
 
-def receive_after(header: dict[str, Any], rest: Iterator[bytes], *, max_bytes: int, allocate: Allocate) -> Transfer:
-    """Receive the data and trailer frames of a transfer whose header frame has been read."""
+def announced_size(header: dict[str, Any], max_bytes: int) -> int:
+    """The size a header frame announces, refused when it is not a whole number of bytes or exceeds
+    ``max_bytes``: checked before anything is allocated for the transfer."""
     size = header.get("size")
     if not isinstance(size, int) or isinstance(size, bool) or size < 0:
         raise PayloadError("header frame lacks a valid size")
     if size > max_bytes:
         raise PayloadTooLarge(f"transfer of {size} bytes exceeds the limit of {max_bytes} bytes")
+    return size
+
+
+def receive_after(header: dict[str, Any], rest: Iterator[bytes], *, max_bytes: int, allocate: Allocate) -> Transfer:
+    """Receive the data and trailer frames of a transfer whose header frame has been read."""
+    size = announced_size(header, max_bytes)
     buffer = allocate(size)
     hasher = new_digest()
     filled = 0

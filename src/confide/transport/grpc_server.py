@@ -9,6 +9,13 @@ No protobuf: the service passes raw bytes (Confide's own serde payloads, framed 
 - ``Heartbeat``: liveness, separate from task traffic, sent while a site trains.
 
 A site's identity is the common name of its verified client certificate, never a name in a message.
+
+No site can stall the others (:mod:`confide.transport.guards`): a stream that moves no frame for ``idle_s`` is
+dropped, a transfer must keep a minimum pace, a site holds at most a few pushes and pulls at once, and transfers
+never take the worker threads kept for Join and Heartbeat. No handler reads its request before it has checked the
+caller (Join, Heartbeat and Pull never read theirs: the body is empty), so a call whose request never comes holds
+no thread. The trail: joins and rejoins, and every refused call, are logged with the peer's address and the
+serial of its certificate.
 """
 
 from __future__ import annotations
@@ -19,20 +26,25 @@ import queue
 import threading
 import time
 import uuid
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import grpc
 
-from confide.errors import ConfideError
+from confide.errors import ConfideError, ConfigError
 from confide.provision import IdentityError, site_identity
 from confide.sanitize import one_line
 from confide.serde import Encoded
 from confide.transport import framing
 from confide.transport.base import Reply
+from confide.transport.buffers import Lease
+from confide.transport.peers import Caller, Throttle, cert_serial, peer_text
+from confide.transport.service_config import HEADER_ALLOWANCE, ServiceConfig
+from confide.transport.streams import StreamGuards, answer
+
+__all__ = ["HEADER_ALLOWANCE", "FederationService", "ServiceConfig", "read_kit_file", "start_server"]
 
 log = logging.getLogger(__name__)
 
@@ -64,21 +76,6 @@ class _Site:
     notices: list[str] = field(default_factory=list)
 
 
-@dataclass
-class ServiceConfig:
-    job: Mapping[str, Any]
-    heartbeat_s: float = 5.0
-    site_timeout_s: float = 30.0
-    poll_s: float = 5.0
-    max_bytes: int = 4 * 1024**3
-    # Updates received and held at once. Each needs one buffer of the update's size, so the server's memory is
-    # the global model, the aggregate and this many updates, whatever the number of sites.
-    max_inflight: int = 1
-    max_sending: int = 2  # instructions streamed at once; the network is shared, so more would not be faster
-    revoked: Callable[[], Collection[int]] = field(default=lambda: frozenset())
-    roster: Callable[[], Mapping[str, int] | None] = field(default=lambda: None)
-
-
 class FederationService:
     """Sites' mailboxes and replies; the server loop sees it through the Transport interface."""
 
@@ -88,14 +85,25 @@ class FederationService:
         self._sites: dict[str, _Site] = {}
         self._mutex = threading.RLock()
         self._lock = threading.Condition(self._mutex)  # wakes wait_for_sites when a site joins
-        self._replies: queue.Queue[tuple[str, str, memoryview, _Lease]] = queue.Queue()
-        self._buffers = _BufferPool(config.max_inflight)
-        self._sending = threading.BoundedSemaphore(config.max_sending)
+        self._replies: queue.Queue[tuple[str, str, memoryview, Lease]] = queue.Queue()
+        self._throttle = Throttle()
+        self._guards = StreamGuards(config, self._throttle)
         self._expected: dict[str, str] = {}
         self._done = False
         self._failed: str | None = None
         self._final: bytes | Encoded | None = None
         self._told_done: set[str] = set()
+
+    def limit_transfers(self, model_bytes: int) -> int:
+        """Size the transfer limit from the model: twice ``model_bytes`` (the encoded model's size) plus
+        :data:`HEADER_ALLOWANCE`; a larger transfer is refused before anything is allocated for it, and a receive
+        buffer grown past the model's size plus the allowance is let go once used. Returns the limit."""
+        if isinstance(model_bytes, bool) or not isinstance(model_bytes, int) or model_bytes <= 0:
+            raise ConfigError(f"model_bytes must be the encoded model's size in bytes (> 0), got {model_bytes!r}")
+        self.config.max_bytes = 2 * model_bytes + HEADER_ALLOWANCE
+        self.config.keep_bytes = self._guards.buffers.keep_bytes = model_bytes + HEADER_ALLOWANCE
+        log.info("transfers limited to %d bytes (a model of %d bytes)", self.config.max_bytes, model_bytes)
+        return self.config.max_bytes
 
     # -- Transport -----------------------------------------------------------------------------
     def sites(self) -> list[str]:
@@ -223,169 +231,146 @@ class FederationService:
             self._lock.notify_all()
 
     # -- gRPC handlers -------------------------------------------------------------------------
-    def _identify(self, context: grpc.ServicerContext) -> str:
-        auth = context.auth_context()
-        certs = auth.get("x509_pem_cert") or []
+    def _identify(self, context: grpc.ServicerContext) -> Caller:
+        certs = context.auth_context().get("x509_pem_cert") or []
+        peer = peer_text(context.peer())
         if not certs:
+            self._refused(peer, "none", "no client certificate")
             context.abort(grpc.StatusCode.UNAUTHENTICATED, "no client certificate")
+            raise AssertionError("unreachable")
+        serial = cert_serial(certs[0])
         try:
-            return site_identity(certs[0], self.ca_pem, revoked=self.config.revoked(), roster=self.config.roster())
+            name = site_identity(certs[0], self.ca_pem, revoked=self.config.revoked(), roster=self.config.roster())
         except IdentityError as exc:
-            log.warning("refused a connection from %s: %s", context.peer(), exc)
+            self._refused(peer, serial, one_line(exc))
             context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
-        raise AssertionError("unreachable")
+            raise AssertionError("unreachable") from None
+        return Caller(name=name, peer=peer, serial=serial)
 
-    def _seen(self, name: str) -> _Site:
+    def _refused(self, peer: str, serial: str, reason: str) -> None:
+        skipped = self._throttle.allow((serial, reason))
+        if skipped is not None:  # the same certificate refused again and again: a line every few seconds
+            more = f" ({skipped} more like it since the last line)" if skipped else ""
+            log.warning("refused a connection from %s (certificate %s): %s%s", peer, serial, reason, more)
+
+    def _seen(self, caller: Caller, *, join: bool = False) -> _Site:
         with self._lock:
-            state = self._sites.get(name)
+            now = time.monotonic()
+            state = self._sites.get(caller.name)
             if state is None:
                 wake = threading.Condition(self._mutex)
-                state = self._sites[name] = _Site(name=name, last_seen=time.monotonic(), wake=wake)
-                log.info("site %s joined", name)
+                state = self._sites[caller.name] = _Site(name=caller.name, last_seen=now, wake=wake)
+                log.info("site %s joined from %s (certificate %s)", caller.name, caller.peer, caller.serial)
                 self._lock.notify_all()
-            state.last_seen = time.monotonic()
+            elif join or now - state.last_seen > self.config.site_timeout_s:
+                why = "joined again" if join else f"back after {now - state.last_seen:.0f} s of silence"
+                log.info("site %s rejoined from %s (certificate %s): %s", caller.name, caller.peer, caller.serial, why)
+                self._lock.notify_all()
+            state.last_seen = now
             return state
 
-    def join(self, request: bytes, context: grpc.ServicerContext) -> bytes:
-        name = self._identify(context)
-        self._seen(name)
-        return json.dumps({"site": name, "job": self.config.job, "heartbeat_s": self.config.heartbeat_s}).encode()
+    # Join, Heartbeat and Pull never read their request (an empty body): a call whose request never comes
+    # holds no thread waiting for it.
+    def join(self, request_iterator: Iterable[bytes], context: grpc.ServicerContext) -> bytes:
+        caller = self._identify(context)
+        self._seen(caller, join=True)
+        return json.dumps(
+            {"site": caller.name, "job": self.config.job, "heartbeat_s": self.config.heartbeat_s}
+        ).encode()
 
-    def heartbeat(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+    def heartbeat(self, request_iterator: Iterable[bytes], context: grpc.ServicerContext) -> bytes:
         """Liveness; once the job is over the reply says so, for a site still training to learn it without
         waiting for its next pull (and to stop retrying should the server then be gone)."""
-        name = self._identify(context)
-        self._seen(name)
+        self._seen(self._identify(context))
         with self._lock:
             if not self._done:
                 return b"{}"
             return json.dumps({"done": True, **({"failed": self._failed} if self._failed else {})}).encode()
 
-    def pull(self, request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
-        name = self._identify(context)
-        state = self._seen(name)
-        end = time.monotonic() + self.config.poll_s
-        with self._lock:
-            while state.task is None and not state.notices and not self._done and time.monotonic() < end:
-                state.wake.wait(timeout=max(0.0, end - time.monotonic()))
-            task, done, failed = state.task, self._done, self._failed
-            notice = state.notices.pop(0) if state.notices else None
-        state.last_seen = time.monotonic()
-        if notice is not None:
-            yield framing.control(notice=notice)
-        elif task is not None:
-            with self._sending:  # a few streams at a time: each one buffers a few MB in flight
-                yield from framing.frames(task[1], task=task[0])
-        elif done and failed is not None:
-            yield framing.control(done=True, failed=failed)
-            self._farewell(name)
-        elif done and self._final is not None:
-            with self._sending:
-                yield from framing.frames(self._final, done=True)
-            self._farewell(name)
-        elif done:
-            yield framing.control(done=True)
-            self._farewell(name)
-        else:
-            yield framing.control(wait=True)
+    def pull(self, request_iterator: Iterable[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
+        caller = self._identify(context)
+        state = self._seen(caller)
+        with self._guards.slot(caller, "pull", context):
+            end = time.monotonic() + self.config.poll_s
+            with self._lock:
+                while state.task is None and not state.notices and not self._done and time.monotonic() < end:
+                    state.wake.wait(timeout=max(0.0, end - time.monotonic()))
+                task, done, failed = state.task, self._done, self._failed
+                notice = state.notices.pop(0) if state.notices else None
+            state.last_seen = time.monotonic()
+            if notice is not None:
+                yield framing.control(notice=notice)
+            elif task is not None:
+                yield from self._send(caller, context, "instruction", task[1], task=task[0])
+            elif done and failed is not None:
+                yield framing.control(done=True, failed=failed)
+                self._farewell(caller.name)
+            elif done and self._final is not None:
+                if (yield from self._send(caller, context, "final model", self._final, done=True)):
+                    self._farewell(caller.name)
+            elif done:
+                yield framing.control(done=True)
+                self._farewell(caller.name)
+            else:
+                yield framing.control(wait=True)
+
+    def _send(
+        self, caller: Caller, context: grpc.ServicerContext, what: str, payload: bytes | Encoded, **header: object
+    ) -> Generator[bytes, None, bool]:
+        size = payload.size if isinstance(payload, Encoded) else len(payload)
+        return (yield from self._guards.send(caller, context, what, framing.frames(payload, **header), size))
 
     def push(self, request_iterator: Iterable[bytes], context: grpc.ServicerContext) -> bytes:
-        name = self._identify(context)
-        self._seen(name)
-        frames = iter(request_iterator)
-        try:
-            header = framing.parse_header(next(frames))
-        except (StopIteration, ConfideError) as exc:
-            return _answer(False, retry=True, reason=f"transfer refused: {exc or 'empty stream'}")
-        task_id = str(header.get("task", ""))
-        refusal = self._check_task(name, task_id)
-        if refusal is not None:
-            return refusal
-        # Only max_inflight updates are received and held at once; the other sites' streams wait here, held
-        # back by HTTP/2 flow control, so the server never holds one update per site.
-        lease = self._buffers.acquire()
-        try:
-            transfer = framing.receive_after(header, frames, max_bytes=self.config.max_bytes, allocate=lease.buffer)
-        except ConfideError as exc:
-            lease.release()
-            log.warning("site %s: transfer refused: %s", name, exc)
-            return _answer(False, retry=True, reason=str(exc))
-        refusal = self._check_task(name, task_id, close=True)
-        if refusal is not None:
-            lease.release()
-            return refusal
-        self._replies.put((task_id, name, transfer.payload, lease))
-        return _answer(True)
+        caller = self._identify(context)
+        self._seen(caller)
+        with self._guards.slot(caller, "push", context):
+            frames = iter(request_iterator)
+            header = self._guards.header(caller, frames, context)
+            if isinstance(header, bytes):
+                return header  # refused
+            task_id = one_line(header.get("task", ""), 100)
+            refusal = self._check_task(caller, task_id)
+            if refusal is not None:
+                return refusal
+            received = self._guards.receive(caller, header, frames, context)
+            if isinstance(received, bytes):
+                return received  # refused
+            payload, lease = received
+            refusal = self._check_task(caller, task_id, close=True)
+            if refusal is not None:
+                lease.release()
+                return refusal
+            self._replies.put((task_id, caller.name, payload, lease))
+            return answer(True)
 
-    def _check_task(self, name: str, task_id: str, *, close: bool = False) -> bytes | None:
-        """Why a result for ``task_id`` from ``name`` is not wanted (``None``: it is, and is closed if asked)."""
+    def _check_task(self, caller: Caller, task_id: str, *, close: bool = False) -> bytes | None:
+        """Why a result for ``task_id`` from ``caller`` is not wanted (``None``: it is, and is closed if asked)."""
         with self._lock:
             expected = self._expected.get(task_id)
             if expected is None and self._done:
                 return json.dumps({"ok": False, "retry": False, "done": True, "reason": "the job is over"}).encode()
             if expected is None:
-                log.warning("site %s: result for %s arrived after its round closed; discarded", name, task_id)
-                return _answer(False, retry=False, reason="round already closed")
-            if expected != name:
-                log.warning("site %s pushed a result for a task of site %s; refused", name, expected)
-                return _answer(False, retry=False, reason="not your task")
+                log.warning("site %s: result for %s arrived after its round closed; discarded", caller, task_id)
+                return answer(False, retry=False, reason="round already closed")
+            if expected != caller.name:
+                log.warning("site %s pushed a result for a task of site %s; refused", caller, expected)
+                return answer(False, retry=False, reason="not your task")
             if close:
-                self._close_task(task_id, name)
+                self._close_task(task_id, caller.name)
         return None
-
-
-def _answer(ok: bool, *, retry: bool = False, reason: str = "") -> bytes:
-    return json.dumps({"ok": True} if ok else {"ok": False, "retry": retry, "reason": reason}).encode()
-
-
-class _Lease:
-    """One of the pool's receive buffers, held from the start of a transfer until its update is folded."""
-
-    def __init__(self, pool: _BufferPool, slot: int) -> None:
-        self._pool = pool
-        self._slot = slot
-        self._released = False
-
-    def buffer(self, size: int) -> memoryview:
-        return self._pool.buffer(self._slot, size)
-
-    def release(self) -> None:
-        if not self._released:
-            self._released = True
-            self._pool.give_back(self._slot)
-
-
-class _BufferPool:
-    """``count`` reusable receive buffers: fresh 100 MB allocations cost page faults on every update."""
-
-    def __init__(self, count: int) -> None:
-        self._free = queue.SimpleQueue[int]()
-        for slot in range(count):
-            self._free.put(slot)
-        self._buffers: list[memoryview] = [framing.new_buffer(0) for _ in range(count)]
-
-    def acquire(self) -> _Lease:
-        return _Lease(self, self._free.get())
-
-    def buffer(self, slot: int, size: int) -> memoryview:
-        if self._buffers[slot].nbytes < size:
-            self._buffers[slot] = framing.new_buffer(0)  # drop the old one first: never two of them at once
-            self._buffers[slot] = framing.new_buffer(size)
-        return self._buffers[slot][:size]
-
-    def give_back(self, slot: int) -> None:
-        self._free.put(slot)
 
 
 def start_server(
     service: FederationService, *, port: int, key_pem: bytes, cert_pem: bytes, host: str = "[::]"
 ) -> tuple[grpc.Server, int]:
     """Start serving on ``host:port`` with mutual TLS (client certificates required)."""
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=64), options=SERVER_OPTIONS)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=service.config.workers), options=SERVER_OPTIONS)
+    # Every method takes a request stream, so that its handler runs (and checks the caller) before any request
+    # is read; the sites' unary calls are the same on the wire.
     handlers = {
-        "Join": grpc.unary_unary_rpc_method_handler(service.join),
-        "Heartbeat": grpc.unary_unary_rpc_method_handler(service.heartbeat),
-        "Pull": grpc.unary_stream_rpc_method_handler(service.pull),
+        "Join": grpc.stream_unary_rpc_method_handler(service.join),
+        "Heartbeat": grpc.stream_unary_rpc_method_handler(service.heartbeat),
+        "Pull": grpc.stream_stream_rpc_method_handler(service.pull),
         "Push": grpc.stream_unary_rpc_method_handler(service.push),
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
