@@ -119,6 +119,7 @@ class Hostile:
         )
         self.channel = grpc.secure_channel(f"localhost:{port}", credentials, options=GRPC_OPTIONS)
         self.join = self.channel.unary_unary(f"/{SERVICE}/Join")
+        self.heartbeat = self.channel.unary_unary(f"/{SERVICE}/Heartbeat")
         self.pull = self.channel.unary_stream(f"/{SERVICE}/Pull")
         self.push = self.channel.stream_unary(f"/{SERVICE}/Push")
         # a unary call whose request message never comes (sent as a stream that never sends it)

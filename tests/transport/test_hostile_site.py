@@ -6,6 +6,7 @@ TLS on 127.0.0.1, with honest sites running the real SiteClient beside the hosti
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import threading
@@ -26,13 +27,16 @@ def kits(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return provision_kits(tmp_path_factory.mktemp("kits"))
 
 
-def _round(service: FederationService, messages: dict[str, bytes]) -> tuple[threading.Thread, dict[str, object]]:
-    """One exchange in a thread; each reply lands in the dict as it arrives (its payload copied, or its error)."""
+def _round(
+    service: FederationService, messages: dict[str, bytes], keep: Callable[[memoryview], object] = bytes
+) -> tuple[threading.Thread, dict[str, object]]:
+    """One exchange in a thread; each reply lands in the dict as it arrives (``keep`` of its payload: a copy by
+    default; or its error)."""
     replies: dict[str, object] = {}
 
     def run() -> None:
         for reply in service.exchange(messages, deadline_s=LONG):
-            replies[reply.site] = bytes(reply.payload) if reply.payload is not None else reply.error
+            replies[reply.site] = keep(reply.payload) if reply.payload is not None else reply.error
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
@@ -177,6 +181,48 @@ def test_seventy_stalled_calls_from_one_certificate_starve_neither_heartbeats_no
         assert all(f.result() == b"{}" for f in beats)  # a heartbeat whose request never comes holds no thread
         refused = [f.exception().code() for f in pushes if f.done()]  # type: ignore[union-attr]
         assert refused == [grpc.StatusCode.RESOURCE_EXHAUSTED] * 28  # two held, the rest refused at once
+    finally:
+        hostile.close()
+        _finish(fed)
+
+
+def _rss_mib() -> float:
+    gc.collect()
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS line in /proc/self/status")
+
+
+def test_a_flood_of_oversized_transfers_leaves_the_servers_memory_where_it_was(kits: Path) -> None:
+    """Before: the limit was 4 GiB whatever the model's size, and the receive buffer kept the size of the largest
+    transfer it had taken: a 1 GiB stream took the server from 335 to 1,366 MB, never released."""
+    if not Path("/proc/self/status").exists():
+        pytest.skip("reads the process's memory from Linux's /proc/self/status")
+    budget_mib = 64  # the growth allowed: well under one model (48 MiB) plus the 256 MiB stream the old code kept
+    fed = serve(kits, heartbeat_s=0.2)
+    limit = fed.service.limit_transfers(48 << 20)  # a 48 MiB model: transfers up to 97 MiB
+    hostile = fed.hostile("site-1")
+    try:
+        hostile.join(b"{}", timeout=LONG)
+        _, replies = _round(fed.service, {"site-1": b"train"}, keep=lambda payload: payload.nbytes)
+        task = hostile.task_id()
+        before = _rss_mib()
+
+        flood = [hostile.push(transfer(task, 1 << 30, send=1 << 20), timeout=LONG) for _ in range(20)]
+        oversized = hostile.push(transfer(task, 256 << 20), timeout=LONG)  # every byte of it sent
+        held_after_refusals = fed.service._guards.buffers.held_bytes()
+        allowed = hostile.push(transfer(task, limit - 4096), timeout=LONG)  # twice the model: large, allowed
+        assert wait_until(lambda: "site-1" in replies and fed.service._guards.buffers.in_use == 0)
+        grown = _rss_mib() - before
+
+        for refusal in [*flood, oversized]:
+            said = json.loads(refusal)
+            assert said["ok"] is False and said["retry"] is False and "exceeds the limit" in said["reason"]
+        assert held_after_refusals == 0  # nothing was ever allocated for a refused transfer
+        assert json.loads(allowed) == {"ok": True} and replies["site-1"] == limit - 4096
+        assert fed.service._guards.buffers.held_bytes() == 0  # the buffer grown past the model was let go
+        assert grown < budget_mib, f"the process grew by {grown:.0f} MiB (budget {budget_mib} MiB)"
     finally:
         hostile.close()
         _finish(fed)
