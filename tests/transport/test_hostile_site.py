@@ -70,7 +70,7 @@ def test_an_upload_stalled_by_one_certificate_is_dropped_and_the_others_uploads_
     """Before: the stalled upload held the one receive buffer for ever (the wait for it had no timeout, a stream
     no deadline), so every other site's upload waited behind it until the round failed."""
     caplog.set_level(logging.INFO)
-    fed = serve(kits, heartbeat_s=0.2, idle_s=2.0)
+    fed = serve(kits, heartbeat_s=0.2, idle_s=3.0)
     go = threading.Event()
     for name in ("site-1", "site-2"):
         fed.honest(name, _answering(name, after=go))
@@ -127,7 +127,7 @@ def test_instructions_a_site_stops_taking_are_dropped_and_free_the_sending_slots
 ) -> None:
     """Before: two pulls that never read their instruction held both sending slots for ever, and no other site
     received its instruction."""
-    fed = serve(kits, heartbeat_s=0.2, idle_s=2.0)
+    fed = serve(kits, heartbeat_s=0.2, idle_s=3.0)
     instruction = bytes(range(256)) * (32 << 12)  # 32 MiB: more than the flow-control windows take unread
     hostile, polite = fed.hostile("site-3"), fed.hostile("site-1")
     try:

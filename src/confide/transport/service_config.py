@@ -34,7 +34,7 @@ class ServiceConfig:
     # A whole transfer must finish within transfer_floor_s + size / transfer_min_rate (bytes per second); it is
     # dropped as soon as it falls behind that pace, so a trickling site cannot hold a buffer for long either.
     transfer_floor_s: float = 60.0
-    transfer_min_rate: float = 512 * 1024
+    transfer_min_rate: float = 256 * 1024  # 2 Mbit/s: a 100 MB update may take 60 + 380 s
     pushes_per_site: int = 2  # streams one site (one certificate) may hold at once; more are refused at once
     pulls_per_site: int = 2
     workers: int = 64  # the server's worker threads
