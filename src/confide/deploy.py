@@ -134,6 +134,8 @@ def _serve(
 ) -> Path:
     ckpt_dir = job.report.out / "checkpoints"
     ca = read_kit_file(kit, cfg["ca"])
+    roster = _roster(kit, cfg)
+    sites = len(roster() or {}) or job.federation.min_sites
     service = FederationService(
         ca,
         ServiceConfig(
@@ -143,9 +145,13 @@ def _serve(
             revoked=_Watched[frozenset[int]](
                 kit / str(cfg.get("revocation_list", "revoked.json")), load_revoked, frozenset()
             ),
-            roster=_roster(kit, cfg),
+            roster=roster,
+            workers=max(64, 16 + 2 * sites),  # each site's long poll holds a thread; Join and Heartbeat keep 16
         ),
     )
+    model = initial(job)
+    # a site's upload may be at most twice the model's size (sparse indices, secure aggregation's uint32 words)
+    service.limit_transfers(serde.encode_arrays_parts(model).size)
     server, bound = start_server(
         service,
         host=str(host or cfg.get("host") or "127.0.0.1"),
@@ -168,7 +174,7 @@ def _serve(
         loop = ServerLoop(
             _strategy(job, roster_size=len(service.config.roster() or {}) or len(present)),
             service,
-            initial(job),
+            model,
             LoopConfig(
                 rounds=job.federation.rounds,
                 min_sites=need,
