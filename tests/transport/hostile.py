@@ -51,8 +51,9 @@ class Federation:
     def stop(self) -> None:
         self.server.stop(0).wait(10)
 
-    def honest(self, name: str, answer: Callable[[memoryview], bytes]) -> SiteClient:
-        """The real site client, in a thread, answering every instruction with ``answer(instruction)``."""
+    def honest(self, name: str, answer: Callable[[memoryview], bytes], **settings: Any) -> SiteClient:
+        """The real site client, in a thread, answering every instruction with ``answer(instruction)``;
+        ``settings``: SiteClient's own (give_up_after_s, after_done_s ...)."""
         kit = self.kits / "sites" / name
         client = SiteClient(
             f"localhost:{self.port}",
@@ -60,7 +61,7 @@ class Federation:
             cert_pem=(kit / "site.crt").read_bytes(),
             ca_pem=(kit / "ca.crt").read_bytes(),
             make_endpoint=lambda _job: _Endpoint(answer),
-            give_up_after_s=LONG,
+            **({"give_up_after_s": LONG} | settings),
         )
         thread = threading.Thread(target=client.run, daemon=True)
         thread.start()

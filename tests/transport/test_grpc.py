@@ -420,51 +420,27 @@ def test_the_server_listens_on_its_kits_address_not_every_interface(tmp_path: Pa
     assert all(a.endswith("0100007F") for a in addresses), addresses
 
 
-class _Sleeper:
-    """An endpoint that works ``seconds`` on every instruction (a site still training when the job ends)."""
+def _sleeper(seconds: float, started: threading.Event) -> Callable[[memoryview], bytes]:
+    """A site's work: ``seconds`` on every instruction (a site still training when the job ends)."""
 
-    def __init__(self, seconds: float, started: threading.Event) -> None:
-        self.seconds = seconds
-        self.started = started
-
-    def handle(self, payload: memoryview) -> bytes:
-        self.started.set()
-        time.sleep(self.seconds)
+    def work(_instruction: memoryview) -> bytes:
+        started.set()
+        time.sleep(seconds)
         return b"late answer"
+
+    return work
 
 
 def test_a_site_told_the_job_is_over_leaves_soon_after_the_server_is_gone(tmp_path: Path) -> None:
     """Before: a site still training when the job ended, and late to collect "done" (the server waits 60 s), kept
     retrying the vanished server for give_up_after_s (10 minutes) and never exited. Now heartbeats tell it the job
     is over, and once the server has gone it leaves after ``after_done_s``, saying so."""
-    from confide.transport.grpc_client import SiteClient
-    from confide.transport.grpc_server import FederationService, ServiceConfig, start_server
+    from tests.transport.hostile import serve as serve_bare
 
-    kits = _federation(tmp_path / "kits")
-    server_kit, site_kit = kits / "server", kits / "sites" / "site-1"
-    service = FederationService(
-        (server_kit / "ca.crt").read_bytes(), ServiceConfig(job={}, heartbeat_s=0.2, site_timeout_s=30.0)
-    )
-    server, port = start_server(
-        service,
-        port=0,
-        host="127.0.0.1",
-        key_pem=(server_kit / "server.key").read_bytes(),
-        cert_pem=(server_kit / "server.crt").read_bytes(),
-    )
+    federation = serve_bare(_federation(tmp_path / "kits"), heartbeat_s=0.2, site_timeout_s=30.0)
     started = threading.Event()
-    client = SiteClient(
-        f"localhost:{port}",
-        key_pem=(site_kit / "site.key").read_bytes(),
-        cert_pem=(site_kit / "site.crt").read_bytes(),
-        ca_pem=(site_kit / "ca.crt").read_bytes(),
-        make_endpoint=lambda _job: _Sleeper(4.0, started),
-        give_up_after_s=300.0,
-        after_done_s=1.0,
-    )
-    outcome: dict[str, object] = {}
-    site = threading.Thread(target=lambda: outcome.setdefault("answered", client.run()), daemon=True)
-    site.start()
+    client = federation.honest("site-1", _sleeper(4.0, started), give_up_after_s=300.0, after_done_s=1.0)
+    service = federation.service
     assert len(service.wait_for_sites(1, 30)) == 1
     rounds = threading.Thread(target=lambda: list(service.exchange({"site-1": b"train"}, deadline_s=0.5)), daemon=True)
     rounds.start()
@@ -474,58 +450,36 @@ def test_a_site_told_the_job_is_over_leaves_soon_after_the_server_is_gone(tmp_pa
     deadline = time.monotonic() + 30
     while client._over_at is None and time.monotonic() < deadline:  # ... and a heartbeat tells the site
         time.sleep(0.05)
-    server.stop(0).wait(10)  # the server goes before the site has finished its step
+    federation.stop()  # the server goes before the site has finished its step
     stopped = time.monotonic()
 
-    site.join(60)
+    federation.threads[0].join(60)
 
-    assert not site.is_alive(), "the site kept retrying a server that had finished the job"
+    assert not federation.threads[0].is_alive(), "the site kept retrying a server that had finished the job"
     assert time.monotonic() - stopped < 60
-    assert outcome["answered"] == 0 and client.final is None
+    assert client.answered == 0 and client.final is None
     assert any("went away" in n for n in client.notices)
 
 
 def test_a_late_answer_after_the_job_ended_collects_the_final_model(tmp_path: Path) -> None:
     """A site whose answer arrives after the last round closed is told the job is over (not to retry) and pulls
     "done" with the final model at once."""
-    from confide.transport.grpc_client import SiteClient
-    from confide.transport.grpc_server import FederationService, ServiceConfig, start_server
-
-    kits = _federation(tmp_path / "kits")
-    server_kit, site_kit = kits / "server", kits / "sites" / "site-1"
-    service = FederationService(
-        (server_kit / "ca.crt").read_bytes(), ServiceConfig(job={}, heartbeat_s=0.2, site_timeout_s=30.0)
-    )
-    server, port = start_server(
-        service,
-        port=0,
-        host="127.0.0.1",
-        key_pem=(server_kit / "server.key").read_bytes(),
-        cert_pem=(server_kit / "server.crt").read_bytes(),
-    )
-    started = threading.Event()
-    client = SiteClient(
-        f"localhost:{port}",
-        key_pem=(site_kit / "site.key").read_bytes(),
-        cert_pem=(site_kit / "site.crt").read_bytes(),
-        ca_pem=(site_kit / "ca.crt").read_bytes(),
-        make_endpoint=lambda _job: _Sleeper(1.5, started),
-        give_up_after_s=300.0,
-    )
     from confide import serde
+    from tests.transport.hostile import serve as serve_bare
 
-    site = threading.Thread(target=client.run, daemon=True)
-    site.start()
+    federation = serve_bare(_federation(tmp_path / "kits"), heartbeat_s=0.2, site_timeout_s=30.0)
+    client = federation.honest("site-1", _sleeper(1.5, threading.Event()), give_up_after_s=300.0)
+    service = federation.service
     try:
         assert len(service.wait_for_sites(1, 30)) == 1
         list(service.exchange({"site-1": b"train"}, deadline_s=0.2))
         service.close(final=serde.encode_arrays(arrays(w=[1.0, 2.0])))
         assert service.wait_for_farewells(60) == []
-        site.join(30)
+        federation.threads[0].join(30)
     finally:
-        server.stop(0)
+        federation.stop()
 
-    assert not site.is_alive() and client.final is not None
+    assert not federation.threads[0].is_alive() and client.final is not None
     np.testing.assert_allclose(client.final["w"], [1.0, 2.0])
     assert client.answered == 0
 
