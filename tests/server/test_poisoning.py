@@ -165,3 +165,25 @@ def test_honest_sites_of_different_sizes_are_never_refused_or_capped_over_many_r
 
     assert all(not r.failures and len(r.sites) == 3 for r in history.rounds)
     assert loop.guard.last_weight == {"a": 10, "b": 20, "c": 30}
+
+
+def test_a_capped_count_is_told_to_the_site_once_not_every_round(caplog: pytest.LogCaptureFixture) -> None:
+    """Two honest hospitals of 30 and 10 cases under a share of 0.5: the larger one is capped every round, and
+    hears it once."""
+    told: list[str] = []
+
+    class Listening(SiteRunner):
+        def notice(self, message: str) -> None:
+            told.append(message)
+
+    sites = {
+        "big": Listening("big", QuadraticTask(HONEST["a"], 30)),
+        "small": SiteRunner("s", QuadraticTask(HONEST["b"], 10)),
+    }
+    loop = ServerLoop(FedAvg({"lr": 0.5}), InMemoryTransport(sites), START, LoopConfig(rounds=4, min_sites=2))  # type: ignore[arg-type]
+
+    loop.run()
+
+    assert loop.guard.last_weight == {"big": 10, "small": 10}
+    assert len([m for m in told if "capped" in m]) == 1
+    assert len([r for r in caplog.records if "capped" in r.getMessage() and r.levelname == "WARNING"]) == 1

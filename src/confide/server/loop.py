@@ -135,6 +135,7 @@ class ServerLoop:
         self.events = events or NoEvents()
         self.history = History()
         self.guard = UpdateGuard(config.guard)
+        self._capped: set[str] = set()  # sites told that their count was capped
         self.start_round = 1
         if config.secure is not None:
             check_secure_strategy(strategy)
@@ -339,9 +340,12 @@ class ServerLoop:
             self._reject(rnd, site, Rejection(f"site {site}: {too_large}"), tally)
             return None
         weight, note = self.guard.weight(site, record.num_examples, round_sites)
-        if note is not None:
-            log.warning("round %d: site %s: %s", rnd, site, note)
+        if note is not None and site not in self._capped:  # said once per site; the trail has every round's
+            self._capped.add(site)
+            log.warning("round %d: site %s: %s (said once; later rounds in the trail)", rnd, site, note)
             self.transport.notify(site, f"round {rnd}: {note}")
+        elif note is not None:
+            log.info("round %d: site %s: %s", rnd, site, note)
         self.guard.admitted(site, norm, weight)
         self.events.site_finished(rnd, site, True, f"loss {record.metrics.get('loss', float('nan')):.4f}")
         return record if weight == record.num_examples else replace(record, num_examples=weight)
