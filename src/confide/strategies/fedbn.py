@@ -53,11 +53,14 @@ class FedBN:
     def aggregate(self, round: int, global_arrays: Arrays, results: Iterable[tuple[str, TrainRes]]) -> Aggregate:
         def kept(items: Iterable[tuple[str, TrainRes]]) -> Iterator[tuple[str, TrainRes]]:
             for site, res in items:
-                yield site, TrainRes(
-                    round=res.round,
-                    update=_without(res.update, self.local_names),
-                    num_examples=res.num_examples,
-                    metrics=res.metrics,
+                yield (
+                    site,
+                    TrainRes(
+                        round=res.round,
+                        update=_without(res.update, self.local_names),
+                        num_examples=res.num_examples,
+                        metrics=res.metrics,
+                    ),
                 )
 
         return self.averager.aggregate(round, global_arrays, kept(results))
