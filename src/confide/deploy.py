@@ -152,14 +152,15 @@ def _serve(
     model = initial(job)
     # a site's upload may be at most twice the model's size (sparse indices, secure aggregation's uint32 words)
     service.limit_transfers(serde.encode_arrays_parts(model).size)
+    listen = str(host or cfg.get("host") or "127.0.0.1")
     server, bound = start_server(
         service,
-        host=str(host or cfg.get("host") or "127.0.0.1"),
+        host=listen,
         port=int(cfg["port"] if port is None else port),
         key_pem=read_kit_file(kit, cfg["private_key"]),
         cert_pem=read_kit_file(kit, cfg["certificate"]),
     )
-    log.info("listening on %s:%d", host or cfg.get("host") or "127.0.0.1", bound)
+    log.info("listening on %s:%d", listen, bound)
     if on_listen is not None:
         on_listen(bound)
     try:
