@@ -99,7 +99,13 @@ class FederationConfig(_Strict):
         "fedavg", "median", "trimmed_mean", "fedadam", "fedyogi", "fedadagrad", "cyclic", "fedprox", "scaffold", "fedbn"
     ] = "fedavg"
     trim_fraction: float = Field(default=0.2, ge=0, lt=0.5, description="trimmed_mean: share cut at each end")
-    server_lr: float = Field(default=0.01, gt=0, allow_inf_nan=False, description="fedadam/fedyogi/fedadagrad: eta")
+    server_lr: float | None = Field(
+        default=None,
+        gt=0,
+        allow_inf_nan=False,
+        description="fedadam/fedyogi/fedadagrad: the server's learning rate (eta); default: the strategy's own "
+        "(strategies/fedopt.py DEFAULT_SERVER_LR, listed in README's strategies section)",
+    )
     beta1: float = Field(default=0.9, ge=0, lt=1, description="fedadam/fedyogi/fedadagrad: first-moment decay")
     beta2: float = Field(default=0.99, ge=0, lt=1, description="fedadam/fedyogi: second-moment decay")
     tau: float = Field(default=1e-3, gt=0, le=1, description="fedadam/fedyogi/fedadagrad: adaptivity (tau)")

@@ -38,6 +38,7 @@ from confide.server.loop import LoopConfig, RoundResult
 from confide.server.secure_round import SecureSettings
 from confide.sim import simulate
 from confide.strategies import Strategy, make_strategy
+from confide.strategies.fedopt import server_lr_for
 from confide.tasks.local_rules import model_part, with_controls
 from confide.workloads.base import SiteSplit, SiteTask, Workload
 from confide.workloads.registry import make_workload
@@ -152,7 +153,7 @@ def build_strategy(job: JobConfig, workload: Workload, *, kind: str, sites: int,
         fed.strategy if kind == "federated" else "fedavg",
         job.train_config(batch_size=batch),
         trim_fraction=fed.trim_fraction,
-        server_lr=fed.server_lr,
+        server_lr=server_lr_for(fed.strategy, fed.server_lr),
         beta1=fed.beta1,
         beta2=fed.beta2,
         tau=fed.tau,

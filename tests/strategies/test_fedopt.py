@@ -15,7 +15,7 @@ from confide.sim import simulate
 from confide.strategies import FedOpt, make_strategy
 from confide.strategies.base import StrategyState
 from confide.strategies.fedavg import Missing
-from confide.strategies.fedopt import Variant
+from confide.strategies.fedopt import Variant, server_lr_for
 from tests.helpers import QuadraticTask, arrays
 
 
@@ -197,7 +197,8 @@ def test_bad_hyper_parameters_are_refused_by_name(hyper: dict[str, float], named
 def test_jobs_and_make_strategy_know_the_variants(name: str, variant: str) -> None:
     job = parse_job({"data": {"root": "x"}, "federation": {"strategy": name, "server_lr": 0.5, "tau": 0.01}})
 
-    strategy = make_strategy(job.federation.strategy, {}, server_lr=job.federation.server_lr, tau=job.federation.tau)
+    lr = server_lr_for(job.federation.strategy, job.federation.server_lr)
+    strategy = make_strategy(job.federation.strategy, {}, server_lr=lr, tau=job.federation.tau)
 
     assert isinstance(strategy, FedOpt) and strategy.name == name and strategy.variant == variant
     assert (strategy.server_lr, strategy.tau, strategy.beta1) == (0.5, 0.01, 0.9)

@@ -9,9 +9,10 @@ The sites train as under FedAvg; the example-weighted mean of their updates is t
     v = v - (1 - beta2) * delta^2 * sign(v - delta^2)        (yogi)
     x = x + server_lr * m / (sqrt(v) + tau)
 
-with ``m = 0`` and ``v = tau^2`` before the first round. Defaults, as the paper recommends: ``server_lr=1e-2``,
-``beta1=0.9``, ``beta2=0.99`` (unused by adagrad), ``tau=1e-3`` (the adaptivity: it bounds the step where ``v``
-is small). Arrays that are not floating point (counters) take the mean update as FedAvg does, without optimiser.
+with ``m = 0`` and ``v = tau^2`` before the first round. Defaults: ``beta1=0.9``, ``beta2=0.99`` (unused by
+adagrad), ``tau=1e-3`` (the adaptivity: it bounds the step where ``v`` is small), as the paper recommends, and a
+server learning rate per variant, :data:`DEFAULT_SERVER_LR` (see its comment for how it was chosen). Arrays that are
+not floating point (counters) take the mean update as FedAvg does, without optimiser.
 
 Memory: ``m`` and ``v`` are two extra copies of the model's floating-point arrays, kept from round to round (and
 saved with every checkpoint), besides FedAvg's accumulator, which becomes the next model.
@@ -37,6 +38,21 @@ from confide.strategies.fedavg import FedAvg, Missing
 Variant = Literal["adam", "yogi", "adagrad"]
 VARIANTS: tuple[Variant, ...] = ("adam", "yogi", "adagrad")
 
+# The server learning rate when the job gives none. Early on (m small, v near tau^2) each entry moves by about
+# server_lr * (1 - beta1) per round whatever the size of the sites' update, so the rate sets how far a job can get
+# in its rounds. Reddi et al. tuned it on a log grid per task; these were chosen the same way on Confide's shipped
+# jobs (README, "Strategies": the command and the numbers).
+DEFAULT_SERVER_LR: dict[str, float] = {"adam": 0.01, "yogi": 0.01, "adagrad": 0.01}
+
+
+def server_lr_for(strategy: str, given: float | None) -> float:
+    """The server learning rate strategy ``strategy`` (``fedadam``, ``fedyogi``, ``fedadagrad``) runs with: the
+    job's ``given`` rate, else the variant's default. Strategies without a server optimiser ignore it (1.0)."""
+    if given is not None:
+        return given
+    variant = strategy.removeprefix("fed")
+    return DEFAULT_SERVER_LR.get(variant, 1.0)
+
 
 class FedOpt:
     """FedAvg's mean update taken as a pseudo-gradient by a server optimiser; named ``fed<variant>``."""
@@ -46,7 +62,7 @@ class FedOpt:
         train_config: Mapping[str, Scalar] | None = None,
         *,
         variant: Variant = "adam",
-        server_lr: float = 1e-2,
+        server_lr: float | None = None,
         beta1: float = 0.9,
         beta2: float = 0.99,
         tau: float = 1e-3,
@@ -54,6 +70,8 @@ class FedOpt:
     ) -> None:
         if variant not in VARIANTS:
             raise ValueError(f"fedopt: variant must be one of {list(VARIANTS)}, got {variant!r}")
+        if server_lr is None:
+            server_lr = DEFAULT_SERVER_LR[variant]
         if not 0 < server_lr < float("inf"):
             raise ValueError(f"fed{variant}: server_lr must be > 0, got {server_lr}")
         for field, value in (("beta1", beta1), ("beta2", beta2)):
