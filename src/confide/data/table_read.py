@@ -29,6 +29,18 @@ def as_number(value: str) -> float | None:
     return number if math.isfinite(number) else None
 
 
+def match_level(value: str, levels: tuple[str, ...]) -> int | None:
+    """The index of ``value`` among ``levels``: exact, else numerically equal ("1" matches "1.0")."""
+    if value in levels:
+        return levels.index(value)
+    number = as_number(value)
+    if number is not None:
+        for k, level in enumerate(levels):
+            if as_number(level) == number:
+                return k
+    return None
+
+
 @dataclass(frozen=True)
 class RawTable:
     """A CSV's header and rows as text; ``lines[i]`` is the file line where row ``i`` ends (the header is line 1)."""

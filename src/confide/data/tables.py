@@ -5,7 +5,9 @@ What is computed from where:
 - **Per site, from its own training rows only**: the mean and standard deviation that standardise each numeric
   column (its test rows use the same), and, under ``missing: impute``, the mean that fills a missing numeric cell.
   No statistic of one site reaches another, and none comes from the test rows. The train/test split of a site
-  depends only on its own rows and the seed (stratified by label; for survival by event).
+  depends only on its own rows and the seed (stratified by label; for survival by event), unless the table has a
+  split column (``split`` unless the spec names another): then each row trains, tests or (``val``) is set aside as
+  that column says (:mod:`confide.data.table_split`), and the seed and test fraction play no part.
 - **From the whole file (the schema, not statistics)**: which columns are categorical when not declared, the levels
   of a categorical column not given in ``categories``, and the classes of a multiclass target not given in
   ``classes``. In a deployment each site reads only what it is given: give every site the same levels and classes
@@ -13,10 +15,13 @@ What is computed from where:
   lacks a level may differ from the others'. A site's value outside declared levels or classes is refused, naming
   the file, column, site and line.
 
-Encoding: numeric columns standardised; categorical columns one-hot without their first level (the reference);
-under ``impute`` every numeric column gets a missing-indicator column ``name:missing`` (its missing cells become the
-site's training mean, 0 after standardisation) and every categorical column an extra level ``(missing)``, whether or
-not a site has missing cells, so every site has the same layout. Under ``drop`` a row missing any used cell is dropped.
+Encoding: numeric columns standardised, except 0/1 indicator columns (every value 0 or 1), which stay 0/1;
+categorical columns one-hot without their first level (the reference); under ``impute`` every numeric column gets a
+missing-indicator column ``name:missing`` (0/1; its missing cells become the site's training mean, 0 after
+standardisation) and every categorical column an extra level ``(missing)``, whether or not a site has missing cells,
+so every site has the same layout. Under ``drop`` a row missing any used cell is dropped. A column that looks like an
+identifier (about one value per row) is refused as a feature, naming it (:mod:`confide.data.table_columns`); the
+split column is never a feature.
 Targets: binary (n,) float32 0/1; multiclass (n,) int64 class indices; survival (n, 2) float32 (time, event).
 """
 
@@ -30,7 +35,10 @@ from typing import Literal
 
 import numpy as np
 
-from confide.data.table_read import RawTable, as_number, is_missing, read_table
+from confide.data.table_columns import identifier_problem, is_indicator
+from confide.data.table_read import RawTable, as_number, is_missing, match_level, read_table
+from confide.data.table_split import check_given, given_split, stratified_split
+from confide.data.table_targets import check_training_classes, targets
 from confide.errors import DataError
 
 Kind = Literal["binary", "multiclass", "survival"]
@@ -45,6 +53,7 @@ class TableSpec:
     target: str
     kind: Kind = "binary"
     site_column: str = "site"
+    split_column: str | None = "split"  # train/test/val per row, used when the table has it; None: never
     event: str | None = None  # survival: 1 = event, 0 = censored
     positive_above: float | None = None  # binary: target > this is positive
     positive: str | None = None  # binary: target == this is positive
@@ -61,6 +70,7 @@ class TableSpec:
 class Column:
     name: str
     levels: tuple[str, ...] | None  # None: numeric
+    indicator: bool = False  # numeric with every value 0 or 1: kept 0/1, not standardised
 
 
 @dataclass(frozen=True)
@@ -118,6 +128,7 @@ class TableSplit:
     kind: Kind = "binary"
     classes: tuple[str, ...] = ()  # multiclass: the class of each index
     dropped: tuple[tuple[int, str], ...] = ()  # (file line, reason) of this site's rows left out
+    validation: int = 0  # rows the split column marks val: set aside, neither trained on nor scored
 
     @property
     def train(self) -> TableRows:
@@ -141,7 +152,8 @@ def load_table(
     if not 0 < test_fraction < 1:
         raise DataError(f"test_fraction must lie between 0 and 1, got {test_fraction}")
     table = read_table(path)
-    columns = _feature_columns(table, spec)
+    split = spec.split_column if spec.split_column in table.header else None
+    columns = _feature_columns(table, spec, split)
     outcome = [spec.site_column, spec.target, *([spec.event] if spec.event else [])]
     table.require([*outcome, *columns, *spec.drop, *spec.categorical, *spec.categories])
     for name in (*spec.categorical, *spec.categories):
@@ -164,7 +176,8 @@ def load_table(
     out: dict[str, TableSplit] = {}
     for site in wanted:
         rows, lost = by_site.get(site, []), dropped.get(site, [])
-        out[site] = _site_split(table, spec, layout, classes, site, rows, lost, seed, 1.0 - test_fraction, max_rows)
+        share = 1.0 - test_fraction
+        out[site] = _site_split(table, spec, layout, classes, site, rows, lost, seed, share, max_rows, split)
     return out
 
 
@@ -183,12 +196,12 @@ def declared_layout(spec: TableSpec) -> Layout | None:
     return Layout(tuple(columns), spec.missing)
 
 
-def _feature_columns(table: RawTable, spec: TableSpec) -> tuple[str, ...]:
-    outcome = {spec.site_column, spec.target, *([spec.event] if spec.event else [])}
+def _feature_columns(table: RawTable, spec: TableSpec, split: str | None) -> tuple[str, ...]:
+    outcome = {spec.site_column, spec.target, *([spec.event] if spec.event else []), *([split] if split else [])}
     if spec.features is not None:
         clash = sorted(outcome & set(spec.features))
         if clash:
-            raise DataError(f"table {table.path}: the features include the site or outcome columns {clash}")
+            raise DataError(f"table {table.path}: the features include the site, outcome or split columns {clash}")
         columns = tuple(spec.features)
     else:
         columns = tuple(h for h in table.header if h not in outcome and h not in spec.drop)
@@ -208,7 +221,12 @@ def _column(table: RawTable, spec: TableSpec, name: str, kept: list[int]) -> Col
     categorical = name in spec.categorical or (
         spec.features is None and any(as_number(v) is None for v in table.values(name) if not is_missing(v))
     )
-    return Column(name, _sorted_levels(set(cells))) if categorical else Column(name, None)
+    problem = identifier_problem(name, cells, categorical=categorical)
+    if problem:
+        raise DataError(f"table {table.path}: {problem}")
+    if categorical:
+        return Column(name, _sorted_levels(set(cells)))
+    return Column(name, None, indicator=is_indicator(cells))
 
 
 def _sorted_levels(values: set[str]) -> tuple[str, ...]:
@@ -216,18 +234,6 @@ def _sorted_levels(values: set[str]) -> tuple[str, ...]:
     if all(n is not None for n in numbers.values()):
         return tuple(sorted(values, key=lambda v: (numbers[v], v)))
     return tuple(sorted(values))
-
-
-def _match(value: str, levels: tuple[str, ...]) -> int | None:
-    """The index of ``value`` among ``levels``: exact, else numerically equal ("1" matches "1.0")."""
-    if value in levels:
-        return levels.index(value)
-    number = as_number(value)
-    if number is not None:
-        for k, level in enumerate(levels):
-            if as_number(level) == number:
-                return k
-    return None
 
 
 def _classes(table: RawTable, spec: TableSpec, kept: list[int]) -> tuple[str, ...]:
@@ -266,81 +272,34 @@ def _site_split(
     seed: int,
     train_share: float,
     max_rows: int | None,
+    split: str | None,
 ) -> TableSplit:
+    """One site's rows, split (as the split column gives, else seeded and stratified) and encoded."""
     where = f"table {table.path}, site {site}"
     rng = _site_rng(seed, site)
     if max_rows is not None and len(rows) > max_rows:
         rows = sorted(rng.choice(np.asarray(rows), size=max_rows, replace=False).tolist())
+    given = given_split(table, split, rows, site) if split else None
+    rows = given.rows if given else rows
     if len(rows) < spec.min_rows:
         raise DataError(
-            f"{where}: {len(rows)} usable rows ({len(dropped)} dropped as incomplete); at least {spec.min_rows} "
-            "are needed"
+            f"{where}: {len(rows)} usable rows ({len(dropped)} dropped as incomplete"
+            f"{f', {given.validation} marked val' if given else ''}); at least {spec.min_rows} are needed"
         )
-    y = _targets(table, spec, rows, classes, site)
-    strata = y[:, 1] if spec.kind == "survival" else y
-    train = np.zeros(len(rows), dtype=bool)
-    for value in np.unique(strata):
-        members = np.flatnonzero(strata == value)
-        rng.shuffle(members)
-        train[members[: round(train_share * members.size)]] = True
-    if train.all() or not train.any():
-        raise DataError(f"{where}: {len(rows)} usable rows leave no {'test' if train.all() else 'training'} rows")
-    _check_training_classes(where, spec.kind, y[train], classes)
+    y = targets(table, spec, rows, classes, site)
+    if given and split:
+        check_given(where, split, given)
+        train = given.train
+    else:
+        train = stratified_split(y[:, 1] if spec.kind == "survival" else y, train_share, rng)
+        if train.all() or not train.any():
+            raise DataError(f"{where}: {len(rows)} usable rows leave no {'test' if train.all() else 'training'} rows")
+    check_training_classes(where, spec.kind, y[train], classes)
     x = _encode(table, layout, rows, train, site)
-    features = layout.features()
-    return TableSplit(site, x[train], y[train], x[~train], y[~train], features, spec.kind, classes, tuple(dropped))
-
-
-def _targets(table: RawTable, spec: TableSpec, rows: list[int], classes: tuple[str, ...], site: str) -> np.ndarray:
-    at = table.index(spec.target)
-    where = f"table {table.path}, site {site}"
-    if spec.kind == "survival":
-        assert spec.event is not None
-        time = np.array([table.number(i, spec.target, site) for i in rows])
-        event = np.array([table.number(i, spec.event, site) for i in rows])
-        for values, name, ok in ((time, spec.target, time >= 0), (event, spec.event, np.isin(event, (0.0, 1.0)))):
-            if not ok.all():
-                bad = int(np.flatnonzero(~ok)[0])
-                expected = "a time >= 0" if name == spec.target else "1 (event) or 0 (censored)"
-                raise DataError(
-                    f"{where}, line {table.lines[rows[bad]]}: column {name!r} holds {values[bad]}, expected {expected}"
-                )
-        return np.stack([time, event], axis=1).astype(np.float32)
-    labels: list[float] = []
-    for i in rows:
-        value = table.rows[i][at]
-        if spec.kind == "multiclass":
-            k = _match(value, classes)
-            if k is None:
-                raise DataError(f"{where}, line {table.lines[i]}: target {value!r} is not one of the classes {classes}")
-            labels.append(k)
-        elif spec.positive_above is not None:
-            labels.append(float(table.number(i, spec.target, site) > spec.positive_above))
-        elif spec.positive is not None:
-            labels.append(float(_match(value, (spec.positive,)) == 0))
-        else:
-            labels.append(_binary(value, f"{where}, line {table.lines[i]}: target {spec.target!r}"))
-    return np.array(labels, dtype=np.int64 if spec.kind == "multiclass" else np.float32)
-
-
-def _binary(value: str, where: str) -> float:
-    if value.lower() in ("true", "false"):
-        return float(value.lower() == "true")
-    number = as_number(value)
-    if number not in (0.0, 1.0):
-        raise DataError(f"{where} holds {value!r}; a binary target is 0/1 (or set positive_above or positive)")
-    return float(number)
-
-
-def _check_training_classes(where: str, kind: Kind, y: np.ndarray, classes: tuple[str, ...]) -> None:
-    if kind == "survival":
-        if not (y[:, 1] == 1).any():
-            raise DataError(f"{where}: the training rows hold no event (every time is censored)")
-        return
-    names = classes if kind == "multiclass" else ("0 (negative)", "1 (positive)")
-    absent = [name for k, name in enumerate(names) if not (y == k).any()]
-    if absent:
-        raise DataError(f"{where}: the training rows hold no case of the classes {absent}")
+    test, features, validation = ~train, layout.features(), given.validation if given else 0
+    return TableSplit(
+        site, x[train], y[train], x[test], y[test], features, spec.kind, classes, tuple(dropped), validation
+    )
 
 
 def _encode(table: RawTable, layout: Layout, rows: list[int], train: np.ndarray, site: str) -> np.ndarray:
@@ -356,17 +315,20 @@ def _encode(table: RawTable, layout: Layout, rows: list[int], train: np.ndarray,
             )
             observed = values[train & ~absent]
             mean = float(observed.mean()) if observed.size else 0.0
-            std = float(observed.std()) if observed.size else 1.0
-            z = (values - mean) / (std if std > 1e-12 else 1.0)
-            z[absent] = 0.0  # the site's own training mean
-            blocks.append(z[:, None])
+            if column.indicator:  # stays 0/1; a missing cell takes the share of 1s in the site's training rows
+                blocks.append(np.where(absent, mean, values)[:, None])
+            else:
+                std = float(observed.std()) if observed.size else 1.0
+                z = (values - mean) / (std if std > 1e-12 else 1.0)
+                z[absent] = 0.0  # the site's own training mean
+                blocks.append(z[:, None])
             if impute:
                 blocks.append(absent[:, None].astype(np.float64))
             continue
         levels = column.levels
         codes = np.empty(len(rows), dtype=np.int64)
         for r, (i, cell) in enumerate(zip(rows, cells, strict=True)):
-            k = len(levels) if absent[r] else _match(cell, levels)
+            k = len(levels) if absent[r] else match_level(cell, levels)
             if k is None:
                 raise DataError(
                     f"table {table.path}, site {site}, line {table.lines[i]}: column {column.name!r} holds {cell!r}, "

@@ -17,6 +17,14 @@ class TableTaskConfig(BaseModel):
 
     name: Literal["table"] = "table"
     site_column: str = Field(default="site", description="the column naming each row's site (hospital)")
+    split_column: str | None = Field(
+        default="split",
+        description="the column giving each row's split, used as given where the table has it: train, test or val "
+        "(any case; val rows are set aside, the table task has no use for them); a site needs train and test rows, "
+        "and the seed and test_fraction then play no part. Never a feature. Without the column each site's rows "
+        "are split by the seed, stratified by label. null: no split column (a column of that name is then an "
+        "ordinary column)",
+    )
     target: str = Field(description="the label column; for survival, the time to event or censoring")
     kind: Literal["binary", "multiclass", "survival"] = "binary"
     event: str | None = Field(default=None, description="survival: the event column, 1 = event, 0 = censored")
@@ -25,7 +33,12 @@ class TableTaskConfig(BaseModel):
     classes: tuple[str, ...] | None = Field(
         default=None, description="multiclass: the classes in order (default: the sorted values of the file)"
     )
-    drop: tuple[str, ...] = Field(default=(), description="columns never used as features (ids, sparse columns)")
+    drop: tuple[str, ...] = Field(
+        default=(),
+        description="columns never used as features (ids, sparse columns). A column that looks like an identifier "
+        "(text with a distinct value in 90 % of 20 or more rows, or distinct whole numbers in a column named like "
+        "id, patient_id, PatientID, index) is refused as a feature until it is dropped",
+    )
     features: tuple[str, ...] | None = Field(
         default=None,
         description="the feature columns (default: all but site, target, event and drop); when given, a column is "
@@ -73,6 +86,17 @@ class TableTaskConfig(BaseModel):
         used = outcome & {*(self.features or ()), *self.drop, *self.categorical, *self.categories}
         if used:
             raise ValueError(f"the site and outcome columns {sorted(used)} cannot be features or dropped")
+        split = self.split_column
+        if split is not None and split in {*outcome, *(self.features or ()), *self.categorical, *self.categories}:
+            raise ValueError(
+                f"column {split!r} is the split column (split_column), so it is neither an outcome nor a feature: "
+                "name another split_column, or set split_column: null to read it as an ordinary column"
+            )
+        if split is not None and split in self.drop:
+            raise ValueError(
+                f"column {split!r} is the split column (split_column) and is never a feature: remove it from drop, "
+                "or set split_column: null to ignore it as a split (and keep it in drop)"
+            )
         return self
 
     def spec(self) -> TableSpec:
@@ -81,6 +105,7 @@ class TableTaskConfig(BaseModel):
             target=self.target,
             kind=self.kind,
             site_column=self.site_column,
+            split_column=self.split_column,
             event=self.event,
             positive_above=self.positive_above,
             positive=self.positive,
