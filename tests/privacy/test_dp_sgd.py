@@ -35,7 +35,8 @@ def _step(dp: DpSgd, model: torch.nn.Module, n: int, expected: float) -> torch.T
     before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
     x, y = _batch(n)
     optimiser = torch.optim.SGD(model.parameters(), lr=1.0)
-    dp.step(DiceCELoss(sigmoid=True), x, y, expected_batch=expected, optimiser=optimiser)
+    loss = DiceCELoss(sigmoid=True)
+    dp.step(lambda module: loss(module(x), y), n, expected_batch=expected, optimiser=optimiser)
     return before - torch.cat([p.detach().flatten() for p in model.parameters()])  # = the private gradient
 
 

@@ -7,7 +7,6 @@ sigmoid channel each and trained with Dice + binary cross-entropy.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,7 +24,8 @@ from confide.privacy.config import DpSgdSpec
 from confide.privacy.spend import Spend
 from confide.records import Arrays, Config, EvalRes, TrainRes
 from confide.tasks.dp_sgd import DpSgd
-from confide.tasks.local_rules import LocalRules, SiteMemory
+from confide.tasks.local_rules import SiteMemory
+from confide.tasks.loop import seed_of, train_locally
 from confide.tasks.seg_metrics import REGIONS, region_dice
 from confide.tasks.torch_io import load_arrays, module_arrays
 
@@ -97,11 +97,6 @@ def initial_arrays(config: BrainTumorTaskConfig, seed: int) -> Arrays:
         return module_arrays(build_model(config))
 
 
-def _seed(*parts: object) -> int:
-    digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
-    return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
-
-
 class BrainTumorTask:
     """One site's brain-tumour task: its training and test cases and a reusable network."""
 
@@ -146,46 +141,31 @@ class BrainTumorTask:
         data = self.train_data
         if data is None or len(data) == 0:
             raise TaskError(f"site {self.site} has no training cases")
-        steps = int(config.get("local_steps", 1))
-        lr = float(config.get("lr", self.config.lr))
-        batch = min(int(config.get("batch_size", self.config.batch_size)), len(data))
-        rules = LocalRules.begin(self.model, arrays, {**config, "lr": lr}, self.memory)
-        if self.dp is not None:
-            self.dp.new_round()  # fresh secret randomness for this round's sampling and noise
-        self.model.train()
-        optimiser = torch.optim.Adam(self.model.parameters(), lr=lr)
-        gen = torch.Generator().manual_seed(_seed(self.seed, self.site, round, "train"))
         images = torch.from_numpy(data.images)
         targets = torch.from_numpy(data.regions)
-        losses: list[float] = []
-        rate = self._sampling_rate(config)
-        for step in range(steps):
-            if self.dp is not None:  # Poisson sampling: each case in with probability q, as DP-SGD accounts
-                idx = self.dp.sample(len(data), rate)
-            else:
-                idx = torch.randperm(len(data), generator=gen)[:batch]
+
+        def fetch(idx: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
             x, y = images[idx], targets[idx].float()
             if self.config.augment:
                 flips = [axis for axis in (2, 3, 4) if torch.rand(1, generator=gen).item() < 0.5]
                 if flips:
                     x, y = torch.flip(x, flips), torch.flip(y, flips)
-            value = rules.step(
-                self.loss_fn,
-                x,
-                y,
-                optimiser,
-                dp=self.dp,
-                expected_batch=rate * len(data),
-                where=f"site {self.site}, step {step + 1}",
-            )
-            if np.isfinite(value):
-                losses.append(value)
-        losses = losses or [float("nan")]
-        return TrainRes(
+            return x, y
+
+        return train_locally(
+            self.model,
+            arrays,
+            config,
+            self.memory,
+            n=len(data),
+            fetch=fetch,
+            loss=lambda module, batch: self.loss_fn(module(batch[0]), batch[1]),
+            generator=torch.Generator().manual_seed(seed_of(self.seed, self.site, round, "train")),
+            dp=self.dp,
             round=round,
-            update=rules.finish(),
-            num_examples=len(data),
-            metrics={"loss": float(np.mean(losses)), "loss_last": losses[-1], "steps": float(steps)},
+            where=f"site {self.site}",
+            lr=self.config.lr,
+            batch_size=self.config.batch_size,
         )
 
     @torch.no_grad()

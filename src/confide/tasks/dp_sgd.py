@@ -70,22 +70,24 @@ class DpSgd:
 
     def step(
         self,
-        loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-        x: torch.Tensor,
-        y: torch.Tensor,
+        batch_loss: Callable[[torch.nn.Module], torch.Tensor],
+        count: int,
         *,
         expected_batch: float,
         optimiser: torch.optim.Optimizer,
         proximal: GradientAddOn | None = None,
     ) -> float:
-        """One private step on the Poisson-sampled batch (x, y), which may be empty; returns the batch loss.
+        """One private step on a Poisson-sampled batch of ``count`` cases (which may be none); returns its loss.
+
+        ``batch_loss(module)`` is the mean loss of the batch computed through ``module`` (the model wrapped to
+        record each case's gradient): the mean of per-case terms, each depending on its own case only.
         ``proximal`` (FedProx) adds its gradient after the noise: it reads no data, so it spends no privacy."""
         params = [p for p in self.model.parameters() if p.requires_grad]
         summed = [torch.zeros_like(p) for p in params]
         loss_value = float("nan")
-        if x.shape[0] > 0:
+        if count > 0:
             optimiser.zero_grad(set_to_none=True)
-            loss = loss_fn(self.module(x), y)
+            loss = batch_loss(self.module)
             if not torch.isfinite(loss):
                 raise TaskError(f"DP-SGD: training loss became {loss.item()}")
             loss.backward()

@@ -10,15 +10,13 @@
   trains from the global model with its own normalisation arrays swapped in, keeps them afterwards, and reports a
   zero update for them.
 
-A task calls :meth:`LocalRules.begin` (which loads the model), :meth:`objective` on each loss,
-:meth:`after_step` after each optimiser step, and :meth:`finish` for the update to send.
+The shared loop (:mod:`confide.tasks.loop`) calls :meth:`LocalRules.begin` (which loads the model),
+:meth:`objective` on each loss, :meth:`after_step` after each optimiser step, and :meth:`finish` for the update.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -27,9 +25,6 @@ from confide.errors import TaskError
 from confide.records import Arrays, Config
 from confide.tasks.proximal import Proximal
 from confide.tasks.torch_io import load_arrays, module_arrays
-
-if TYPE_CHECKING:
-    from confide.tasks.dp_sgd import DpSgd
 
 CONTROL_PREFIX = "scaffold.c/"
 NORM_TYPES: tuple[type[torch.nn.Module], ...] = (
@@ -148,32 +143,6 @@ class LocalRules:
                 correction = self.controls.get(name)
                 if correction is not None:
                     param.sub_(self.lr * correction)
-
-    def step(
-        self,
-        loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-        x: torch.Tensor,
-        y: torch.Tensor,
-        optimiser: torch.optim.Optimizer,
-        *,
-        dp: DpSgd | None,
-        expected_batch: float,
-        where: str,
-    ) -> float:
-        """One local step on the batch (x, y), private (DP-SGD) or plain, with the rules applied; returns the batch
-        loss (NaN for an empty DP-SGD batch). A loss that is not finite stops training, naming ``where``."""
-        if dp is not None:
-            value = dp.step(loss_fn, x, y, expected_batch=expected_batch, optimiser=optimiser, proximal=self)
-            self.after_step()
-            return value
-        optimiser.zero_grad(set_to_none=True)
-        loss = loss_fn(self.model(x), y)
-        if not torch.isfinite(loss):
-            raise TaskError(f"{where}: training loss became {loss.item()}")
-        self.objective(loss).backward()
-        optimiser.step()
-        self.after_step()
-        return float(loss.item())
 
     def finish(self) -> Arrays:
         """The update to send: trained minus received (zero for kept norm layers), and SCAFFOLD's control change.

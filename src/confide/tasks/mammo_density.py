@@ -10,7 +10,6 @@ Augmentation: random left-right flips per image and a small random shift per bat
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,7 +24,8 @@ from confide.privacy.spend import Spend
 from confide.records import Arrays, Config, EvalRes, TrainRes
 from confide.tasks.class_metrics import accuracy, balanced_accuracy, binary_auc, per_class_recall, quadratic_kappa
 from confide.tasks.dp_sgd import DpSgd
-from confide.tasks.local_rules import LocalRules, SiteMemory
+from confide.tasks.local_rules import SiteMemory
+from confide.tasks.loop import seed_of, train_locally
 from confide.tasks.mammo_config import MammoTaskConfig
 from confide.tasks.torch_io import load_arrays, module_arrays
 
@@ -109,11 +109,6 @@ def score_keys(config: MammoTaskConfig) -> tuple[str, ...]:
     return ("kappa", "accuracy", "balanced_accuracy", *recalls)
 
 
-def _seed(*parts: object) -> int:
-    digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
-    return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
-
-
 def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     flips = torch.rand(x.shape[0], generator=gen) < 0.5
     x = torch.where(flips[:, None, None, None], torch.flip(x, dims=(3,)), x)
@@ -184,43 +179,28 @@ class MammoTask:
         data = self.train_data
         if data is None or len(data) == 0:
             raise TaskError(f"site {self.site} has no training images")
-        steps = int(config.get("local_steps", 1))
-        lr = float(config.get("lr", self.config.lr))
-        batch = min(int(config.get("batch_size", self.config.batch_size)), len(data))
-        rules = LocalRules.begin(self.model, arrays, {**config, "lr": lr}, self.memory)
-        if self.dp is not None:
-            self.dp.new_round()  # fresh secret randomness for this round's sampling and noise
-        self.model.train()
-        optimiser = torch.optim.Adam(self.model.parameters(), lr=lr)
-        gen = torch.Generator().manual_seed(_seed(self.seed, self.site, round, "train"))
         images, labels = torch.from_numpy(data.images), torch.from_numpy(data.labels)
-        rate = self._sampling_rate(config)
-        losses: list[float] = []
-        for step in range(steps):
-            if self.dp is not None:  # Poisson sampling: each image in with probability q, as DP-SGD accounts
-                idx = self.dp.sample(len(data), rate)
-            else:
-                idx = torch.randperm(len(data), generator=gen)[:batch]
+
+        def fetch(idx: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
             x, y = images[idx], labels[idx]
             if self.config.augment and x.shape[0] > 0:
                 x = _augment(x, gen)
-            value = rules.step(
-                self._loss,
-                x,
-                y,
-                optimiser,
-                dp=self.dp,
-                expected_batch=rate * len(data),
-                where=f"site {self.site}, step {step + 1}",
-            )
-            if np.isfinite(value):
-                losses.append(value)
-        losses = losses or [float("nan")]
-        return TrainRes(
+            return x, y
+
+        return train_locally(
+            self.model,
+            arrays,
+            config,
+            self.memory,
+            n=len(data),
+            fetch=fetch,
+            loss=lambda module, batch: self._loss(module(batch[0]), batch[1]),
+            generator=torch.Generator().manual_seed(seed_of(self.seed, self.site, round, "train")),
+            dp=self.dp,
             round=round,
-            update=rules.finish(),
-            num_examples=len(data),
-            metrics={"loss": float(np.mean(losses)), "loss_last": losses[-1], "steps": float(steps)},
+            where=f"site {self.site}",
+            lr=self.config.lr,
+            batch_size=self.config.batch_size,
         )
 
     @torch.no_grad()

@@ -16,8 +16,6 @@ gradients of the padded batch. BatchNorm (``norm: batch``) mixes slides and is r
 
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 import torch
 from scipy.stats import rankdata
@@ -29,7 +27,8 @@ from confide.privacy.config import DpSgdSpec
 from confide.privacy.spend import Spend
 from confide.records import Arrays, Config, EvalRes, TrainRes
 from confide.tasks.dp_sgd import DpSgd
-from confide.tasks.local_rules import LocalRules, SiteMemory, norm_state_names
+from confide.tasks.local_rules import SiteMemory, norm_state_names
+from confide.tasks.loop import seed_of, train_locally
 from confide.tasks.mil_config import MilTaskConfig
 from confide.tasks.torch_io import load_arrays, module_arrays
 
@@ -159,11 +158,6 @@ def slide_metrics(labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:
     return out
 
 
-def _seed(*parts: object) -> int:
-    digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
-    return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
-
-
 class MilTask:
     """One site's slide-classification task: its training and test slides and a reusable network."""
 
@@ -222,41 +216,24 @@ class MilTask:
         data = self.train_data
         if data is None or len(data) == 0:
             raise TaskError(f"site {self.site} has no training slides")
-        steps = int(config.get("local_steps", 1))
-        lr = float(config.get("lr", self.config.lr))
-        batch = min(int(config.get("batch_size", self.config.batch_size)), len(data))
-        rules = LocalRules.begin(self.model, arrays, {**config, "lr": lr}, self.memory)
-        if self.dp is not None:
-            self.dp.new_round()  # fresh secret randomness for this round's sampling and noise
-        self.model.train()
-        optimiser = torch.optim.Adam(self.model.parameters(), lr=lr)
-        gen = torch.Generator().manual_seed(_seed(self.seed, self.site, round, "train"))
-        loss_fn = nn.functional.cross_entropy
-        rate = self._rate(config)
-        losses: list[float] = []
-        for step in range(steps):
-            if self.dp is not None:  # Poisson sampling: each slide in with probability q, as DP-SGD accounts
-                idx = self.dp.sample(len(data), rate)
-            else:
-                idx = torch.randperm(len(data), generator=gen)[:batch]
-            x, y = self._batch([data.bags[int(i)] for i in idx], gen)
-            value = rules.step(
-                loss_fn,
-                x,
-                y,
-                optimiser,
-                dp=self.dp,
-                expected_batch=rate * len(data),
-                where=f"site {self.site}, step {step + 1}",
-            )
-            if np.isfinite(value):
-                losses.append(value)
-        losses = losses or [float("nan")]
-        return TrainRes(
+
+        def fetch(idx: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+            return self._batch([data.bags[int(i)] for i in idx], gen)
+
+        return train_locally(
+            self.model,
+            arrays,
+            config,
+            self.memory,
+            n=len(data),
+            fetch=fetch,
+            loss=lambda module, batch: nn.functional.cross_entropy(module(batch[0]), batch[1]),
+            generator=torch.Generator().manual_seed(seed_of(self.seed, self.site, round, "train")),
+            dp=self.dp,
             round=round,
-            update=rules.finish(),
-            num_examples=len(data),
-            metrics={"loss": float(np.mean(losses)), "loss_last": losses[-1], "steps": float(steps)},
+            where=f"site {self.site}",
+            lr=self.config.lr,
+            batch_size=self.config.batch_size,
         )
 
     def _check(self, data: SlideSet) -> None:

@@ -14,7 +14,6 @@ of the batch loss does not bound what one patient changes, and the accountant's 
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from typing import Literal
 
@@ -28,7 +27,8 @@ from confide.privacy.spend import Spend
 from confide.records import Arrays, Config, EvalRes, TrainRes
 from confide.tasks.class_metrics import accuracy, balanced_accuracy, binary_auc
 from confide.tasks.dp_sgd import DpSgd
-from confide.tasks.local_rules import LocalRules, SiteMemory
+from confide.tasks.local_rules import SiteMemory
+from confide.tasks.loop import sampling_rate, seed_of, train_locally
 from confide.tasks.table_metrics import c_index, cohen_kappa, cox_loss
 from confide.tasks.torch_io import load_arrays, module_arrays
 
@@ -176,56 +176,27 @@ class TabularTask:
         """The global model as this site uses it (its own normalisation layers under FedBN, controls removed)."""
         return self.memory.personal(arrays)
 
-    def _rate(self, config: Config) -> float:
-        return min(1.0, int(config.get("batch_size", self.batch_size)) / len(self.y))
-
     def privacy_spend(self, config: Config) -> list[Spend]:
         if self.dp is None:
             return []
-        return [self.dp.spend(self._rate(config), int(config.get("local_steps", 1)))]
+        rate = sampling_rate(config, n=len(self.y), batch_size=self.batch_size)
+        return [self.dp.spend(rate, int(config.get("local_steps", 1)))]
 
     def train(self, arrays: Arrays, config: Config, round: int) -> TrainRes:
-        steps = int(config.get("local_steps", 1))
-        batch = int(config.get("batch_size", self.batch_size))
-        lr = float(config.get("lr", self.lr))
-        rules = LocalRules.begin(self.model, arrays, {**config, "lr": lr}, self.memory)
-        if self.dp is not None:
-            self.dp.new_round()  # fresh secret randomness for this round's sampling and noise
-        self.model.train()
-        optimiser = torch.optim.Adam(self.model.parameters(), lr=lr)
-        digest = hashlib.sha256(f"{self.seed}/{self.site}/{round}".encode()).digest()
-        gen = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF)
-        rate = self._rate(config)
-        losses: list[float] = []
-        for step in range(steps):
-            if self.dp is not None:  # Poisson sampling: each row in with probability q, as DP-SGD accounts
-                idx = self.dp.sample(len(self.y), rate)
-                value = self.dp.step(
-                    self.loss_fn,
-                    self.x[idx],
-                    self.y[idx],
-                    expected_batch=rate * len(self.y),
-                    optimiser=optimiser,
-                    proximal=rules,
-                )
-                rules.after_step()
-                if np.isfinite(value):
-                    losses.append(value)
-                continue
-            idx = torch.randperm(len(self.y), generator=gen)[:batch]
-            optimiser.zero_grad(set_to_none=True)
-            loss = self.loss_fn(self.model(self.x[idx]), self.y[idx])
-            if not torch.isfinite(loss):
-                raise TaskError(f"site {self.site}: training loss became {loss.item()} at step {step + 1}")
-            rules.objective(loss).backward()
-            optimiser.step()
-            rules.after_step()
-            losses.append(float(loss.item()))
-        return TrainRes(
+        return train_locally(
+            self.model,
+            arrays,
+            config,
+            self.memory,
+            n=len(self.y),
+            fetch=lambda idx, gen: (self.x[idx], self.y[idx]),
+            loss=lambda module, batch: self.loss_fn(module(batch[0]), batch[1]),
+            generator=torch.Generator().manual_seed(seed_of(self.seed, self.site, round)),
+            dp=self.dp,
             round=round,
-            update=rules.finish(),
-            num_examples=len(self.y),
-            metrics={"loss": float(np.mean(losses)) if losses else float("nan")},
+            where=f"site {self.site}",
+            lr=self.lr,
+            batch_size=self.batch_size,
         )
 
     @torch.no_grad()
