@@ -230,6 +230,7 @@ def site(
     from confide.deploy import private_runner, read_kit_config, run_site, site_privacy
     from confide.experiment import site_task
     from confide.records import Arrays
+    from confide.report.tables import score_text
     from confide.site.finish import keep_and_adapt
     from confide.site.runner import SiteRunner
     from confide.workloads.base import SiteTask
@@ -247,7 +248,7 @@ def site(
         kept = keep_and_adapt(tasks["mine"], job, final, models or kit / "models", server=dialled)
         table = Table("model", *next(iter(kept.scores.values())), title="this site's own test split")
         for name, values in kept.scores.items():
-            table.add_row(name, *(f"{v:.3f}" for v in values.values()))
+            table.add_row(name, *(score_text(v, metric) for metric, v in values.items()))
         console.print(table)
         console.print(
             f"kept in {kept.folder}: {kept.global_model.name}" + (f", {kept.finetuned.name}" if kept.finetuned else "")

@@ -94,15 +94,19 @@ class Evaluator:
 
     def per_site(self, model: Callable[[str], Arrays]) -> dict[str, dict[str, float]]:
         """Every metric of ``model(site)`` on each site's test split; "all" holds their mean over the sites (each
-        hospital counts once) and ``<metric>_sd`` their spread."""
+        hospital counts once), ``<metric>_sd`` their spread and ``<metric>_sites`` how many sites they cover: a
+        site whose metric is undefined (NaN: an AUC with one class in its test split, a C-index without a
+        comparable pair) is left out of the mean, and the mean is NaN when no site has the metric."""
         out: dict[str, dict[str, float]] = {}
         for site, data in self.tests.items():
             out[site] = {**self.task.score(model_part(model(site)), data), "cases": float(self.size(data))}
         every: dict[str, float] = {"cases": float(sum(v["cases"] for v in out.values()))}
         for key in self.keys:
             values = np.array([out[s][key] for s in self.tests], dtype=np.float64)
-            every[key] = float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
-            every[f"{key}_sd"] = float(np.nanstd(values)) if np.isfinite(values).any() else float("nan")
+            defined = values[np.isfinite(values)]
+            every[key] = float(defined.mean()) if defined.size else float("nan")
+            every[f"{key}_sd"] = float(defined.std()) if defined.size else float("nan")
+            every[f"{key}_sites"] = float(defined.size)
         out["all"] = every
         return out
 

@@ -1,5 +1,5 @@
 """PNG plots of a job: learning curves, the metric per site per model, the cross-site heatmap and each site's
-gain from federation."""
+gain from federation. A metric undefined at a site (NaN) is drawn as no bar or an empty cell marked ``n/a``."""
 
 from __future__ import annotations
 
@@ -54,7 +54,11 @@ def metric_per_site(cross: Cross, metric: str, out: Path) -> Path:
     fig, ax = plt.subplots(figsize=(max(7.0, 1.6 * len(sites) + 2), 4.4))
     for i, model in enumerate(models):
         values = [cross[model][s][metric] for s in sites]
-        ax.bar(x + (i - (len(models) - 1) / 2) * width, values, width, label=model)
+        where = x + (i - (len(models) - 1) / 2) * width
+        ax.bar(where, values, width, label=model)
+        for at, value in zip(where, values, strict=True):
+            if not np.isfinite(value):
+                ax.text(at, 0, "n/a", ha="center", va="bottom", rotation=90, fontsize=6)
     ax.set_xticks(x, [s if s != "all" else "mean" for s in sites])
     ax.set(ylabel=_label(metric), title=f"{_label(metric)} of each model on each site's test split")
     ax.grid(axis="y", alpha=0.3)
@@ -82,6 +86,9 @@ def heatmap(cross: Cross, metric: str, out: Path) -> Path:
     for i in range(len(models)):
         for j in range(len(sites)):
             value = grid[i, j]
+            if not np.isfinite(value):
+                ax.text(j, i, "n/a", ha="center", va="center", color="k", fontsize=8)
+                continue
             ax.text(j, i, f"{value:.2f}", ha="center", va="center", color="w" if value < middle else "k", fontsize=8)
     ax.set_title(f"{_label(metric)}: model (rows) on each site's test split (columns)")
     fig.colorbar(image, ax=ax, fraction=0.04)

@@ -1,5 +1,10 @@
 """The job's tables: every model on every site's held-out split, each site's gain, the privacy ledger
-(terminal and Markdown)."""
+(terminal and Markdown).
+
+A metric that is undefined at a site (NaN: an AUC whose test split holds one class, a C-index without a comparable
+pair) is shown as ``n/a`` with the reason where the metric has only one (:data:`UNDEFINED`), never as ``nan``; a mean
+over the sites that leaves some out says how many it covers, as in ``0.712 (3 of 4 sites)``.
+"""
 
 from __future__ import annotations
 
@@ -17,8 +22,36 @@ def site_names(cross: Cross) -> list[str]:
     return [s for s in first if s != "all"]
 
 
-def _f(value: float) -> str:
-    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
+# why a metric can be undefined at a site, where there is one reason only
+UNDEFINED = {"auc": "one class", "c_index": "no comparable pair"}
+
+
+def _defined(value: float | None) -> bool:
+    return value is not None and math.isfinite(value)
+
+
+def _f(value: float | None) -> str:
+    """A number that may be absent (not computed): ``-``."""
+    return f"{value:.3f}" if _defined(value) else "-"
+
+
+def score_text(value: float | None, metric: str = "") -> str:
+    """A site's score, or ``n/a`` (with the reason, where :data:`UNDEFINED` knows it) when it is undefined."""
+    if value is not None and math.isfinite(value):
+        return f"{value:.3f}"
+    why = UNDEFINED.get(metric)
+    return f"n/a ({why})" if why else "n/a"
+
+
+def mean_text(every: Mapping[str, float], metric: str, sites: int) -> str:
+    """The mean over the sites, saying how many of the ``sites`` it covers when not all of them."""
+    value = every.get(metric)
+    if value is None or not math.isfinite(value):
+        return "n/a (no site)" if sites else "n/a"
+    covered = every.get(f"{metric}_sites")
+    if covered is None or int(covered) >= sites:
+        return f"{value:.3f}"
+    return f"{value:.3f} ({int(covered)} of {sites} sites)"
 
 
 def rows(cross: Cross, metric: str) -> tuple[list[str], list[list[str]]]:
@@ -31,9 +64,9 @@ def rows(cross: Cross, metric: str) -> tuple[list[str], list[list[str]]]:
         body.append(
             [
                 model,
-                *[_f(per_site[s][metric]) for s in sites],
-                _f(every[metric]),
-                _f(every.get(f"{metric}_sd", math.nan)),
+                *[score_text(per_site[s][metric], metric) for s in sites],
+                mean_text(every, metric, len(sites)),
+                _f(every.get(f"{metric}_sd")),
             ]
         )
     return header, body
@@ -46,11 +79,10 @@ def rich_table(cross: Cross, metric: str, title: str) -> Table:
         table.add_column(
             name, justify="left" if i == 0 else "right", style="bold" if name == "mean over sites" else None
         )
-    scores = [float(r[-2]) for r in body if r[-2] != "-"]
-    best = max(scores) if scores else math.nan
-    for row in body:
-        style = "green" if row[-2] != "-" and float(row[-2]) == best else None
-        table.add_row(*row, style=style)
+    means = [per_site["all"].get(metric, math.nan) for per_site in cross.values()]
+    best = max((m for m in means if _defined(m)), default=math.nan)
+    for row, mean in zip(body, means, strict=True):
+        table.add_row(*row, style="green" if _defined(mean) and mean == best else None)
     return table
 
 
@@ -65,8 +97,10 @@ def metric_rows(cross: Cross, keys: Sequence[str]) -> tuple[list[str], list[list
     header = ["model", "site", "examples", *keys]
     body = []
     for model, per_site in cross.items():
+        sites = len(per_site) - 1
         for site, m in per_site.items():
-            body.append([model, site, f"{int(m['cases'])}", *[_f(m.get(k, math.nan)) for k in keys]])
+            cells = [mean_text(m, k, sites) if site == "all" else score_text(m.get(k), k) for k in keys]
+            body.append([model, site, f"{int(m['cases'])}", *cells])
     return header, body
 
 
@@ -101,8 +135,13 @@ def gain_rows(cross: Cross, metric: str, federated: str) -> tuple[list[str], lis
     for site, row in table.items():
         cells = []
         for c in present:
-            value = row.get(c, math.nan)
-            cells.append(f"{value:+.3f}" if c.startswith("gain") and not math.isnan(value) else _f(value))
+            value = row.get(c)
+            if value is None:
+                cells.append("-")  # not trained (no local-only model, no fine-tuning)
+            elif c.startswith("gain") and math.isfinite(value):
+                cells.append(f"{value:+.3f}")
+            else:
+                cells.append(score_text(value, "" if c.startswith("gain") else metric))
         body.append([site, *cells])
     return header, body
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +18,10 @@ from confide.report.tables import (
     ledger_matrix,
     ledger_rows,
     markdown_table,
+    mean_text,
     metric_rows,
     rows,
+    site_names,
 )
 
 
@@ -54,23 +57,39 @@ def result_document(result: JobResult) -> dict[str, Any]:
     }
 
 
+def _json_ready(value: Any) -> Any:
+    """``value`` with every NaN or infinite float as None (null): JSON has no NaN, and an undefined metric is none."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _json_ready(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_ready(v) for v in value]
+    return value
+
+
 def _verdict(result: JobResult) -> list[str]:
+    """The headline lines; a model or site whose metric is undefined is left out of each comparison, and a mean
+    that does not cover every site says how many it covers."""
     fed, metric = result.federated, result.metric
-    every = {m: per["all"][metric] for m, per in result.cross.items()}
+    n_sites = len(site_names(result.cross))
+    every = {m: per["all"][metric] for m, per in result.cross.items() if math.isfinite(per["all"][metric])}
     label = metric.replace("_", " ")
-    lines = [f"- Federated ({fed}) {label}, mean over the sites' test splits: **{every[fed]:.3f}**"]
+    headline = mean_text(result.cross[fed]["all"], metric, n_sites)
+    lines = [f"- Federated ({fed}) {label}, mean over the sites' test splits: **{headline}**"]
     locals_ = {m: v for m, v in every.items() if m.startswith("local:")}
-    if locals_:
+    if locals_ and fed in every:
         best_local = max(locals_, key=lambda m: locals_[m])
         beaten = sum(every[fed] > v for v in locals_.values())
         lines.append(
             f"- Above {beaten} of {len(locals_)} local-only models; "
-            f"best local-only: {best_local} {locals_[best_local]:.3f}"
+            f"best local-only: {best_local} {mean_text(result.cross[best_local]['all'], metric, n_sites)}"
         )
-    if "pooled" in every:
-        lines.append(f"- Pooled: {every['pooled']:.3f} (federated - pooled = {every[fed] - every['pooled']:+.3f})")
+    if "pooled" in every and fed in every:
+        pooled = mean_text(result.cross["pooled"]["all"], metric, n_sites)
+        lines.append(f"- Pooled: {pooled} (federated - pooled = {every[fed] - every['pooled']:+.3f})")
     table = gains(result.cross, metric, fed)
-    gained = [row["gain federated"] for row in table.values() if "gain federated" in row]
+    gained = [row["gain federated"] for row in table.values() if math.isfinite(row.get("gain federated", math.nan))]
     if gained:
         better = sum(g > 0 for g in gained)
         lines.append(
@@ -78,6 +97,7 @@ def _verdict(result: JobResult) -> list[str]:
             f"(mean gain {sum(gained) / len(gained):+.3f})"
         )
     tuned = [row["finetuned"] - row["federated"] for row in table.values() if "finetuned" in row]
+    tuned = [t for t in tuned if math.isfinite(t)]
     if tuned:
         lines.append(f"- Fine-tuning at each site changed its own score by {sum(tuned) / len(tuned):+.3f} on average")
     return lines
@@ -88,7 +108,7 @@ def write_report(result: JobResult, out: Path) -> dict[str, Path]:
     files: dict[str, Path] = {}
     document = result_document(result)
     files["metrics"] = out / "metrics.json"
-    files["metrics"].write_text(json.dumps(document, indent=1))
+    files["metrics"].write_text(json.dumps(_json_ready(document), indent=1, allow_nan=False))
     models = out / "models"
     models.mkdir(exist_ok=True)
     ledgers: list[dict[str, Any]] = []
