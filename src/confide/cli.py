@@ -120,6 +120,21 @@ def simulate(
     _run_job(job)
 
 
+@app.command("new")
+@_clean_errors
+def new(
+    name: Annotated[Path, typer.Argument(help="the folder to create (its last part names the task and the job)")],
+) -> None:
+    """Start your own task: a folder with a working task.py (three functions to fill in), job.yaml, a README and
+    generated data for three hospitals. Run it with `confide simulate NAME/job.yaml`."""
+    from confide.new_task import new_task
+
+    written = new_task(name)
+    for path in written:
+        console.print(f"wrote {path}")
+    console.print(f"next: confide simulate {name}/job.yaml   (then edit {name}/task.py: see {name}/README.md)")
+
+
 @data_app.command("phantoms")
 @_clean_errors
 def phantoms(
@@ -222,12 +237,19 @@ def site(
             help="where the site keeps each job's final and fine-tuned models, in JOB/RUN/ (default: KIT/models)"
         ),
     ] = None,
+    code: Annotated[
+        Path | None,
+        typer.Option(
+            help="this site's own copy of the job's task code (task.name python): the job's entry is imported "
+            "from this folder only; the server never sends code"
+        ),
+    ] = None,
 ) -> None:
     """Run this hospital's side of a federation: dial out, train on local data, send filtered updates; at the end,
     keep the final model and fine-tune it on the site's own training split."""
     from rich.table import Table
 
-    from confide.deploy import private_runner, read_kit_config, run_site, site_privacy
+    from confide.deploy import private_runner, read_kit_config, run_site, site_code, site_privacy
     from confide.experiment import site_task
     from confide.records import Arrays
     from confide.report.tables import score_text
@@ -238,6 +260,7 @@ def site(
     tasks: dict[str, SiteTask] = {}
 
     def runner(name: str, job: JobConfig) -> SiteRunner:
+        job = site_code(job, code)
         console.print(f"site {name}: preparing its data in {data} for job {job.name}")
         tasks["mine"] = site_task(job, data, name, privacy=site_privacy(kit, job))
         return private_runner(kit, name, job, tasks["mine"])

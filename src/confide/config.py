@@ -17,6 +17,7 @@ from confide.errors import ConfigError
 from confide.privacy.config import PrivacyConfig
 from confide.tasks.mammo_config import MammoTaskConfig
 from confide.tasks.mil_config import MilTaskConfig
+from confide.tasks.python_config import PythonTaskConfig
 from confide.tasks.table_config import TableTaskConfig
 
 
@@ -152,9 +153,10 @@ class ReportConfig(_Strict):
 
 
 TaskConfig = Annotated[
-    BrainTumorTaskConfig | MammoTaskConfig | TableTaskConfig | MilTaskConfig, Field(discriminator="name")
+    BrainTumorTaskConfig | MammoTaskConfig | TableTaskConfig | MilTaskConfig | PythonTaskConfig,
+    Field(discriminator="name"),
 ]
-TASK_NAMES = ("brain_tumor", "mammo_density", "table", "mil")
+TASK_NAMES = ("brain_tumor", "mammo_density", "table", "mil", "python")
 
 
 class JobConfig(_Strict):
@@ -251,5 +253,18 @@ def parse_job(document: Any, *, source: str = "job") -> JobConfig:
 
 
 def load_job(path: Path) -> JobConfig:
-    """Read and validate a job file."""
-    return parse_job(read_yaml(path, "job"), source=f"job file {path}")
+    """Read and validate a job file. A task named by entry point (``task.name: python``) is looked for beside the
+    job file unless ``task.code`` says where (relative to the job file's folder)."""
+    job = parse_job(read_yaml(path, "job"), source=f"job file {path}")
+    if isinstance(job.task, PythonTaskConfig):
+        folder = Path(path).resolve().parent
+        code = folder if job.task.code is None else folder / job.task.code
+        job = with_code(job, code)
+    return job
+
+
+def with_code(job: JobConfig, code: Path) -> JobConfig:
+    """The job with its entry-point task looked for in ``code`` (a deployed site's own copy of the task)."""
+    if not isinstance(job.task, PythonTaskConfig):
+        return job
+    return job.model_copy(update={"task": job.task.model_copy(update={"code": Path(code).resolve()})})

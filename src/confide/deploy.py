@@ -16,7 +16,7 @@ from typing import Any, Generic, TypeVar
 import yaml
 
 from confide import serde
-from confide.config import JobConfig, parse_job
+from confide.config import JobConfig, parse_job, with_code
 from confide.errors import ConfigError, RoundFailed
 from confide.privacy.build import site_chain
 from confide.privacy.config import PrivacyConfig, load_policy, stricter
@@ -34,6 +34,7 @@ from confide.server.secure_round import SecureSettings
 from confide.server.trail import server_trail
 from confide.site.runner import SiteRunner
 from confide.strategies import Strategy
+from confide.tasks.python_config import PythonTaskConfig
 from confide.transport.grpc_client import SiteClient
 from confide.transport.grpc_server import FederationService, ServiceConfig, read_kit_file, start_server
 from confide.transport.inmemory import Endpoint
@@ -261,6 +262,19 @@ def _strategy(job: JobConfig, *, roster_size: int) -> Strategy:
     return build_strategy(
         job, make_workload(job.task), kind="federated", sites=max(roster_size, 1), batch=int(job.task.batch_size)
     )
+
+
+def site_code(job: JobConfig, code: Path | None) -> JobConfig:
+    """The job as this site runs it: a task named by entry point is imported from the site's own ``code`` folder,
+    never from anywhere the server's job names (the server never sends code, nor chooses where code comes from)."""
+    if not isinstance(job.task, PythonTaskConfig):
+        return job
+    if code is None:
+        raise ConfigError(
+            f"job {job.name!r} runs the task {job.task.entry!r} from its own code: give this site's copy of that "
+            "code with --code FOLDER"
+        )
+    return with_code(job, code)
 
 
 def site_privacy(kit: Path, job: JobConfig) -> PrivacyConfig:

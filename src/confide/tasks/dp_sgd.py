@@ -101,7 +101,7 @@ class DpSgd:
             loss_value = float(loss.item())
         std = self.noise_multiplier * self.clip
         for p, total in zip(params, summed, strict=True):
-            noise = secret_normal(self._rng, std, tuple(p.shape))
+            noise = secret_normal(self._rng, std, tuple(p.shape)).to(p.device)
             p.grad = (total + noise) / expected_batch
         if proximal is not None:
             proximal.add_gradient(self.model)

@@ -27,4 +27,8 @@ def make_workload(task: Any) -> Workload:
         from confide.workloads.histo import MilWorkload
 
         return MilWorkload(task)
+    if name == "python":
+        from confide.workloads.python import PythonWorkload
+
+        return PythonWorkload(task)
     raise ConfigError(f"task: unknown task {name!r}")

@@ -1,0 +1,252 @@
+"""A task written on the public API (:class:`confide.api.TaskKind`) as a workload: what the experiment, the
+deployment and the reports use, for a user's task exactly as for a built-in one.
+
+Training goes through the shared loop (:mod:`confide.tasks.loop`), so FedProx, SCAFFOLD, FedBN and DP-SGD work for
+every task. Torch's global generator is seeded from the job's seed, the site and the round around every call into
+the task's code (building the model, reading data, each round's training), so augmentation drawn from it
+reproduces; privacy randomness never comes from it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import BaseModel
+
+from confide.api import Place, SiteData
+from confide.errors import DataError, TaskError
+from confide.privacy.config import DpSgdSpec
+from confide.privacy.spend import Spend
+from confide.records import Arrays, Config, EvalRes, TrainRes
+from confide.tasks.dp_sgd import DpSgd
+from confide.tasks.local_rules import SiteMemory, norm_state_names
+from confide.tasks.loop import sampling_rate, seed_of, train_locally
+from confide.tasks.python_config import PythonTaskConfig
+from confide.tasks.torch_io import load_arrays, module_arrays
+from confide.workloads.base import Progress, SiteSplit, Skipped
+from confide.workloads.entry import load_task_kind
+
+
+@contextmanager
+def seeded(*parts: object) -> Iterator[None]:
+    """Torch's global generator seeded from ``parts`` inside, restored after."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed_of(*parts))
+        yield
+
+
+def pick_device(name: str) -> torch.device:
+    """The device a task's config asks for; ``auto`` is the first CUDA device when there is one."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise TaskError(f"task.device {name!r}: this machine has no CUDA device (use auto or cpu)")
+    return torch.device(name)
+
+
+def to_device(batch: Any, device: torch.device) -> Any:
+    """Every tensor of ``batch`` (a tensor, or tuples, lists and dicts of them) on ``device``."""
+    if device.type == "cpu":
+        return batch
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, tuple | list):
+        return type(batch)(to_device(b, device) for b in batch)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    return batch
+
+
+def cross_entropy(fields: BaseModel, model: Any, batch: Any) -> torch.Tensor:
+    """The default loss: cross-entropy of ``model(x)`` against ``y`` for a batch ``(x, y)``."""
+    if not (isinstance(batch, tuple | list) and len(batch) == 2):
+        raise TaskError("the default loss takes batches (x, y); give the task a loss for other batches")
+    x, y = batch
+    return torch.nn.functional.cross_entropy(model(x), y)
+
+
+def make_fetch(data: Any, collate: Callable[[list[Any]], Any] | None) -> Callable[[torch.Tensor], Any]:
+    """A batch of ``data`` from example indices: a TensorDataset is indexed directly, anything else collated."""
+    if isinstance(data, torch.utils.data.TensorDataset):
+        tensors = data.tensors
+        return lambda idx: tuple(t[idx] for t in tensors)
+    join = collate or torch.utils.data.default_collate
+    return lambda idx: None if idx.numel() == 0 else join([data[int(i)] for i in idx])
+
+
+class TorchSiteTask:
+    """One site's task for a :class:`TaskKind`: its network, its splits, what it keeps between rounds."""
+
+    def __init__(
+        self,
+        workload: PythonWorkload,
+        train: Any,
+        test: Any,
+        *,
+        site: str,
+        seed: int,
+        dp_sgd: DpSgdSpec | None,
+    ) -> None:
+        self.w, self.kind, self.fields = workload, workload.kind, workload.fields
+        self.train_data, self.test_data = train, test
+        self.site, self.seed = site, seed
+        self.device = pick_device(workload.config.device)
+        with seeded(seed, "model"):
+            self.model = workload.network().to(self.device)
+        self.dp = (
+            None if dp_sgd is None else DpSgd(self.model, clip=dp_sgd.clip, noise_multiplier=dp_sgd.noise_multiplier)
+        )
+        self.memory = SiteMemory()
+        self._loss = self.kind.loss or cross_entropy
+
+    def personal(self, arrays: Arrays) -> Arrays:
+        return self.memory.personal(arrays)
+
+    def privacy_spend(self, config: Config) -> list[Spend]:
+        if self.dp is None or self.train_data is None or len(self.train_data) == 0:
+            return []
+        rate = sampling_rate(config, n=len(self.train_data), batch_size=self.w.config.batch_size)
+        return [self.dp.spend(rate, int(config.get("local_steps", 1)))]
+
+    def train(self, arrays: Arrays, config: Config, round: int) -> TrainRes:
+        data = self.train_data
+        if data is None or len(data) == 0:
+            raise TaskError(f"site {self.site} has no training examples")
+        take = make_fetch(data, self.kind.collate)
+        with seeded(self.seed, self.site, round, "augment"):
+            return train_locally(
+                self.model,
+                arrays,
+                config,
+                self.memory,
+                n=len(data),
+                fetch=lambda idx, gen: to_device(take(idx), self.device),
+                loss=lambda module, batch: self._loss(self.fields, module, batch),
+                generator=torch.Generator().manual_seed(seed_of(self.seed, self.site, round, "train")),
+                dp=self.dp,
+                round=round,
+                where=f"site {self.site}",
+                lr=self.w.config.lr,
+                batch_size=self.w.config.batch_size,
+                optimiser=self.w.config.optimizer,
+            )
+
+    def score(self, arrays: Arrays, data: Any) -> dict[str, float]:
+        if data is None or len(data) == 0:
+            raise TaskError(f"site {self.site}: no examples to score")
+        load_arrays(self.model, self.memory.personal(arrays))
+        self.model.eval()
+        with torch.no_grad():
+            got = self.kind.evaluate(self.fields, self.model, data)
+        out: dict[str, float] = {}
+        for key in self.kind.metrics:
+            if key not in got:
+                raise TaskError(f"the task's evaluate returned no {key!r} (it returned {sorted(got)[:10]})")
+            try:
+                out[key] = float(got[key])
+            except (TypeError, ValueError):
+                raise TaskError(f"the task's evaluate returned {key!r} = {got[key]!r}, not a number") from None
+        for key, value in got.items():
+            if key not in out and isinstance(value, int | float | np.floating):
+                out[key] = float(value)
+        return out
+
+    def evaluate(self, arrays: Arrays, config: Config, round: int) -> EvalRes:
+        if self.test_data is None or len(self.test_data) == 0:
+            raise TaskError(f"site {self.site} has no test examples")
+        metrics = self.score(arrays, self.test_data)
+        return EvalRes(
+            round=round, num_examples=len(self.test_data), loss=metrics.get("loss", math.nan), metrics=metrics
+        )
+
+
+class PythonWorkload:
+    """The workload of a job whose task is named by entry point (``task.name: python``)."""
+
+    def __init__(self, config: PythonTaskConfig) -> None:
+        self.config = config
+        self.kind, self.fields = load_task_kind(config)
+        self.metric = self.kind.metrics[0]
+        self.metric_keys = tuple(self.kind.metrics)
+
+    def network(self) -> torch.nn.Module:
+        model = self.kind.build_model(self.fields)
+        if not isinstance(model, torch.nn.Module):
+            raise TaskError(f"task {self.config.entry!r}: build_model returned a {type(model).__name__}, not a module")
+        return model
+
+    def _read(self, folder: Path, name: str, seed: int, test_fraction: float) -> SiteSplit:
+        with seeded(seed, name, "read"):
+            got = self.kind.read_site(self.fields, Place(Path(folder), name, seed, float(test_fraction)))
+        if not isinstance(got, SiteData):
+            raise DataError(f"site {name}: the task's read_site returned a {type(got).__name__}, not a SiteData")
+        if len(got.train) == 0:
+            raise DataError(f"site {name}: the task read no training examples from {folder}")
+        skipped = tuple(Skipped(str(item), str(reason)) for item, reason in got.skipped)
+        return SiteSplit(name, got.train, got.test, skipped, tuple(got.notes))
+
+    def site_names(self, root: Path) -> list[str]:
+        if self.kind.sites is not None:
+            return [str(name) for name in self.kind.sites(self.fields, root)]
+        if not root.is_dir():
+            raise DataError(f"data.root {root} is not a folder of sites (one sub-folder per site)")
+        return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+    def load_sites(self, data: Any, seed: int, progress: Progress) -> list[SiteSplit]:
+        root = Path(data.root)
+        names = self.site_names(root)
+        if data.sites:
+            missing = sorted(set(data.sites) - set(names))
+            if missing:
+                raise DataError(f"data.sites names {missing}, which {root} does not hold (it holds {names})")
+            names = [n for n in names if n in set(data.sites)]
+        if not names:
+            raise DataError(f"data.root {root} holds no sites")
+        out = []
+        for name in names:
+            folder = root if self.kind.sites is not None else root / name
+            split = self._read(folder, name, seed, data.test_fraction)
+            if split.test is None or len(split.test) == 0:
+                raise DataError(f"site {name}: a simulation scores every model on every site's test split; none read")
+            out.append(split)
+            progress(f"{name}: {len(split.train)} training and {len(split.test)} test examples")
+        return out
+
+    def load_site(self, data: Any, seed: int, root: Path, name: str) -> SiteSplit:
+        return self._read(Path(root), name, seed, data.test_fraction)
+
+    def pool(self, parts: Sequence[Any]) -> Any:
+        if self.kind.pool is not None:
+            return self.kind.pool(self.fields, parts)
+        if all(isinstance(p, torch.utils.data.TensorDataset) for p in parts):
+            width = len(parts[0].tensors)
+            return torch.utils.data.TensorDataset(*(torch.cat([p.tensors[i] for p in parts]) for i in range(width)))
+        return torch.utils.data.ConcatDataset(list(parts))
+
+    def size(self, split: Any) -> int:
+        return 0 if split is None else len(split)
+
+    def task(self, train: Any, test: Any, *, site: str, seed: int, dp_sgd: DpSgdSpec | None) -> TorchSiteTask:
+        return TorchSiteTask(self, train, test, site=site, seed=seed, dp_sgd=dp_sgd)
+
+    def initial(self, seed: int) -> Arrays:
+        with seeded(seed, "model"):
+            return module_arrays(self.network())
+
+    def norm_names(self) -> frozenset[str]:
+        return norm_state_names(self.network())
+
+    def batch_size(self) -> int:
+        return self.config.batch_size
+
+    def lr(self) -> float:
+        return self.config.lr
+
+    def describe(self) -> str:
+        return self.kind.describe or f"task {self.config.entry} ({type(self.network()).__name__})"
