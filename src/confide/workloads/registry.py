@@ -28,7 +28,7 @@ def make_workload(task: Any) -> Workload:
 
         return MilWorkload(task)
     if name == "python":
-        from confide.workloads.python import PythonWorkload
+        from confide.workloads.kind import python_workload
 
-        return PythonWorkload(task)
+        return python_workload(task)
     raise ConfigError(f"task: unknown task {name!r}")

@@ -1,5 +1,6 @@
 """A task written on the public API (:class:`confide.api.TaskKind`) as a workload: what the experiment, the
-deployment and the reports use, for a user's task exactly as for a built-in one.
+deployment and the reports use. A user's task (``task.name: python``, loaded from its entry point) and a built-in
+kind written on the API (``image_classification``) both run through :class:`KindWorkload`.
 
 Training goes through the shared loop (:mod:`confide.tasks.loop`), so FedProx, SCAFFOLD, FedBN and DP-SGD work for
 every task. Torch's global generator is seeded from the job's seed, the site and the round around every call into
@@ -12,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,14 +21,14 @@ import numpy as np
 import torch
 from pydantic import BaseModel
 
-from confide.api import Place, SiteData
+from confide.api import Place, SiteData, TaskKind
 from confide.errors import DataError, TaskError
 from confide.privacy.config import DpSgdSpec
 from confide.privacy.spend import Spend
 from confide.records import Arrays, Config, EvalRes, TrainRes
 from confide.tasks.dp_sgd import DpSgd
 from confide.tasks.local_rules import SiteMemory, norm_state_names
-from confide.tasks.loop import sampling_rate, seed_of, train_locally
+from confide.tasks.loop import Optimiser, sampling_rate, seed_of, train_locally
 from confide.tasks.python_config import PythonTaskConfig
 from confide.tasks.torch_io import load_arrays, module_arrays
 from confide.workloads.base import Progress, SiteSplit, Skipped
@@ -80,12 +82,23 @@ def make_fetch(data: Any, collate: Callable[[list[Any]], Any] | None) -> Callabl
     return lambda idx: None if idx.numel() == 0 else join([data[int(i)] for i in idx])
 
 
+@dataclass(frozen=True)
+class Training:
+    """Confide's own settings of a task written on the API: local training and where it runs."""
+
+    label: str  # the task as the report and errors name it
+    lr: float
+    batch_size: int
+    optimizer: Optimiser = "adam"
+    device: str = "auto"
+
+
 class TorchSiteTask:
     """One site's task for a :class:`TaskKind`: its network, its splits, what it keeps between rounds."""
 
     def __init__(
         self,
-        workload: PythonWorkload,
+        workload: KindWorkload,
         train: Any,
         test: Any,
         *,
@@ -96,7 +109,7 @@ class TorchSiteTask:
         self.w, self.kind, self.fields = workload, workload.kind, workload.fields
         self.train_data, self.test_data = train, test
         self.site, self.seed = site, seed
-        self.device = pick_device(workload.config.device)
+        self.device = pick_device(workload.training.device)
         with seeded(seed, "model"):
             self.model = workload.network().to(self.device)
         self.dp = (
@@ -111,7 +124,7 @@ class TorchSiteTask:
     def privacy_spend(self, config: Config) -> list[Spend]:
         if self.dp is None or self.train_data is None or len(self.train_data) == 0:
             return []
-        rate = sampling_rate(config, n=len(self.train_data), batch_size=self.w.config.batch_size)
+        rate = sampling_rate(config, n=len(self.train_data), batch_size=self.w.training.batch_size)
         return [self.dp.spend(rate, int(config.get("local_steps", 1)))]
 
     def train(self, arrays: Arrays, config: Config, round: int) -> TrainRes:
@@ -132,9 +145,9 @@ class TorchSiteTask:
                 dp=self.dp,
                 round=round,
                 where=f"site {self.site}",
-                lr=self.w.config.lr,
-                batch_size=self.w.config.batch_size,
-                optimiser=self.w.config.optimizer,
+                lr=self.w.training.lr,
+                batch_size=self.w.training.batch_size,
+                optimiser=self.w.training.optimizer,
             )
 
     def score(self, arrays: Arrays, data: Any) -> dict[str, float]:
@@ -166,19 +179,18 @@ class TorchSiteTask:
         )
 
 
-class PythonWorkload:
-    """The workload of a job whose task is named by entry point (``task.name: python``)."""
+class KindWorkload:
+    """The workload of a task kind written on the API, with its validated fields and Confide's settings."""
 
-    def __init__(self, config: PythonTaskConfig) -> None:
-        self.config = config
-        self.kind, self.fields = load_task_kind(config)
+    def __init__(self, kind: TaskKind[Any], fields: BaseModel, training: Training) -> None:
+        self.kind, self.fields, self.training = kind, fields, training
         self.metric = self.kind.metrics[0]
         self.metric_keys = tuple(self.kind.metrics)
 
     def network(self) -> torch.nn.Module:
         model = self.kind.build_model(self.fields)
         if not isinstance(model, torch.nn.Module):
-            raise TaskError(f"task {self.config.entry!r}: build_model returned a {type(model).__name__}, not a module")
+            raise TaskError(f"task {self.training.label}: build_model returned a {type(model).__name__}, not a module")
         return model
 
     def _read(self, folder: Path, name: str, seed: int, test_fraction: float) -> SiteSplit:
@@ -243,10 +255,17 @@ class PythonWorkload:
         return norm_state_names(self.network())
 
     def batch_size(self) -> int:
-        return self.config.batch_size
+        return self.training.batch_size
 
     def lr(self) -> float:
-        return self.config.lr
+        return self.training.lr
 
     def describe(self) -> str:
-        return self.kind.describe or f"task {self.config.entry} ({type(self.network()).__name__})"
+        return self.kind.describe or f"task {self.training.label} ({type(self.network()).__name__})"
+
+
+def python_workload(config: PythonTaskConfig) -> KindWorkload:
+    """The workload of a job whose task is named by entry point (``task.name: python``)."""
+    kind, fields = load_task_kind(config)
+    training = Training(config.entry, config.lr, config.batch_size, config.optimizer, config.device)
+    return KindWorkload(kind, fields, training)
