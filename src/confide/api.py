@@ -90,6 +90,9 @@ class TaskKind(Generic[F]):
       baseline (default: their concatenation).
     - ``collate(examples) -> batch`` (optional): a batch from a list of examples (default: torch's
       ``default_collate``; a ``TensorDataset`` is indexed directly).
+    - ``prepare(fields, root) -> fields`` (optional): in a simulation, before any site is read, the fields
+      completed from the data (for example the label vocabulary read from every site's files). A deployed server
+      reads no data: there the job must give those fields.
     - ``describe``: one line for the report.
     """
 
@@ -102,6 +105,7 @@ class TaskKind(Generic[F]):
     sites: Callable[[F, Path], Sequence[str]] | None = None
     pool: Callable[[F, Sequence[Any]], Any] | None = None
     collate: Callable[[list[Any]], Any] | None = None
+    prepare: Callable[[F, Path], F] | None = None
     describe: str = ""
 
     def __post_init__(self) -> None:

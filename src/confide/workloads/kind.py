@@ -212,6 +212,8 @@ class KindWorkload:
 
     def load_sites(self, data: Any, seed: int, progress: Progress) -> list[SiteSplit]:
         root = Path(data.root)
+        if self.kind.prepare is not None:
+            self.fields = self.kind.prepare(self.fields, root)
         names = self.site_names(root)
         if data.sites:
             missing = sorted(set(data.sites) - set(names))
