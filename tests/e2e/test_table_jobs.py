@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -121,3 +122,51 @@ def test_a_job_under_secure_aggregation_signs_and_checks_every_roster_and_learns
 
     assert checked == [("east", "north", "south")] * (6 * 3)  # every site, every round
     assert result.cross["fedavg"]["all"]["accuracy"] > 0.7
+
+
+def _survival_with_split(path: Path) -> Path:
+    """Three sites with a split column; site-3's test rows are all censored, so no pair there is comparable."""
+    lines = synthetic_survival(3, 60, seed=2).strip().split("\n")
+    header, rows = lines[0].split(","), [line.split(",") for line in lines[1:]]
+    site, event = header.index("site"), header.index("event")
+    out = [",".join([*header, "split"])]
+    censored_at_3 = 0
+    for i, row in enumerate(rows):
+        if row[site] == "site-3":
+            test = row[event] == "0" and censored_at_3 < 10
+            censored_at_3 += test
+        else:
+            test = i % 3 == 0
+        out.append(",".join([*row, "Test" if test else "train"]))
+    path.write_text("\n".join(out) + "\n")
+    return path
+
+
+def test_a_site_without_a_comparable_pair_is_reported_as_undefined_not_nan(tmp_path: Path) -> None:
+    csv = _survival_with_split(tmp_path / "survival.csv")
+    job_file = tmp_path / "job.yaml"
+    task = {"name": "table", "target": "time", "kind": "survival", "event": "event", "drop": ["patient"]}
+    job_file.write_text(
+        json.dumps(
+            {
+                "name": "undefined",
+                "task": task,
+                "data": {"root": str(csv)},
+                "federation": {"rounds": 3, "local_steps": 5, "min_sites": 3},
+                "finetune": {"steps": 0},
+                "report": {"out": str(tmp_path / "report"), "plots": False},
+            }
+        )
+    )
+
+    result = CliRunner().invoke(app, ["simulate", str(job_file)])
+
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    every = metrics["cross_site"]["fedavg"]
+    assert every["site-3"]["c_index"] is None and every["all"]["c_index_sites"] == 2
+    assert metrics["sites"]["site-3"]["test_examples"] == 10  # the split as the column gave it
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "n/a (no comparable pair)" in report and "(2 of 3 sites)" in report
+    assert not re.search(r"\bnan\b", report, flags=re.IGNORECASE)
+    assert "(2 of 3 sites)" in result.output
