@@ -38,8 +38,8 @@ from confide.server.loop import LoopConfig, RoundResult
 from confide.server.secure_round import SecureSettings
 from confide.sim import simulate
 from confide.strategies import Strategy, make_strategy
+from confide.strategies.controls import model_part, with_controls
 from confide.strategies.fedopt import server_lr_for
-from confide.tasks.local_rules import model_part, with_controls
 from confide.workloads.base import SiteSplit, SiteTask, Workload
 from confide.workloads.registry import make_workload
 

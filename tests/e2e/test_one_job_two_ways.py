@@ -104,7 +104,7 @@ def test_a_table_job_with_scaffold_deploys_as_it_simulates(tmp_path: Path) -> No
     and the deployed model (controls stripped) matches the simulated one."""
     from confide.experiment import initial_global
     from confide.site.finish import SiteModels, keep_and_adapt
-    from confide.tasks.local_rules import CONTROL_PREFIX, model_part
+    from confide.strategies.controls import CONTROL_PREFIX, model_part
     from confide.workloads.registry import make_workload
     from tests.e2e.test_table_jobs import _binary_table
 

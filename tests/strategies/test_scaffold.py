@@ -8,8 +8,9 @@ from confide.config import parse_job
 from confide.errors import ConfigError, RoundFailed
 from confide.records import Arrays, TrainRes
 from confide.strategies import make_strategy
+from confide.strategies.controls import CONTROL_PREFIX, model_part, with_controls
 from confide.strategies.scaffold import Scaffold
-from confide.tasks.local_rules import CONTROL_PREFIX, LocalRules, SiteMemory, model_part, with_controls
+from confide.tasks.local_rules import LocalRules, SiteMemory
 from tests.helpers import arrays
 
 C = CONTROL_PREFIX

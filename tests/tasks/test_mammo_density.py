@@ -13,7 +13,7 @@ from PIL import Image
 from confide.errors import DataError, TaskError
 from confide.privacy.config import DpSgdSpec
 from confide.records import Arrays
-from confide.tasks.local_rules import with_controls
+from confide.strategies.controls import with_controls
 from confide.tasks.mammo_config import MammoTaskConfig
 from confide.tasks.mammo_density import ImageData, MammoTask, classifier_initial, score_keys
 from confide.workloads.mammo import MammoWorkload

@@ -13,7 +13,8 @@ from confide.data.slides import SlideSet, read_site, split_by_patient, write_syn
 from confide.errors import ConfigError, TaskError
 from confide.privacy.config import DpSgdSpec
 from confide.records import Arrays
-from confide.tasks.local_rules import norm_state_names, with_controls
+from confide.strategies.controls import with_controls
+from confide.tasks.local_rules import norm_state_names
 from confide.tasks.mil import MilTask, mil_initial, pack, slide_metrics
 from confide.tasks.mil_config import MilTaskConfig, SyntheticSlidesSpec
 from confide.workloads.histo import MilWorkload

@@ -7,7 +7,7 @@ from confide.data.tables import TableRows
 from confide.errors import TaskError
 from confide.privacy.config import DpSgdSpec
 from confide.records import Arrays, TrainRes
-from confide.tasks.local_rules import CONTROL_PREFIX, with_controls
+from confide.strategies.controls import CONTROL_PREFIX, with_controls
 from confide.tasks.tabular import METRIC_KEYS, TabularTask, table_initial
 
 

@@ -29,16 +29,22 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import dp_accounting
 import numpy as np
-from dp_accounting import pld, rdp
 
 from confide.errors import BUDGET_REFUSAL, ConfigError
 from confide.privacy.spend import Spend
 
 # The accountant reports, at warning level, each small Renyi order it leaves out of a bound; the bound stays valid.
 logging.getLogger("absl").setLevel(logging.ERROR)
-ORDERS = tuple(rdp.rdp_privacy_accountant.DEFAULT_RDP_ORDERS)
+
+
+@functools.lru_cache(maxsize=1)
+def _orders() -> tuple[float, ...]:
+    """The RDP accountant's orders. dp-accounting (and scipy under it) is imported only when a ledger composes
+    something: a job without privacy never loads it."""
+    from dp_accounting import rdp
+
+    return tuple(rdp.rdp_privacy_accountant.DEFAULT_RDP_ORDERS)
 
 
 @dataclass(frozen=True)
@@ -181,10 +187,13 @@ def _spend_document(spend: Spend) -> dict[str, Any]:
 def _unit_rdp(noise_multiplier: float, sampling_rate: float) -> tuple[float, ...]:
     """The Renyi-DP of one (subsampled) Gaussian release at the accountant's orders: computed once per distinct
     mechanism, since the subsampled case is costly and rounds repeat the same mechanism."""
+    import dp_accounting
+    from dp_accounting import rdp
+
     event: dp_accounting.DpEvent = dp_accounting.GaussianDpEvent(noise_multiplier)
     if sampling_rate < 1.0:
         event = dp_accounting.PoissonSampledDpEvent(sampling_rate, event)
-    accountant = rdp.RdpAccountant(ORDERS)
+    accountant = rdp.RdpAccountant(_orders())
     accountant.compose(event, 1)
     return tuple(float(v) for v in accountant._rdp)  # composition adds these: k releases cost k times them
 
@@ -198,6 +207,9 @@ PLD_UP_TO = 100.0
 @functools.lru_cache(maxsize=4096)
 def _pld_epsilon(groups: tuple[tuple[float, float, int], ...], delta: float) -> float:
     """Epsilon at ``delta`` of releases grouped as (noise multiplier, sampling rate, count), by the PLD accountant."""
+    import dp_accounting
+    from dp_accounting import pld
+
     accountant = pld.PLDAccountant(value_discretization_interval=PLD_INTERVAL)
     for noise_multiplier, sampling_rate, count in groups:
         event: dp_accounting.DpEvent = dp_accounting.GaussianDpEvent(noise_multiplier)
@@ -219,10 +231,12 @@ def _epsilon(gaussian: Sequence[Spend], pure: float, delta: float) -> float:
     if not gaussian:
         return pure
     groups = _groups(gaussian)
-    total = np.zeros(len(ORDERS))
+    from dp_accounting import rdp
+
+    total = np.zeros(len(_orders()))
     for z, q, count in groups:
         total += count * np.asarray(_unit_rdp(z, q))
-    epsilon = float(rdp.rdp_privacy_accountant.compute_epsilon(ORDERS, total, delta)[0])
+    epsilon = float(rdp.rdp_privacy_accountant.compute_epsilon(_orders(), total, delta)[0])
     if math.isfinite(epsilon) and epsilon < PLD_UP_TO:
         with contextlib.suppress(ValueError, ArithmeticError, MemoryError):  # the RDP bound stands on its own
             epsilon = min(epsilon, _pld_epsilon(groups, delta))

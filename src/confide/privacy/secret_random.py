@@ -19,9 +19,12 @@ Secure aggregation's secrets (keys, masks' seeds, Shamir shares) take bytes from
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 
 def secret_generator() -> np.random.Generator:
@@ -33,10 +36,14 @@ def secret_generator() -> np.random.Generator:
 
 def secret_normal(rng: np.random.Generator, std: float, shape: tuple[int, ...]) -> torch.Tensor:
     """Gaussian noise N(0, std^2) of ``shape`` as a float32 tensor, drawn from a secret generator."""
+    import torch  # only DP-SGD, at a site, draws tensors: the server imports this module without torch
+
     return torch.from_numpy(rng.normal(0.0, std, size=shape).astype(np.float32))
 
 
 def poisson_sample(rng: np.random.Generator, n: int, rate: float) -> torch.Tensor:
     """Indices of a Poisson sample of ``n`` items: each in independently with probability ``rate`` (DP-SGD's
     sampling, as its accountant assumes), drawn from a secret generator."""
+    import torch
+
     return torch.from_numpy(np.flatnonzero(rng.random(n) < rate).astype(np.int64))

@@ -24,7 +24,7 @@ from confide.errors import RoundFailed
 from confide.records import Arrays, Scalar, SparseArrays, TrainIns, TrainRes
 from confide.strategies.aggregate import apply_delta_in_place, weighted_metrics, zeros_like
 from confide.strategies.base import Aggregate, StrategyState, restore_stateless
-from confide.tasks.local_rules import CONTROL_PREFIX
+from confide.strategies.controls import CONTROL_PREFIX
 
 
 class Scaffold:

@@ -23,10 +23,10 @@ import torch
 
 from confide.errors import TaskError
 from confide.records import Arrays, Config
+from confide.strategies.controls import CONTROL_PREFIX, model_part, split_controls
 from confide.tasks.proximal import Proximal
 from confide.tasks.torch_io import load_arrays, module_arrays
 
-CONTROL_PREFIX = "scaffold.c/"
 NORM_TYPES: tuple[type[torch.nn.Module], ...] = (
     torch.nn.modules.batchnorm._BatchNorm,
     torch.nn.GroupNorm,
@@ -43,27 +43,6 @@ def norm_state_names(model: torch.nn.Module) -> frozenset[str]:
             for name in module.state_dict():
                 names.add(f"{prefix}.{name}" if prefix else name)
     return frozenset(names)
-
-
-def split_controls(arrays: Arrays) -> tuple[Arrays, dict[str, np.ndarray]]:
-    """(the model's arrays, the SCAFFOLD control variate by model array name) of an instruction."""
-    model = {name: value for name, value in arrays.items() if not name.startswith(CONTROL_PREFIX)}
-    controls = {name[len(CONTROL_PREFIX) :]: value for name, value in arrays.items() if name.startswith(CONTROL_PREFIX)}
-    return Arrays.from_dict(model), controls
-
-
-def with_controls(arrays: Arrays) -> Arrays:
-    """A global model with a zero SCAFFOLD control variate for every floating-point array."""
-    out = dict(arrays.items())
-    for name, value in arrays.items():
-        if np.issubdtype(value.dtype, np.floating):
-            out[CONTROL_PREFIX + name] = np.zeros_like(value)
-    return Arrays.from_dict(out)
-
-
-def model_part(arrays: Arrays) -> Arrays:
-    """The model alone, without any control variate."""
-    return split_controls(arrays)[0] if any(n.startswith(CONTROL_PREFIX) for n in arrays.names()) else arrays
 
 
 @dataclass
