@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from confide.errors import ConfigError
+from confide.kinds.images.config import ImageTaskConfig
 from confide.privacy.config import PrivacyConfig
 from confide.tasks.mammo_config import MammoTaskConfig
 from confide.tasks.mil_config import MilTaskConfig
@@ -153,10 +154,10 @@ class ReportConfig(_Strict):
 
 
 TaskConfig = Annotated[
-    BrainTumorTaskConfig | MammoTaskConfig | TableTaskConfig | MilTaskConfig | PythonTaskConfig,
+    BrainTumorTaskConfig | MammoTaskConfig | TableTaskConfig | MilTaskConfig | PythonTaskConfig | ImageTaskConfig,
     Field(discriminator="name"),
 ]
-TASK_NAMES = ("brain_tumor", "mammo_density", "table", "mil", "python")
+TASK_NAMES = ("brain_tumor", "mammo_density", "table", "mil", "python", "image_classification")
 
 
 class JobConfig(_Strict):

@@ -31,4 +31,10 @@ def make_workload(task: Any) -> Workload:
         from confide.workloads.kind import python_workload
 
         return python_workload(task)
+    if name == "image_classification":
+        from confide.kinds.images.task import image_kind
+        from confide.workloads.kind import KindWorkload, Training
+
+        training = Training("image_classification", task.lr, task.batch_size, task.optimizer, task.device)
+        return KindWorkload(image_kind(task), task, training)
     raise ConfigError(f"task: unknown task {name!r}")

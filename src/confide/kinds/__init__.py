@@ -1,0 +1,7 @@
+"""Confide's built-in kinds of job, one folder each (config, data reading, model, metrics and the task), every one
+written on the public task API (:mod:`confide.api`), as a user's own task would be.
+
+- :mod:`confide.kinds.images`: image classification (``task.name: image_classification``).
+
+A kind's ``config`` module imports neither torch nor the kind's other modules, so reading a job stays cheap.
+"""

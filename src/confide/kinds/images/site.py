@@ -1,0 +1,161 @@
+"""One site's images (``read_site``): its ``labels.csv``, the images it names, split into train and test.
+
+The split is the file's ``split`` column when it has one (``val`` images set aside: the task has no step that would
+use them), else a seeded split stratified by label that keeps each patient's images on one side
+(:func:`confide.api.split_indices`; without a patient column each image is its own patient). An image that cannot
+be used (missing, unreadable, outside the site folder) and an image file that ``labels.csv`` does not list are
+returned in ``SiteData.skipped`` with the reason; a site left with no readable image is an error naming the folder
+and the first reasons.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from confide.api import Place, SiteData, split_indices
+from confide.errors import ConfigError, DataError
+from confide.kinds.images.config import ImageTaskConfig
+from confide.kinds.images.dataset import ImageSet
+from confide.kinds.images.labels import LABELS_FILE, LabelRow, class_indices, read_labels
+from confide.kinds.images.pixels import DICOM_SUFFIXES, RASTER_SUFFIXES, load_image
+from confide.tasks.loop import seed_of
+
+REASONS_SHOWN = 3
+
+
+def require_classes(config: ImageTaskConfig, where: str) -> tuple[str, ...]:
+    """The job's classes, or a :class:`ConfigError` saying why they are needed ``where``."""
+    if config.classes is None:
+        raise ConfigError(
+            f"task.classes is not set: {where} needs the label vocabulary from the job (a simulation reads it from "
+            "the sites' labels.csv and prints it); add it to the task, in order, e.g. classes: [benign, malignant]"
+        )
+    return config.classes
+
+
+def _inside(folder: Path, name: str) -> Path | None:
+    path = folder / name
+    if Path(name).is_absolute() or not path.resolve().is_relative_to(folder.resolve()):
+        return None
+    return path
+
+
+def _read_images(
+    config: ImageTaskConfig, folder: Path, rows: list[LabelRow]
+) -> tuple[list[np.ndarray], list[int], list[tuple[str, str]]]:
+    """The images of ``rows`` that can be used (and which rows they are), and why each other one cannot."""
+    images: list[np.ndarray] = []
+    kept: list[int] = []
+    skipped: list[tuple[str, str]] = []
+    for k, row in enumerate(rows):
+        path = _inside(folder, row.file)
+        if path is None:
+            skipped.append((row.file, f"line {row.line}: the path leaves the site folder"))
+        elif not path.is_file():
+            skipped.append((row.file, f"line {row.line}: listed in {LABELS_FILE} but not found"))
+        else:
+            try:
+                images.append(load_image(path, config.channels, config.image_size))
+                kept.append(k)
+            except DataError as exc:
+                skipped.append((row.file, str(exc)))
+    return images, kept, skipped
+
+
+def _unlisted(folder: Path, rows: tuple[LabelRow, ...]) -> list[tuple[str, str]]:
+    listed = {os.path.normpath(row.file) for row in rows}
+    suffixes = RASTER_SUFFIXES | (DICOM_SUFFIXES - {""})
+    return [
+        (entry.name, f"an image file not listed in {LABELS_FILE}")
+        for entry in sorted(folder.iterdir())
+        if entry.is_file()
+        and not entry.name.startswith(".")
+        and entry.suffix.lower() in suffixes
+        and entry.name not in listed
+    ]
+
+
+def _split(rows: list[LabelRow], labels: np.ndarray, given: bool, place: Place) -> tuple[np.ndarray, np.ndarray, str]:
+    """(train indices, test indices, how the split was made) over ``rows``."""
+    if given:
+        train = np.array([i for i, r in enumerate(rows) if r.split == "train"], dtype=np.int64)
+        test = np.array([i for i, r in enumerate(rows) if r.split == "test"], dtype=np.int64)
+        if train.size == 0:
+            raise DataError(
+                f"site {place.site}: the split column of {place.folder / LABELS_FILE} marks none of its "
+                f"{len(rows)} readable images train; every site needs training images"
+            )
+        return train, test, f"as given in {LABELS_FILE}"
+    if len(rows) < 2:
+        raise DataError(f"site {place.site}: {len(rows)} readable image(s) in {place.folder}; a split needs two")
+    groups = [r.patient or f"file:{r.file}" for r in rows]
+    split = split_indices(
+        len(rows),
+        place.test_fraction,
+        seed_of(place.seed, place.site, "split"),
+        labels=labels.tolist(),
+        groups=groups,
+    )
+    patients = len(set(groups))
+    by = f"by patient ({patients} patients)" if any(r.patient for r in rows) else "by image (no patient column)"
+    return split.train, split.test, f"seeded, stratified by label, {by}, test fraction {place.test_fraction:g}"
+
+
+def _counts(labels: np.ndarray, classes: tuple[str, ...]) -> str:
+    counts = np.bincount(labels, minlength=len(classes))
+    return ", ".join(f"{name} {int(c)}" for name, c in zip(classes, counts, strict=True))
+
+
+def read_site(config: ImageTaskConfig, place: Place) -> SiteData:
+    """One site's images split into train and test (see the module docstring)."""
+    classes = require_classes(config, f"site {place.site}")
+    folder = Path(place.folder)
+    if not folder.is_dir():
+        raise DataError(f"site {place.site}: {folder} is not a folder (it should hold {LABELS_FILE} and the images)")
+    table = read_labels(folder)
+    indices = class_indices(table, classes)
+    wanted = [k for k, row in enumerate(table.rows) if row.split != "val"]
+    rows = [table.rows[k] for k in wanted]
+    images, kept, skipped = _read_images(config, folder, rows)
+    skipped += _unlisted(folder, table.rows)
+    if not kept:
+        reasons = "; ".join(f"{item}: {why}" for item, why in skipped[:REASONS_SHOWN]) or "it lists no image"
+        raise DataError(
+            f"site {place.site}: no readable image in {folder} ({len(rows)} listed in {LABELS_FILE} for train and "
+            f"test); first reasons: {reasons}"
+        )
+    rows = [rows[k] for k in kept]
+    labels = indices[[wanted[k] for k in kept]]
+    train, test, how = _split(rows, labels, table.has_split, place)
+
+    def subset(idx: np.ndarray) -> ImageSet:
+        return ImageSet.from_arrays([images[i] for i in idx], labels[idx].tolist(), [rows[i].file for i in idx])
+
+    notes = [
+        f"{train.size} training and {test.size} test images, split {how}",
+        f"training images per class: {_counts(labels[train], classes)}",
+    ]
+    if test.size:
+        notes.append(f"test images per class: {_counts(labels[test], classes)}")
+    set_aside = len(table.rows) - len(wanted)
+    if set_aside:
+        notes.append(f"{set_aside} val images set aside (the task has no step that uses them)")
+    if table.has_split:
+        both = {r.patient for r in (rows[i] for i in train) if r.patient} & {
+            r.patient for r in (rows[i] for i in test) if r.patient
+        }
+        if both:
+            notes.append(f"{len(both)} patients have images in both train and test (the given split is kept)")
+    if config.classes_read_from_data:
+        notes.append(f"classes read from the sites' {LABELS_FILE}: {list(classes)} (fix them in the job: task.classes)")
+    if skipped:
+        notes.append(f"{len(skipped)} files skipped (listed with their reasons)")
+    return SiteData(
+        train=subset(train),
+        test=subset(test) if test.size else None,
+        notes=tuple(notes),
+        skipped=tuple(skipped),
+    )

@@ -1,0 +1,135 @@
+"""Image classification as a :class:`~confide.api.TaskKind`, written on the public API like a user's own task.
+
+- ``prepare`` (simulation only): generates the synthetic grades into ``data.root`` when the job asks and it is
+  absent; completes ``classes`` from every site's ``labels.csv`` when the job leaves them out, and says so (a
+  warning with the line to add to the job, and a note in the report).
+- ``read_site``: :func:`confide.kinds.images.site.read_site`.
+- ``build_model``: :func:`confide.kinds.images.model.build_network`; a job without ``classes`` is refused here at a
+  deployed server, which reads no data.
+- ``loss``: cross-entropy of the augmented batch (:mod:`confide.kinds.images.augment`) when ``augment`` is on;
+  each image's change depends on its own draws only, so the loss stays a mean of per-image terms (DP-SGD).
+- ``evaluate``: :func:`confide.kinds.images.metrics.image_scores` on class probabilities, in batches.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from confide.api import TaskKind
+from confide.errors import TaskError
+from confide.kinds.images.augment import augment_batch, augment_spec
+from confide.kinds.images.config import SYNTHETIC_CLASSES, ImageTaskConfig
+from confide.kinds.images.dataset import ImageSet
+from confide.kinds.images.labels import LABELS_FILE, discover_classes
+from confide.kinds.images.metrics import image_scores, metric_keys
+from confide.kinds.images.model import build_network
+from confide.kinds.images.site import read_site, require_classes
+from confide.kinds.images.synthetic import write_grades
+
+log = logging.getLogger(__name__)
+EVAL_BATCH = 256
+
+
+def prepare(config: ImageTaskConfig, root: Path) -> ImageTaskConfig:
+    """The config completed from a simulation's data (see the module docstring)."""
+    spec = config.synthetic
+    if spec is not None and not Path(root).exists():
+        write_grades(
+            Path(root),
+            sites=spec.sites,
+            patients=spec.patients,
+            size=spec.size,
+            test_fraction=spec.test_fraction,
+            fmt=spec.format,
+            seed=spec.seed,
+        )
+    if config.classes is not None:
+        return config
+    if spec is not None:
+        found: tuple[str, ...] = SYNTHETIC_CLASSES
+    else:
+        found, files = discover_classes(Path(root))
+        log.warning(
+            "task.classes is not in the job: read %s from %d %s files; add this line to the task to fix them "
+            "(a deployment needs it%s): classes: [%s]",
+            list(found),
+            len(files),
+            LABELS_FILE,
+            ", and ordinal grades follow its order" if config.ordinal else "",
+            ", ".join(found),
+        )
+    return config.with_classes(found, read_from_data=spec is None)
+
+
+def build_model(config: ImageTaskConfig) -> torch.nn.Module:
+    classes = require_classes(config, "the server (a deployment's server reads no data)")
+    return build_network(config, len(classes))
+
+
+def _batch_images(x: torch.Tensor) -> torch.Tensor:
+    return x.to(torch.float32)
+
+
+def loss(config: ImageTaskConfig, model: Any, batch: Any) -> torch.Tensor:
+    x, y = batch
+    x = _batch_images(x)
+    if config.augment:
+        x = augment_batch(x, augment_spec(config.image_size))
+    return torch.nn.functional.cross_entropy(model(x), y)
+
+
+def _device(model: torch.nn.Module) -> torch.device:
+    first = next(iter(model.parameters()), None)
+    return first.device if first is not None else torch.device("cpu")
+
+
+def probabilities(model: torch.nn.Module, images: torch.Tensor) -> np.ndarray:
+    """Class probabilities (N, classes) of ``model`` for ``images`` (N, C, S, S), in batches, on its device."""
+    device = _device(model)
+    parts = [
+        torch.softmax(model(_batch_images(images[start : start + EVAL_BATCH]).to(device)).float(), dim=1).cpu()
+        for start in range(0, images.shape[0], EVAL_BATCH)
+    ]
+    return torch.cat(parts).numpy().astype(np.float64)
+
+
+def evaluate(config: ImageTaskConfig, model: Any, data: Any) -> dict[str, float]:
+    if not isinstance(data, ImageSet):
+        raise TaskError(f"the image task scores ImageSets, got {type(data).__name__}")
+    classes = require_classes(config, "scoring")
+    probs = probabilities(model, data.images)
+    return image_scores(data.labels.numpy(), probs, classes, ordinal=config.ordinal)
+
+
+def pool(config: ImageTaskConfig, parts: Any) -> ImageSet:
+    return ImageSet.concat(list(parts))
+
+
+def describe(config: ImageTaskConfig) -> str:
+    classes = f"{len(config.classes)} classes" if config.classes else "classes read from the data"
+    kind = "ordinal " if config.ordinal else ""
+    return (
+        f"image classification: {config.model} ({config.norm} norm, width {config.first_width()}), "
+        f"{config.image_size} px, {config.channels} channel(s), {kind}{classes}, "
+        f"augmentation {'on' if config.augment else 'off'}"
+    )
+
+
+def image_kind(config: ImageTaskConfig) -> TaskKind[ImageTaskConfig]:
+    """The task kind for ``config``: its metrics (headline first) depend on whether the classes are ordinal."""
+    return TaskKind(
+        read_site=read_site,
+        build_model=build_model,
+        evaluate=evaluate,
+        metrics=metric_keys(config.ordinal),
+        fields=ImageTaskConfig,
+        loss=loss,
+        pool=pool,
+        prepare=prepare,
+        describe=describe(config),
+    )
