@@ -208,14 +208,14 @@ def server(
 ) -> None:
     """Serve a job to the federation's sites over gRPC with mutual TLS (sites dial in)."""
     from confide.deploy import serve
-    from confide.experiment import initial_global
+    from confide.job_plan import initial_global
     from confide.workloads.registry import make_workload
 
     job = load_job(job_file)
     final = serve(
         kit,
         job,
-        initial=lambda j: initial_global(j, make_workload(j.task)),
+        initial=lambda j: initial_global(j, make_workload(j.task).initial(j.seed)),
         resume=resume,
         port=port,
         host=host,
@@ -250,7 +250,7 @@ def site(
     from rich.table import Table
 
     from confide.deploy import private_runner, read_kit_config, run_site, site_code, site_privacy
-    from confide.experiment import site_task
+    from confide.job_plan import site_task
     from confide.records import Arrays
     from confide.report.tables import score_text
     from confide.site.finish import keep_and_adapt
@@ -262,7 +262,7 @@ def site(
     def runner(name: str, job: JobConfig) -> SiteRunner:
         job = site_code(job, code)
         console.print(f"site {name}: preparing its data in {data} for job {job.name}")
-        tasks["mine"] = site_task(job, data, name, privacy=site_privacy(kit, job))
+        tasks["mine"] = site_task(job, data, name, site_privacy(kit, job), console.print)
         return private_runner(kit, name, job, tasks["mine"])
 
     def finish(job: JobConfig, final: Arrays) -> None:

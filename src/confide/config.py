@@ -87,6 +87,13 @@ class FederationConfig(_Strict):
         le=1,
         description="the largest share of a round's weight one site's update may get (1: no cap)",
     )
+    evaluate_every: int = Field(
+        default=0,
+        ge=0,
+        le=100_000,
+        description="federated evaluation every N rounds: each site scores the global model on its own test split and "
+        "the round records the scores (rounds.json); 0: never. A site under DP refuses it (its scores are not noised)",
+    )
     quorum_retries: int = Field(
         default=3, ge=0, le=1000, description="deployment: times a round that misses its quorum is tried again"
     )

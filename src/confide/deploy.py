@@ -15,11 +15,11 @@ from typing import Any, Generic, TypeVar
 
 import yaml
 
-from confide import serde
+from confide import job_plan, serde
 from confide.config import JobConfig, parse_job, with_code
 from confide.errors import ConfigError, RoundFailed
 from confide.privacy.build import site_chain
-from confide.privacy.config import PrivacyConfig, load_policy, stricter
+from confide.privacy.config import PrivacyConfig, load_policy
 from confide.privacy.ledger import Ledger
 from confide.privacy.secagg import SecAggError
 from confide.privacy.secagg_identity import SiteIdentity
@@ -28,8 +28,7 @@ from confide.provision_kit import CRL, load_revoked, load_roster
 from confide.records import Arrays
 from confide.sanitize import one_line
 from confide.server import checkpoint
-from confide.server.guard import guard_config
-from confide.server.loop import History, LoopConfig, RoundEvents, RoundResult, ServerLoop
+from confide.server.loop import History, RoundEvents, RoundResult, ServerLoop
 from confide.server.secure_round import SecureSettings
 from confide.server.trail import server_trail
 from confide.site.runner import SiteRunner
@@ -177,15 +176,12 @@ def _serve(
             _strategy(job, roster_size=len(service.config.roster() or {}) or len(present)),
             service,
             model,
-            LoopConfig(
-                rounds=job.federation.rounds,
-                min_sites=need,
-                deadline_s=job.federation.round_deadline_s,
-                guard=guard_config(job.federation),
-                checkpoint_dir=ckpt_dir,
-                quorum_retries=job.federation.quorum_retries,
-                retry_wait_s=job.federation.retry_wait_s,
+            job_plan.loop_settings(
+                job,
+                sites=len(present),
                 secure=_secure_settings(kit, cfg) if job.privacy.secure_aggregation else None,
+                deployed=True,
+                checkpoint_dir=ckpt_dir,
             ),
             rounds_file,
         )
@@ -256,11 +252,14 @@ def _secure_settings(kit: Path, cfg: dict[str, Any]) -> SecureSettings:
 def _strategy(job: JobConfig, *, roster_size: int) -> Strategy:
     """The job's strategy on the server. SCAFFOLD's N is the number of sites on the roster (every site that may
     take part); FedBN learns the normalisation layers to leave at the sites from the task's model."""
-    from confide.experiment import build_strategy
-    from confide.workloads.registry import make_workload
 
-    return build_strategy(
-        job, make_workload(job.task), kind="federated", sites=max(roster_size, 1), batch=int(job.task.batch_size)
+    def norm_names() -> frozenset[str]:
+        from confide.workloads.registry import make_workload
+
+        return make_workload(job.task).norm_names()
+
+    return job_plan.build_strategy(
+        job, sites=max(roster_size, 1), batch=int(job.task.batch_size), norm_names=norm_names
     )
 
 
@@ -279,7 +278,7 @@ def site_code(job: JobConfig, code: Path | None) -> JobConfig:
 
 def site_privacy(kit: Path, job: JobConfig) -> PrivacyConfig:
     """What a site runs: the job's privacy, never weaker than the policy in its kit."""
-    return stricter(job.privacy, load_policy(kit))
+    return job_plan.deployed_privacy(job, load_policy(kit))
 
 
 def private_runner(kit: Path, name: str, job: JobConfig, task: Any) -> SiteRunner:

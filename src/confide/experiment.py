@@ -25,21 +25,18 @@ from typing import Any
 
 import numpy as np
 
+from confide import job_plan
 from confide.config import JobConfig
-from confide.errors import ConfigError
 from confide.finetune import adapt, finetune_config
 from confide.privacy.build import site_chain, site_ledger
-from confide.privacy.config import PrivacyConfig, job_as_policy
+from confide.privacy.config import PrivacyConfig
 from confide.privacy.ledger import Ledger
 from confide.records import Arrays
 from confide.report.progress import ProgressDisplay
-from confide.server.guard import guard_config
-from confide.server.loop import LoopConfig, RoundResult
+from confide.server.loop import RoundResult
 from confide.server.secure_round import SecureSettings
 from confide.sim import simulate
-from confide.strategies import Strategy, make_strategy
-from confide.strategies.controls import model_part, with_controls
-from confide.strategies.fedopt import server_lr_for
+from confide.strategies.controls import model_part
 from confide.workloads.base import SiteSplit, SiteTask, Workload
 from confide.workloads.registry import make_workload
 
@@ -142,37 +139,9 @@ class _Recorder:
         self.display.advance(1, status=f"{self.run.name}: round {result.round} loss {point['loss']:.3f}")
 
 
-def build_strategy(job: JobConfig, workload: Workload, *, kind: str, sites: int, batch: int) -> Strategy:
-    """The job's strategy for the federated run; a baseline trains alone and takes its update as it is (FedAvg
-    of one site), not through a server optimiser."""
-    privacy = job.privacy if kind == "federated" else PrivacyConfig()
-    fed = job.federation
-    norms = workload.norm_names() if fed.strategy == "fedbn" else frozenset()
-    if fed.strategy == "fedbn" and kind == "federated" and not norms:
-        raise ConfigError(
-            f"federation.strategy fedbn keeps normalisation layers at the sites, but the model of task "
-            f"{job.task.name!r} has none: choose a model with them (for example norm: batch) or another strategy"
-        )
-    return make_strategy(
-        fed.strategy if kind == "federated" else "fedavg",
-        job.train_config(batch_size=batch),
-        trim_fraction=fed.trim_fraction,
-        server_lr=server_lr_for(fed.strategy, fed.server_lr),
-        beta1=fed.beta1,
-        beta2=fed.beta2,
-        tau=fed.tau,
-        mu=fed.proximal_mu,
-        privacy=privacy,
-        seed=job.seed,
-        total_sites=sites,
-        norm_names=norms,
-    )
-
-
 def initial_global(job: JobConfig, workload: Workload) -> Arrays:
     """The job's first global model (with SCAFFOLD's zero control variate when the strategy needs one)."""
-    arrays = workload.initial(job.seed)
-    return with_controls(arrays) if job.federation.strategy == "scaffold" else arrays
+    return job_plan.initial_global(job, workload.initial(job.seed))
 
 
 def _train_run(
@@ -183,18 +152,22 @@ def _train_run(
     evaluator: Evaluator,
     display: ProgressDisplay,
     n_sites: int,
+    tests: Mapping[str, Any] | None = None,
 ) -> dict[str, SiteTask]:
     """Train one model; return its sites' tasks (they hold what a site keeps between rounds)."""
     t0 = time.perf_counter()
     private = run.kind == "federated"  # baselines keep their data where it is: nothing leaves, nothing to protect
-    # in a simulation the job is every site's policy; its quorum is the fewest contributors to a sum
-    quorum = min(job.federation.min_sites, len(run.sites))
-    privacy = job_as_policy(job.privacy, quorum) if private else PrivacyConfig()
+    privacy = job_plan.simulated_privacy(job, len(run.sites)) if private else PrivacyConfig()
+    # the federated run's sites hold their test splits, for federated evaluation (federation.evaluate_every)
+    own_test = dict(tests or {}) if private and job.federation.evaluate_every else {}
     tasks = {
-        site: workload.task(train[site], None, site=site, seed=job.seed, dp_sgd=privacy.dp_sgd) for site in run.sites
+        site: workload.task(train[site], own_test.get(site), site=site, seed=job.seed, dp_sgd=privacy.dp_sgd)
+        for site in run.sites
     }
     batch = workload.batch_size() * (n_sites if run.kind == "pooled" else 1)
-    strategy = build_strategy(job, workload, kind=run.kind, sites=len(tasks), batch=batch)
+    strategy = job_plan.build_strategy(
+        job, kind=run.kind, sites=len(tasks), batch=batch, norm_names=workload.norm_names
+    )
     ledgers = {site: site_ledger(privacy, site, None) for site in tasks}
     chains = {site: site_chain(privacy) for site in tasks}
     every = max(1, job.federation.rounds // 5)
@@ -204,12 +177,8 @@ def _train_run(
         return task.personal(arrays) if task is not None else model_part(arrays)
 
     recorder = _Recorder(run, display, evaluator, every, personal)
-    loop = LoopConfig(
-        rounds=job.federation.rounds,
-        min_sites=min(job.federation.min_sites, len(tasks)),
-        guard=guard_config(job.federation),
-        secure=SecureSettings() if privacy.secure_aggregation else None,
-    )
+    secure = SecureSettings() if privacy.secure_aggregation else None  # the simulator adds its CA's revocation list
+    loop = job_plan.loop_settings(job, sites=len(tasks), secure=secure, deployed=False)
     start = initial_global(job, workload) if run.kind == "federated" else workload.initial(job.seed)
     result = simulate(strategy, tasks, start, loop, events=recorder, chains=chains, ledgers=ledgers, job=job.name)
     run.ledgers = {site: ledger for site, ledger in ledgers.items() if ledger is not None}
@@ -272,7 +241,7 @@ def run_job(job: JobConfig, display: ProgressDisplay) -> JobResult:
     runs = plan_runs(job, [s.name for s in sites])
     display.phase("training", job.federation.rounds * len(runs))
     for run in runs:
-        _train_run(job, workload, run, train, evaluator, display, n_sites=len(sites))
+        _train_run(job, workload, run, train, evaluator, display, n_sites=len(sites), tests=tests)
     federated = next(r for r in runs if r.kind == "federated")
     if job.finetune.enabled:
         display.phase("fine-tuning at each site", len(sites))
@@ -304,16 +273,8 @@ def site_task(
     display: ProgressDisplay | None = None,
     privacy: PrivacyConfig | None = None,
 ) -> SiteTask:
-    """One hospital's task in a real deployment: its own data only (``root``), split as in simulation;
-    ``privacy`` is what the site runs (the job's, made stricter by its policy)."""
-    workload = make_workload(job.task)
-    site = workload.load_site(job.data, job.seed, root, name)
-    for problem in site.skipped:
-        (display.console.print if display else print)(f"skipped {problem.item}: {problem.reason}")
-    return workload.task(
-        site.train,
-        site.test,
-        site=name,
-        seed=job.seed,
-        dp_sgd=privacy.dp_sgd if privacy is not None else job.privacy.dp_sgd,
-    )
+    """One hospital's task in a real deployment (see :func:`confide.job_plan.site_task`); ``privacy`` is what the
+    site runs (default: the job's)."""
+    report = display.console.print if display else print
+    task: SiteTask = job_plan.site_task(job, root, name, privacy if privacy is not None else job.privacy, report)
+    return task
