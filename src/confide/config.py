@@ -8,41 +8,22 @@ command runs in.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from confide.errors import ConfigError
 from confide.kinds.images.config import ImageTaskConfig
 from confide.privacy.config import PrivacyConfig
+from confide.tasks.brain_tumor_config import BrainTumorTaskConfig
 from confide.tasks.mammo_config import MammoTaskConfig
 from confide.tasks.mil_config import MilTaskConfig
 from confide.tasks.python_config import PythonTaskConfig
 from confide.tasks.table_config import TableTaskConfig
+from confide.validation import read_yaml, validate_document
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class BrainTumorTaskConfig(_Strict):
-    """The 3D brain-tumour segmentation task (BraTS regions WT, TC, ET)."""
-
-    name: Literal["brain_tumor"] = "brain_tumor"
-    model: Literal["segresnet", "unet"] = "segresnet"
-    init_filters: int = Field(default=8, ge=2, le=64, description="channels of the first level")
-    roi: tuple[int, int, int] = (32, 32, 32)
-    lr: float = Field(default=2e-3, gt=0, le=1)
-    batch_size: int = Field(default=2, ge=1, le=64)
-    augment: bool = True
-
-    @model_validator(mode="after")
-    def _roi_fits_the_network(self) -> BrainTumorTaskConfig:
-        for size in self.roi:
-            if size < 16 or size % 8:
-                raise ValueError(f"roi sides must be multiples of 8 and at least 16, got {list(self.roi)}")
-        return self
 
 
 class PhantomConfig(_Strict):
@@ -218,46 +199,9 @@ class JobConfig(_Strict):
         }
 
 
-def describe(error: Any) -> str:
-    """One pydantic error as ``field.path: message (got value)``."""
-    loc = list(error["loc"])
-    if len(loc) > 2 and loc[0] == "task" and loc[1] in TASK_NAMES:
-        del loc[1]  # the union's tag: the job file says task.name, not task.<name>.field
-    where = ".".join(str(part) for part in loc) or "(top level)"
-    given = error.get("input")
-    shown = "" if isinstance(given, dict) else f" (got {given!r})"
-    return f"{where}: {error['msg']}{shown}"
-
-
-M = TypeVar("M", bound=BaseModel)
-
-
-def validate_document(document: Any, model: type[M], *, source: str, what: str) -> M:
-    """Validate a mapping (for example parsed YAML) against ``model``; errors name every bad field."""
-    if not isinstance(document, dict):
-        raise ConfigError(f"{source}: expected a mapping of {what} fields, got {type(document).__name__}")
-    try:
-        return model.model_validate(document)
-    except ValidationError as exc:
-        lines = "\n  ".join(describe(e) for e in exc.errors())
-        raise ConfigError(f"{source} is invalid:\n  {lines}") from None
-
-
-def read_yaml(path: Path, what: str) -> Any:
-    """Parse a YAML file, turning every failure into a ConfigError that names the file."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read {what} file {path}: {exc.strerror or exc}") from None
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{what} file {path} is not valid YAML: {exc}") from None
-
-
 def parse_job(document: Any, *, source: str = "job") -> JobConfig:
     """Validate a job given as a mapping (for example parsed YAML)."""
-    return validate_document(document, JobConfig, source=source, what="job")
+    return validate_document(document, JobConfig, source=source, what="job", tags={"task": TASK_NAMES})
 
 
 def load_job(path: Path) -> JobConfig:

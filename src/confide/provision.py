@@ -55,7 +55,6 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
-from confide.config import read_yaml, validate_document
 from confide.errors import ConfideError, ConfigError
 from confide.provision_kit import (
     CLIENT_AUTH,
@@ -85,6 +84,7 @@ from confide.provision_kit import (
     write_yaml,
 )
 from confide.provision_kit import cert_pem as pem_of
+from confide.validation import read_yaml, validate_document
 
 __all__ = [
     "FederationSpec",

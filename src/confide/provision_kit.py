@@ -22,8 +22,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from confide.config import describe
 from confide.errors import ConfigError
+from confide.validation import describe
 
 #: Certificates start this much before the moment they are issued, so that a peer whose clock runs a
 #: little behind still accepts them.

@@ -264,3 +264,11 @@ class Control:
 
 
 Record = TrainIns | TrainRes | EvalIns | EvalRes | Failure | Control
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """An input a site's data reading could not use (a corrupt image, an incomplete row), and why."""
+
+    item: str
+    reason: str

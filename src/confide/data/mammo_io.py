@@ -27,7 +27,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from confide.errors import DataError
-from confide.workloads.base import Skipped
+from confide.records import Skipped
 
 DICOM_SUFFIXES = frozenset({".dcm", ".dicom", ""})
 RASTER_SUFFIXES = frozenset({".png", ".pgm", ".pnm"})

@@ -34,7 +34,7 @@ from PIL import Image
 
 from confide.data.mammo_io import MammoCase, MammoImage, read_raster
 from confide.errors import DataError
-from confide.workloads.base import Skipped
+from confide.records import Skipped
 
 TISSUES = ("F", "G", "D")
 ABNORMALITIES = frozenset({"CALC", "CIRC", "SPIC", "MISC", "ARCH", "ASYM", "NORM"})

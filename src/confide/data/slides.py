@@ -22,7 +22,7 @@ from typing import Literal
 import numpy as np
 
 from confide.errors import CaseError, ConfigError, DataError
-from confide.workloads.base import Skipped
+from confide.records import Skipped
 
 FEATURE_SUFFIXES = (".safetensors", ".h5", ".hdf5")
 OnBad = Literal["skip", "stop"]

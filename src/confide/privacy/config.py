@@ -22,6 +22,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from confide.validation import read_yaml, validate_document
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -189,7 +191,6 @@ def stricter(job: PrivacyConfig, policy: PrivacyConfig | None) -> PrivacyConfig:
 
 def load_policy(kit: Path) -> PrivacyConfig | None:
     """A site's own privacy policy, ``privacy.yaml`` in its kit, or ``None`` when it has none."""
-    from confide.config import read_yaml, validate_document  # the job file's module imports this one
 
     path = kit / "privacy.yaml"
     if not path.exists():

@@ -6,10 +6,9 @@ import html
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from confide import serde
-from confide.experiment import JobResult
 from confide.report import plots
 from confide.report.tables import (
     epsilon_by_round,
@@ -23,6 +22,9 @@ from confide.report.tables import (
     rows,
     site_names,
 )
+
+if TYPE_CHECKING:
+    from confide.experiment import JobResult  # the report reads a job's result; the experiment writes none
 
 
 def result_document(result: JobResult) -> dict[str, Any]:

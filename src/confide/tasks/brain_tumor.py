@@ -16,13 +16,13 @@ import torch
 from monai.losses import DiceCELoss
 from monai.networks.nets import SegResNet, UNet
 
-from confide.config import BrainTumorTaskConfig
 from confide.data.brats import labels_to_regions
 from confide.data.preprocess import PreparedCase
 from confide.errors import DataError, TaskError
 from confide.privacy.config import DpSgdSpec
 from confide.privacy.spend import Spend
 from confide.records import Arrays, Config, EvalRes, TrainRes
+from confide.tasks.brain_tumor_config import BrainTumorTaskConfig
 from confide.tasks.dp_sgd import DpSgd
 from confide.tasks.local_rules import SiteMemory
 from confide.tasks.loop import seed_of, train_locally

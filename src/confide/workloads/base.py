@@ -13,15 +13,7 @@ from typing import Any, Protocol
 
 from confide.privacy.config import DpSgdSpec
 from confide.privacy.spend import Spend
-from confide.records import Arrays, Config, EvalRes, TrainRes
-
-
-@dataclass(frozen=True)
-class Skipped:
-    """An input a workload could not use (a corrupt image, an incomplete row), and why."""
-
-    item: str
-    reason: str
+from confide.records import Arrays, Config, EvalRes, Skipped, TrainRes
 
 
 @dataclass(frozen=True)
