@@ -244,6 +244,13 @@ def site(
             "from this folder only; the server never sends code"
         ),
     ] = None,
+    data_site: Annotated[
+        str | None,
+        typer.Option(
+            help="which rows or folder of --data are this site's own, as the data names them (a table's site "
+            "value such as 'VA Long Beach'); default: data_site in KIT/site.yaml, else the site's name"
+        ),
+    ] = None,
 ) -> None:
     """Run this hospital's side of a federation: dial out, train on local data, send filtered updates; at the end,
     keep the final model and fine-tune it on the site's own training split."""
@@ -261,8 +268,10 @@ def site(
 
     def runner(name: str, job: JobConfig) -> SiteRunner:
         job = site_code(job, code)
-        console.print(f"site {name}: preparing its data in {data} for job {job.name}")
-        tasks["mine"] = site_task(job, data, name, site_privacy(kit, job), console.print)
+        own = data_site or str(read_kit_config(kit, "site.yaml", ("site",)).get("data_site") or name)
+        named = "" if own == name else f" (its data named {own!r})"
+        console.print(f"site {name}{named}: preparing its data in {data} for job {job.name}")
+        tasks["mine"] = site_task(job, data, own, site_privacy(kit, job), console.print)
         return private_runner(kit, name, job, tasks["mine"])
 
     def finish(job: JobConfig, final: Arrays) -> None:
