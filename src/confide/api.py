@@ -48,13 +48,15 @@ class NoFields(BaseModel):
 class Place:
     """Where one site's data is, as :attr:`TaskKind.read_site` is given it.
 
-    ``folder``: in a simulation, ``data.root/<site>`` (or ``data.root`` itself when the task lists its sites with
-    :attr:`TaskKind.sites`); at a deployed site, what its operator gave with ``--data``."""
+    ``folder``: in a simulation, ``data.root/<site>`` when that is a folder, else ``data.root`` itself (a table
+    whose rows name their site); at a deployed site, what its operator gave with ``--data``."""
 
     folder: Path
     site: str
     seed: int  # the job's seed: split and shuffle with it, so a job reproduces
     test_fraction: float  # the job's data.test_fraction, for a site without a predefined split
+    max_cases: int | None = None  # the job's data.max_cases_per_site: read at most this many (None: all)
+    on_bad_case: str = "skip"  # the job's data.on_bad_case: skip an unreadable input (and list it), or "stop"
 
 
 @dataclass(frozen=True)
@@ -79,17 +81,19 @@ class TaskKind(Generic[F]):
     - ``build_model(fields) -> torch.nn.Module``: the untrained network (Confide seeds torch before calling it,
       so every site and the server build the same initial model).
     - ``evaluate(fields, model, data) -> {metric: value}``: every metric of ``metrics`` for ``model`` (in eval
-      mode, no gradients) on ``data`` (any site's test split). Use NaN for a metric that is undefined on ``data``.
+      mode, no gradients, on the task's device: move inputs with :func:`device_of`) on ``data`` (any site's test
+      split). Use NaN for a metric that is undefined on ``data``.
     - ``metrics``: the keys ``evaluate`` returns, the headline first; the headline is higher-is-better.
     - ``loss(fields, model, batch) -> tensor`` (optional): the mean loss of a batch, computed through ``model``
       (default: cross-entropy of ``model(x)`` against ``y`` for a batch ``(x, y)``). Under DP-SGD it must be the
       mean of per-example terms, each depending only on its own example.
     - ``sites(fields, root) -> names`` (optional): the sites a simulation's ``data.root`` holds (default: its
-      sub-folders, each one site's ``Place.folder``).
+      sub-folders).
     - ``pool(fields, parts) -> dataset`` (optional): several sites' training splits as one, for the pooled
       baseline (default: their concatenation).
-    - ``collate(examples) -> batch`` (optional): a batch from a list of examples (default: torch's
-      ``default_collate``; a ``TensorDataset`` is indexed directly).
+    - ``collate(fields, examples) -> batch`` (optional): a training batch from a list of examples, augmented
+      where the task augments (draw from torch's global generator, which Confide seeds per site and round);
+      default: torch's ``default_collate`` (a ``TensorDataset`` is indexed directly).
     - ``prepare(fields, root) -> fields`` (optional): in a simulation, before any site is read, the fields
       completed from the data (for example the label vocabulary read from every site's files). A deployed server
       reads no data: there the job must give those fields.
@@ -104,7 +108,7 @@ class TaskKind(Generic[F]):
     loss: Callable[[F, Any, Any], Any] | None = None
     sites: Callable[[F, Path], Sequence[str]] | None = None
     pool: Callable[[F, Sequence[Any]], Any] | None = None
-    collate: Callable[[list[Any]], Any] | None = None
+    collate: Callable[[F, list[Any]], Any] | None = None
     prepare: Callable[[F, Path], F] | None = None
     describe: str = ""
 
@@ -115,6 +119,14 @@ class TaskKind(Generic[F]):
             raise TypeError(f"TaskKind.metrics names a metric twice: {self.metrics!r}")
         if not (isinstance(self.fields, type) and issubclass(self.fields, BaseModel)):
             raise TypeError(f"TaskKind.fields must be a pydantic model class, got {self.fields!r}")
+
+
+def device_of(model: Any) -> Any:
+    """The device a model's parameters are on (where its inputs must go): ``x.to(device_of(model))``."""
+    import torch
+
+    first = next(iter(model.parameters()), None)
+    return first.device if first is not None else torch.device("cpu")
 
 
 @dataclass(frozen=True)
@@ -166,4 +178,4 @@ def split_indices(
     return Split(train=train, test=np.array(sorted(test_set), dtype=np.int64))
 
 
-__all__ = ["Dataset", "NoFields", "Place", "SiteData", "Split", "TaskKind", "split_indices"]
+__all__ = ["Dataset", "NoFields", "Place", "SiteData", "Split", "TaskKind", "device_of", "split_indices"]

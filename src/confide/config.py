@@ -13,10 +13,10 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from confide.kinds.images.config import ImageTaskConfig
+from confide.kinds.mil.config import MilTaskConfig
 from confide.privacy.config import PrivacyConfig
 from confide.tasks.brain_tumor_config import BrainTumorTaskConfig
 from confide.tasks.mammo_config import MammoTaskConfig
-from confide.tasks.mil_config import MilTaskConfig
 from confide.tasks.python_config import PythonTaskConfig
 from confide.tasks.table_config import TableTaskConfig
 from confide.validation import read_yaml, validate_document

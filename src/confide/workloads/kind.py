@@ -74,8 +74,9 @@ def cross_entropy(fields: BaseModel, model: Any, batch: Any) -> torch.Tensor:
 
 
 def make_fetch(data: Any, collate: Callable[[list[Any]], Any] | None) -> Callable[[torch.Tensor], Any]:
-    """A batch of ``data`` from example indices: a TensorDataset is indexed directly, anything else collated."""
-    if isinstance(data, torch.utils.data.TensorDataset):
+    """A batch of ``data`` from example indices: collated by the task's ``collate``, else a TensorDataset indexed
+    directly and anything else through torch's default_collate."""
+    if collate is None and isinstance(data, torch.utils.data.TensorDataset):
         tensors = data.tensors
         return lambda idx: tuple(t[idx] for t in tensors)
     join = collate or torch.utils.data.default_collate
@@ -131,7 +132,8 @@ class TorchSiteTask:
         data = self.train_data
         if data is None or len(data) == 0:
             raise TaskError(f"site {self.site} has no training examples")
-        take = make_fetch(data, self.kind.collate)
+        collate = self.kind.collate
+        take = make_fetch(data, None if collate is None else lambda examples: collate(self.fields, examples))
         with seeded(self.seed, self.site, round, "augment"):
             return train_locally(
                 self.model,
@@ -193,9 +195,17 @@ class KindWorkload:
             raise TaskError(f"task {self.training.label}: build_model returned a {type(model).__name__}, not a module")
         return model
 
-    def _read(self, folder: Path, name: str, seed: int, test_fraction: float) -> SiteSplit:
+    def _read(self, folder: Path, name: str, seed: int, data: Any) -> SiteSplit:
+        place = Place(
+            Path(folder),
+            name,
+            seed,
+            float(data.test_fraction),
+            max_cases=data.max_cases_per_site,
+            on_bad_case=str(data.on_bad_case),
+        )
         with seeded(seed, name, "read"):
-            got = self.kind.read_site(self.fields, Place(Path(folder), name, seed, float(test_fraction)))
+            got = self.kind.read_site(self.fields, place)
         if not isinstance(got, SiteData):
             raise DataError(f"site {name}: the task's read_site returned a {type(got).__name__}, not a SiteData")
         if len(got.train) == 0:
@@ -224,8 +234,8 @@ class KindWorkload:
             raise DataError(f"data.root {root} holds no sites")
         out = []
         for name in names:
-            folder = root if self.kind.sites is not None else root / name
-            split = self._read(folder, name, seed, data.test_fraction)
+            folder = root / name if (root / name).is_dir() else root  # a table's sites are rows of one file
+            split = self._read(folder, name, seed, data)
             if split.test is None or len(split.test) == 0:
                 raise DataError(f"site {name}: a simulation scores every model on every site's test split; none read")
             out.append(split)
@@ -233,7 +243,7 @@ class KindWorkload:
         return out
 
     def load_site(self, data: Any, seed: int, root: Path, name: str) -> SiteSplit:
-        return self._read(Path(root), name, seed, data.test_fraction)
+        return self._read(Path(root), name, seed, data)
 
     def pool(self, parts: Sequence[Any]) -> Any:
         if self.kind.pool is not None:

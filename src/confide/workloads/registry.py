@@ -24,9 +24,10 @@ def make_workload(task: Any) -> Workload:
 
         return TableWorkload(task)
     if name == "mil":
-        from confide.workloads.histo import MilWorkload
+        from confide.kinds.mil.task import mil_kind
+        from confide.workloads.kind import KindWorkload, Training
 
-        return MilWorkload(task)
+        return KindWorkload(mil_kind(task), task, Training("mil", task.lr, task.batch_size, "adam", task.device))
     if name == "python":
         from confide.workloads.kind import python_workload
 

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from confide.data.slides import (
+from confide.errors import CaseError, ConfigError, DataError
+from confide.kinds.mil.slides import (
     SlideBag,
     common_dim,
     keep_dim,
@@ -17,7 +18,6 @@ from confide.data.slides import (
     split_by_patient,
     write_synthetic_slides,
 )
-from confide.errors import CaseError, ConfigError, DataError
 
 
 def _labels(folder: Path, rows: list[tuple[str, object, str]]) -> None:

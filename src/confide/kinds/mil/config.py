@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 class SyntheticSlidesSpec(BaseModel):
     """Generate slides with a known signal into ``data.root`` when it does not exist yet
-    (see :func:`confide.data.slides.write_synthetic_slides`)."""
+    (see :func:`confide.kinds.mil.slides.write_synthetic_slides`)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -18,6 +18,7 @@ class SyntheticSlidesSpec(BaseModel):
     tiles: int = Field(default=200, ge=4, le=100_000, description="mean tiles per slide (each holds 0.5-1.5 times)")
     dim: int = Field(default=64, ge=2, le=8192, description="feature dimension")
     format: Literal["safetensors", "h5", "mixed"] = "safetensors"
+    seed: int = Field(default=0, ge=0, description="the generator's seed (the slides do not depend on the job's)")
 
 
 class MilTaskConfig(BaseModel):
@@ -50,6 +51,9 @@ class MilTaskConfig(BaseModel):
     lr: float = Field(default=1e-3, gt=0, le=1)
     batch_size: int = Field(default=8, ge=1, le=1024, description="slides per step")
     max_tiles: int = Field(default=512, ge=1, le=1_000_000, description="tiles drawn per slide in a training step")
+    device: str = Field(
+        default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto (CUDA when present), cpu, cuda or cuda:N"
+    )
     synthetic: SyntheticSlidesSpec | None = None
 
     @model_validator(mode="after")

@@ -57,6 +57,9 @@ class SlideSet:
     def __len__(self) -> int:
         return len(self.bags)
 
+    def __getitem__(self, index: int) -> SlideBag:
+        return self.bags[index]
+
     def labels(self) -> np.ndarray:
         return np.array([bag.label for bag in self.bags], dtype=np.int64)
 
@@ -278,7 +281,7 @@ def _write_bag(path: Path, features: np.ndarray, coords: np.ndarray, tumour: np.
     if path.suffix == ".safetensors":
         from safetensors.numpy import save_file
 
-        save_file(arrays, str(path), metadata={"generator": "confide.data.slides.write_synthetic_slides"})
+        save_file(arrays, str(path), metadata={"generator": "confide.kinds.mil.slides.write_synthetic_slides"})
         return
     import h5py
 
