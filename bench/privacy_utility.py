@@ -35,8 +35,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from confide.config import parse_job
-from confide.data.phantom_writer import write_federation
 from confide.experiment import run_job
+from confide.kinds.brain_tumor.phantom_writer import write_federation
 from confide.privacy.ledger import noise_multiplier_for
 from confide.report.progress import ProgressDisplay
 

@@ -12,9 +12,9 @@ from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 from confide.cli_features import features_app
-from confide.kinds.mil.slides import read_bag
 from confide.errors import ConfigError
 from confide.features import ResNetTrunk, extract_features, image_tiles, load_resnet
+from confide.kinds.mil.slides import read_bag
 
 
 @pytest.fixture(autouse=True)

@@ -21,7 +21,7 @@ See docs/tasks.md.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -57,6 +57,7 @@ class Place:
     test_fraction: float  # the job's data.test_fraction, for a site without a predefined split
     max_cases: int | None = None  # the job's data.max_cases_per_site: read at most this many (None: all)
     on_bad_case: str = "skip"  # the job's data.on_bad_case: skip an unreadable input (and list it), or "stop"
+    progress: Callable[[str], None] = field(default=lambda line: None, compare=False)  # one line: what is read now
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,8 @@ class TaskKind(Generic[F]):
     - ``collate(fields, examples) -> batch`` (optional): a training batch from a list of examples, augmented
       where the task augments (draw from torch's global generator, which Confide seeds per site and round);
       default: torch's ``default_collate`` (a ``TensorDataset`` is indexed directly).
+    - ``augment(fields, batch, generator) -> batch`` (optional): a training batch augmented, drawing from
+      ``generator`` (seeded from the job, the site and the round), after ``collate``.
     - ``prepare(fields, root) -> fields`` (optional): in a simulation, before any site is read, the fields
       completed from the data (for example the label vocabulary read from every site's files). A deployed server
       reads no data: there the job must give those fields.
@@ -109,6 +112,7 @@ class TaskKind(Generic[F]):
     sites: Callable[[F, Path], Sequence[str]] | None = None
     pool: Callable[[F, Sequence[Any]], Any] | None = None
     collate: Callable[[F, list[Any]], Any] | None = None
+    augment: Callable[[F, Any, Any], Any] | None = None
     prepare: Callable[[F, Path], F] | None = None
     describe: str = ""
 

@@ -93,8 +93,13 @@ def demo(
         {
             "name": "demo",
             "seed": seed,
-            "task": {"model": model, "init_filters": filters, "roi": [roi, roi, roi]},
-            "data": {"root": str(out / "data"), "phantoms": {"sites": sites, "cases": cases}},
+            "task": {
+                "model": model,
+                "init_filters": filters,
+                "roi": [roi, roi, roi],
+                "phantoms": {"sites": sites, "cases": cases, "seed": seed},
+            },
+            "data": {"root": str(out / "data")},
             "federation": {"rounds": rounds, "local_steps": local_steps, "min_sites": sites},
             "compare": ["local", "pooled"],
             "report": {"out": str(out)},
@@ -144,7 +149,7 @@ def phantoms(
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
     """Write BraTS-layout phantom cases (MNI152-based brains with tumours), sites differing as hospitals do."""
-    from confide.data.phantom_writer import write_federation
+    from confide.kinds.brain_tumor.phantom_writer import write_federation
     from confide.report.progress import ProgressDisplay
 
     with ProgressDisplay(console) as display:

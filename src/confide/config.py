@@ -12,10 +12,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from confide.kinds.brain_tumor.config import BrainTumorTaskConfig
 from confide.kinds.images.config import ImageTaskConfig
 from confide.kinds.mil.config import MilTaskConfig
 from confide.privacy.config import PrivacyConfig
-from confide.tasks.brain_tumor_config import BrainTumorTaskConfig
 from confide.tasks.mammo_config import MammoTaskConfig
 from confide.tasks.python_config import PythonTaskConfig
 from confide.tasks.table_config import TableTaskConfig
@@ -26,13 +26,6 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class PhantomConfig(_Strict):
-    """Generate phantoms into ``data.root`` when it does not exist yet."""
-
-    sites: int = Field(default=4, ge=1, le=64)
-    cases: int = Field(default=20, ge=2, le=10_000, description="cases per site")
-
-
 class DataConfig(_Strict):
     root: Path = Field(description="a folder holding one sub-folder of BraTS cases per site")
     sites: list[str] = Field(default_factory=list, description="site folders to use; empty: all of them")
@@ -41,7 +34,6 @@ class DataConfig(_Strict):
     on_bad_case: Literal["skip", "stop"] = Field(
         default="skip", description="a case that cannot be read: skip it and list it in the report, or stop the job"
     )
-    phantoms: PhantomConfig | None = None
 
 
 class FederationConfig(_Strict):
@@ -166,9 +158,27 @@ class JobConfig(_Strict):
     @model_validator(mode="before")
     @classmethod
     def _task_name(cls, document: Any) -> Any:
-        """A task without a name is the brain-tumour task (job files written before there were others)."""
-        if isinstance(document, dict) and isinstance(document.get("task"), dict) and "name" not in document["task"]:
-            return {**document, "task": {**document["task"], "name": "brain_tumor"}}
+        """A task without a name is the brain-tumour task (job files written before there were others); the
+        phantoms of such jobs, under ``data.phantoms``, belong to the task (``task.phantoms``), generated with the
+        job's seed."""
+        if not isinstance(document, dict):
+            return document
+        task = document.get("task", {})
+        if isinstance(task, dict) and "name" not in task:
+            task = {**task, "name": "brain_tumor"}
+            document = {**document, "task": task}
+        data = document.get("data")
+        if (
+            isinstance(data, dict)
+            and "phantoms" in data
+            and isinstance(task, dict)
+            and task.get("name") == "brain_tumor"
+        ):
+            phantoms = data["phantoms"]
+            if isinstance(phantoms, dict) and "seed" not in phantoms:
+                phantoms = {**phantoms, "seed": document.get("seed", 0)}
+            rest = {k: v for k, v in data.items() if k != "phantoms"}
+            document = {**document, "data": rest, "task": {**task, "phantoms": phantoms}}
         return document
 
     @model_validator(mode="after")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from confide.data.phantom_writer import write_federation
+from confide.kinds.brain_tumor.phantom_writer import write_federation
 from confide.provision import parse_federation, provision
 
 pytestmark = pytest.mark.slow

@@ -22,10 +22,10 @@ from confide.cli import app
 from confide.config import JobConfig, load_job
 from confide.deploy import run_site, serve
 from confide.experiment import site_task
+from confide.kinds.brain_tumor.model import initial_arrays
 from confide.provision import parse_federation, provision
 from confide.records import Arrays
 from confide.site.runner import SiteRunner
-from confide.tasks.brain_tumor import initial_arrays
 
 pytestmark = pytest.mark.slow
 
@@ -47,7 +47,7 @@ def _job_file(tmp_path: Path, phantoms: Path, out: Path) -> Path:
 
 
 def test_the_simulated_and_the_deployed_federation_reach_the_same_model(tmp_path: Path) -> None:
-    from confide.data.phantom_writer import write_federation
+    from confide.kinds.brain_tumor.phantom_writer import write_federation
 
     phantoms = tmp_path / "phantoms"
     write_federation(phantoms, sites=3, cases=3, seed=0)

@@ -11,15 +11,15 @@ from typer.testing import CliRunner
 from confide.cli import app
 from confide.config import parse_job
 from confide.experiment import run_job
+from confide.kinds.brain_tumor.model import initial_arrays
 from confide.report.progress import ProgressDisplay
-from confide.tasks.brain_tumor import initial_arrays
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def phantom_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from confide.data.phantom_writer import write_federation
+    from confide.kinds.brain_tumor.phantom_writer import write_federation
 
     root = tmp_path_factory.mktemp("phantoms")
     write_federation(root, sites=3, cases=4, seed=0)

@@ -10,11 +10,26 @@ from monai.networks.nets import UNet
 
 from confide.config import BrainTumorTaskConfig
 from confide.errors import TaskError
+from confide.kinds.brain_tumor.model import SegData, build_model, initial_arrays
 from confide.privacy.config import DpSgdSpec
-from confide.tasks.brain_tumor import BrainTumorTask, SegData, build_model, initial_arrays
 from confide.tasks.dp_sgd import DpSgd
+from confide.workloads.kind import TorchSiteTask
+from confide.workloads.registry import make_workload
 
 CONFIG = BrainTumorTaskConfig(roi=(16, 16, 16), init_filters=4, augment=False)
+
+
+def BrainTumorTask(
+    config: BrainTumorTaskConfig,
+    train: SegData | None,
+    test: SegData | None,
+    *,
+    site: str,
+    seed: int = 0,
+    dp_sgd: DpSgdSpec | None = None,
+) -> TorchSiteTask:
+    workload = make_workload(config.model_copy(update={"device": "cpu"}))
+    return workload.task(train, test, site=site, seed=seed, dp_sgd=dp_sgd)  # type: ignore[return-value]
 
 
 def _batch(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -120,7 +120,7 @@ def test_a_failed_round_without_budget_refusals_still_fails() -> None:
 
 
 def test_a_private_simulation_writes_its_ledger_and_the_report_command_prints_it(tmp_path: Path) -> None:
-    from confide.data.phantom_writer import write_federation
+    from confide.kinds.brain_tumor.phantom_writer import write_federation
 
     write_federation(tmp_path / "data", sites=2, cases=3, seed=0)
     job = {
@@ -153,7 +153,7 @@ def test_a_private_simulation_writes_its_ledger_and_the_report_command_prints_it
 
 def test_a_simulation_that_spends_its_budget_still_writes_the_ledger_and_the_report(tmp_path: Path) -> None:
     """Before: a spent budget aborted `confide simulate` with no ledger or report written."""
-    from confide.data.phantom_writer import write_federation
+    from confide.kinds.brain_tumor.phantom_writer import write_federation
 
     write_federation(tmp_path / "data", sites=2, cases=3, seed=0)
     job = {

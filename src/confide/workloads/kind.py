@@ -141,7 +141,7 @@ class TorchSiteTask:
                 config,
                 self.memory,
                 n=len(data),
-                fetch=lambda idx, gen: to_device(take(idx), self.device),
+                fetch=lambda idx, gen: to_device(self._augmented(take(idx), gen), self.device),
                 loss=lambda module, batch: self._loss(self.fields, module, batch),
                 generator=torch.Generator().manual_seed(seed_of(self.seed, self.site, round, "train")),
                 dp=self.dp,
@@ -151,6 +151,10 @@ class TorchSiteTask:
                 batch_size=self.w.training.batch_size,
                 optimiser=self.w.training.optimizer,
             )
+
+    def _augmented(self, batch: Any, generator: torch.Generator) -> Any:
+        augment = self.kind.augment
+        return batch if augment is None or batch is None else augment(self.fields, batch, generator)
 
     def score(self, arrays: Arrays, data: Any) -> dict[str, float]:
         if data is None or len(data) == 0:
@@ -195,7 +199,7 @@ class KindWorkload:
             raise TaskError(f"task {self.training.label}: build_model returned a {type(model).__name__}, not a module")
         return model
 
-    def _read(self, folder: Path, name: str, seed: int, data: Any) -> SiteSplit:
+    def _read(self, folder: Path, name: str, seed: int, data: Any, progress: Progress | None = None) -> SiteSplit:
         place = Place(
             Path(folder),
             name,
@@ -203,6 +207,7 @@ class KindWorkload:
             float(data.test_fraction),
             max_cases=data.max_cases_per_site,
             on_bad_case=str(data.on_bad_case),
+            progress=progress or (lambda line: None),
         )
         with seeded(seed, name, "read"):
             got = self.kind.read_site(self.fields, place)
@@ -216,6 +221,8 @@ class KindWorkload:
     def site_names(self, root: Path) -> list[str]:
         if self.kind.sites is not None:
             return [str(name) for name in self.kind.sites(self.fields, root)]
+        if not root.exists():
+            raise DataError(f"data.root {root} does not exist")
         if not root.is_dir():
             raise DataError(f"data.root {root} is not a folder of sites (one sub-folder per site)")
         return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
@@ -223,6 +230,7 @@ class KindWorkload:
     def load_sites(self, data: Any, seed: int, progress: Progress) -> list[SiteSplit]:
         root = Path(data.root)
         if self.kind.prepare is not None:
+            progress("preparing the data")
             self.fields = self.kind.prepare(self.fields, root)
         names = self.site_names(root)
         if data.sites:
@@ -235,7 +243,7 @@ class KindWorkload:
         out = []
         for name in names:
             folder = root / name if (root / name).is_dir() else root  # a table's sites are rows of one file
-            split = self._read(folder, name, seed, data)
+            split = self._read(folder, name, seed, data, progress)
             if split.test is None or len(split.test) == 0:
                 raise DataError(f"site {name}: a simulation scores every model on every site's test split; none read")
             out.append(split)
@@ -260,7 +268,9 @@ class KindWorkload:
         return TorchSiteTask(self, train, test, site=site, seed=seed, dp_sgd=dp_sgd)
 
     def initial(self, seed: int) -> Arrays:
-        with seeded(seed, "model"):
+        """The untrained global model: torch seeded with the job's seed, so the same job starts alike anywhere."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
             return module_arrays(self.network())
 
     def norm_names(self) -> frozenset[str]:

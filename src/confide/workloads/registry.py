@@ -12,9 +12,11 @@ def make_workload(task: Any) -> Workload:
     """The workload for ``job.task`` (dispatched on its ``name``)."""
     name = getattr(task, "name", None)
     if name == "brain_tumor":
-        from confide.workloads.brain_tumor import BrainTumorWorkload
+        from confide.kinds.brain_tumor.task import brain_tumor_kind
+        from confide.workloads.kind import KindWorkload, Training
 
-        return BrainTumorWorkload(task)
+        training = Training("brain_tumor", task.lr, task.batch_size, "adam", task.device)
+        return KindWorkload(brain_tumor_kind(task), task, training)
     if name == "mammo_density":
         from confide.workloads.mammo import MammoWorkload
 

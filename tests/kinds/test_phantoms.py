@@ -1,4 +1,4 @@
-"""Tests of the synthetic brain-tumour phantoms (confide.data.phantoms)."""
+"""Tests of the synthetic brain-tumour phantoms (confide.kinds.brain_tumor.phantoms)."""
 
 from __future__ import annotations
 
@@ -12,15 +12,15 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from confide.data.phantom_writer import write_federation
-from confide.data.phantoms import (
+from confide.errors import ConfigError
+from confide.kinds.brain_tumor.phantom_writer import write_federation
+from confide.kinds.brain_tumor.phantoms import (
     MODALITIES,
     PhantomCase,
     SiteProfile,
     default_site_profiles,
     generate_case,
 )
-from confide.errors import ConfigError
 
 CLEAN = SiteProfile(
     name="clean",

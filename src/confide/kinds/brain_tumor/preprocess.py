@@ -28,8 +28,8 @@ import torch.nn.functional as F
 from nibabel.processing import resample_from_to
 from scipy import ndimage
 
-from confide.data.brats import MODALITIES, BratsCase, CaseProblem
 from confide.errors import CaseError, ConfigError
+from confide.kinds.brain_tumor.brats import MODALITIES, BratsCase, CaseProblem
 
 SKULL_STRIPPED_ZERO_FRACTION = 0.3
 """Data with at least this fraction of exact zeros (in every modality) count as skull-stripped."""

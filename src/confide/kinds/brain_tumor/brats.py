@@ -11,7 +11,7 @@ Every file may be ``.nii.gz`` or ``.nii``. Inside Confide the modalities are alw
 ``t1``, ``t1c``, ``t2`` and ``flair``, in that order (:data:`MODALITIES`).
 
 :func:`discover_cases` only looks at file names; reading and checking the voxels is the job of
-:mod:`confide.data.preprocess`. :func:`read_case_folder` reads one folder whose files use other
+:mod:`confide.kinds.brain_tumor.preprocess`. :func:`read_case_folder` reads one folder whose files use other
 common names (``T1.nii.gz``, ``t1_gd.nii``, ``FLAIR.nii.gz`` ...), such as a case exported from TCIA.
 """
 
@@ -159,7 +159,7 @@ def _case_from_folder(folder: Path, files: list[Path], case_id: str, require_seg
             case_id,
             folder,
             f"no file follows BraTS naming (files: {names}); looked for {_scheme_help()}; "
-            "read folders with other names with confide.data.brats.read_case_folder",
+            "read folders with other names with confide.kinds.brain_tumor.brats.read_case_folder",
         )
     schemes = sorted({m[0] for m in matched})
     if len(schemes) > 1:

@@ -7,6 +7,16 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
+class PhantomConfig(BaseModel):
+    """Generate BraTS-layout phantoms into ``data.root`` when it does not exist yet (a simulation)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    sites: int = Field(default=4, ge=1, le=64)
+    cases: int = Field(default=20, ge=2, le=10_000, description="cases per site")
+    seed: int = Field(default=0, ge=0, description="the generator's seed (a job's data.phantoms takes the job's)")
+
+
 class BrainTumorTaskConfig(BaseModel):
     """The 3D brain-tumour segmentation task (BraTS regions WT, TC, ET)."""
 
@@ -19,6 +29,10 @@ class BrainTumorTaskConfig(BaseModel):
     lr: float = Field(default=2e-3, gt=0, le=1)
     batch_size: int = Field(default=2, ge=1, le=64)
     augment: bool = True
+    device: str = Field(
+        default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto (CUDA when present), cpu, cuda or cuda:N"
+    )
+    phantoms: PhantomConfig | None = None
 
     @model_validator(mode="after")
     def _roi_fits_the_network(self) -> BrainTumorTaskConfig:

@@ -4,10 +4,10 @@ from pathlib import Path
 
 import pytest
 
-from confide.data.federation import load_site, site_folders, split_cases
-from confide.data.phantom_writer import write_federation
-from confide.data.preprocess import PreprocessConfig
 from confide.errors import CaseError, DataError
+from confide.kinds.brain_tumor.federation import load_site, site_folders, split_cases
+from confide.kinds.brain_tumor.phantom_writer import write_federation
+from confide.kinds.brain_tumor.preprocess import PreprocessConfig
 
 PRE = PreprocessConfig(roi=(16, 16, 16))
 

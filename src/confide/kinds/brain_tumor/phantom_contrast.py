@@ -1,6 +1,6 @@
 """Tissue contrast tables and hospital site profiles for the synthetic brain-tumour phantoms.
 
-:mod:`confide.data.phantoms` paints each voxel as a mixture of tissue classes (grey matter, white
+:mod:`confide.kinds.brain_tumor.phantoms` paints each voxel as a mixture of tissue classes (grey matter, white
 matter, CSF and the tumour compartments) and gives every class a relative intensity per MRI
 modality from :data:`TISSUE_INTENSITY`. The values follow the usual appearance of a glioma on
 clinical MRI, relative to normal white matter on T1:

@@ -9,7 +9,7 @@ brain mask; CSF is the rest of the brain mask), and then:
    non-enhancing core for low grade), oedema that spreads further along white matter, and a mass
    effect that pushes the surrounding tissue away;
 3. paints T1, T1c, T2 and FLAIR from the tissue fractions of every voxel (partial volume) using
-   :data:`~confide.data.phantom_contrast.TISSUE_INTENSITY`, with some texture in the tumour;
+   :data:`~confide.kinds.brain_tumor.phantom_contrast.TISSUE_INTENSITY`, with some texture in the tumour;
 4. applies the site's acquisition: contrast, gain, a smooth multiplicative bias field, Rician noise,
    skull stripping and resampling to the site's voxel grid.
 
@@ -29,7 +29,8 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import ndimage, special
 
-from confide.data.phantom_contrast import (
+from confide.errors import ConfigError
+from confide.kinds.brain_tumor.phantom_contrast import (
     MODALITIES,
     TEMPLATE_DETAIL_WEIGHT,
     TISSUE_INTENSITY,
@@ -37,8 +38,15 @@ from confide.data.phantom_contrast import (
     default_site_profiles,
     profile_problems,
 )
-from confide.data.phantom_fields import F32, Atlas, Box, load_atlas, random_rotation, small_rotation, smooth_field
-from confide.errors import ConfigError
+from confide.kinds.brain_tumor.phantom_fields import (
+    F32,
+    Atlas,
+    Box,
+    load_atlas,
+    random_rotation,
+    small_rotation,
+    smooth_field,
+)
 
 __all__ = [
     "FILE_SUFFIXES",

@@ -1,4 +1,4 @@
-"""Tests of confide.data.brats: finding BraTS cases by file name and turning labels into regions."""
+"""Tests of confide.kinds.brain_tumor.brats: finding BraTS cases by file name and turning labels into regions."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from confide.data.brats import MODALITIES, BratsCase, discover_cases, labels_to_regions, read_case_folder
 from confide.errors import CaseError, ConfigError, DataError
+from confide.kinds.brain_tumor.brats import MODALITIES, BratsCase, discover_cases, labels_to_regions, read_case_folder
 
 SUFFIXES_2021 = {"t1": "_t1", "t1c": "_t1ce", "t2": "_t2", "flair": "_flair", "seg": "_seg"}
 SUFFIXES_2023 = {"t1": "-t1n", "t1c": "-t1c", "t2": "-t2w", "flair": "-t2f", "seg": "-seg"}

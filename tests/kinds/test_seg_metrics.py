@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from confide.tasks.seg_metrics import dice, region_dice
+from confide.kinds.brain_tumor.metrics import dice, region_dice
 
 
 def test_dice_hand_computed() -> None:

@@ -13,9 +13,9 @@ from typing import Literal
 
 import numpy as np
 
-from confide.data.brats import CaseProblem, discover_cases
-from confide.data.preprocess import PreparedCase, PreprocessConfig, prepare_case
 from confide.errors import CaseError, DataError
+from confide.kinds.brain_tumor.brats import CaseProblem, discover_cases
+from confide.kinds.brain_tumor.preprocess import PreparedCase, PreprocessConfig, prepare_case
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,9 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
-from confide.data.phantom_contrast import SiteProfile, default_site_profiles, profile_problems
-from confide.data.phantoms import FILE_SUFFIXES, MODALITIES, generate_case
 from confide.errors import ConfigError
+from confide.kinds.brain_tumor.phantom_contrast import SiteProfile, default_site_profiles, profile_problems
+from confide.kinds.brain_tumor.phantoms import FILE_SUFFIXES, MODALITIES, generate_case
 
 
 def case_id(site_index: int, case_index: int) -> str:
@@ -107,7 +107,7 @@ def write_federation(
         )
 
     record = {
-        "generator": "confide.data.phantoms",
+        "generator": "confide.kinds.brain_tumor.phantoms",
         "format": "BraTS2021",
         "template": "MNI152 (nilearn bundled), 2 mm",
         "seed": int(seed),

@@ -5,8 +5,11 @@ import pytest
 
 from confide.config import BrainTumorTaskConfig
 from confide.errors import DataError, TaskError
-from confide.tasks.brain_tumor import BrainTumorTask, SegData, initial_arrays
+from confide.kinds.brain_tumor.model import SegData, initial_arrays
+from confide.privacy.config import DpSgdSpec
 from confide.tasks.torch_io import load_arrays
+from confide.workloads.kind import TorchSiteTask
+from confide.workloads.registry import make_workload
 
 
 def _blobs(n: int, seed: int, size: int = 16) -> SegData:
@@ -24,6 +27,19 @@ def _blobs(n: int, seed: int, size: int = 16) -> SegData:
 
 
 CONFIG = BrainTumorTaskConfig(roi=(16, 16, 16), init_filters=4, lr=0.01, augment=False)
+
+
+def BrainTumorTask(
+    config: BrainTumorTaskConfig,
+    train: SegData | None,
+    test: SegData | None,
+    *,
+    site: str,
+    seed: int = 0,
+    dp_sgd: DpSgdSpec | None = None,
+) -> TorchSiteTask:
+    workload = make_workload(config.model_copy(update={"device": "cpu"}))
+    return workload.task(train, test, site=site, seed=seed, dp_sgd=dp_sgd)  # type: ignore[return-value]
 
 
 def test_initial_model_is_deterministic_per_seed() -> None:
@@ -54,8 +70,9 @@ def test_evaluate_reports_region_dice_in_range() -> None:
     res = task.evaluate(initial_arrays(CONFIG, 0), {}, round=1)
 
     assert res.num_examples == 3
-    assert set(res.metrics) == {"dice_wt", "dice_tc", "dice_et", "dice_mean"}
+    assert set(res.metrics) == {"dice_wt", "dice_tc", "dice_et", "dice_mean", "loss"}
     assert all(0.0 <= v <= 1.0 for v in res.metrics.values())
+    assert res.loss == pytest.approx(1.0 - res.metrics["dice_mean"])
 
 
 def test_nan_input_fails_loudly() -> None:
@@ -70,9 +87,9 @@ def test_nan_input_fails_loudly() -> None:
 def test_site_without_data_says_so() -> None:
     task = BrainTumorTask(CONFIG, None, None, site="empty")
 
-    with pytest.raises(TaskError, match="no training cases"):
+    with pytest.raises(TaskError, match="no training examples"):
         task.train(initial_arrays(CONFIG, 0), {}, round=1)
-    with pytest.raises(TaskError, match="no test cases"):
+    with pytest.raises(TaskError, match="no test examples"):
         task.evaluate(initial_arrays(CONFIG, 0), {}, round=1)
 
 

@@ -1,4 +1,4 @@
-"""Tests of confide.data.preprocess on small synthetic NIfTI cases and on the two real cases."""
+"""Tests of confide.kinds.brain_tumor.preprocess on small synthetic NIfTI cases and on the two real cases."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from confide.data.brats import MODALITIES, BratsCase, discover_cases, labels_to_regions, read_case_folder
-from confide.data.preprocess import PreprocessConfig, prepare_case, prepare_cases
 from confide.errors import CaseError, ConfigError
+from confide.kinds.brain_tumor.brats import MODALITIES, BratsCase, discover_cases, labels_to_regions, read_case_folder
+from confide.kinds.brain_tumor.preprocess import PreprocessConfig, prepare_case, prepare_cases
 
 SUFFIX = {"2021": {"t1": "_t1", "t1c": "_t1ce", "t2": "_t2", "flair": "_flair", "seg": "_seg"},
           "2023": {"t1": "-t1n", "t1c": "-t1c", "t2": "-t2w", "flair": "-t2f", "seg": "-seg"}}  # fmt: skip
