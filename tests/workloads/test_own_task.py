@@ -174,3 +174,31 @@ def test_the_confide_new_command_prints_the_next_step(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "confide simulate" in result.output and (tmp_path / "my_study" / "task.py").is_file()
     assert load_job(tmp_path / "my_study" / "job.yaml").task.name == "python"
+
+
+def test_device_auto_spreads_the_sites_over_the_gpus_and_falls_back_to_the_cpu(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import torch
+
+    from confide.workloads.kind import pick_device
+
+    assert pick_device("auto", 3).type == "cpu" or torch.cuda.is_available()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+
+    placed = [str(pick_device("auto", i)) for i in range(4)]
+
+    assert placed == ["cuda:0", "cuda:1", "cuda:0", "cuda:1"]
+    assert str(pick_device("cuda:1", 0)) == "cuda:1" and str(pick_device("cpu", 1)) == "cpu"
+
+
+def test_a_cuda_device_on_a_machine_without_one_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from confide.workloads.kind import pick_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+    with pytest.raises(TaskError, match=r"task\.device 'cuda:0': this machine has no CUDA device"):
+        pick_device("cuda:0")

@@ -43,10 +43,14 @@ def seeded(*parts: object) -> Iterator[None]:
         yield
 
 
-def pick_device(name: str) -> torch.device:
-    """The device a task's config asks for; ``auto`` is the first CUDA device when there is one."""
+def pick_device(name: str, index: int = 0) -> torch.device:
+    """The device a task's config asks for. ``auto`` is a CUDA device when there is one: with several, the
+    ``index``-th site (in the order the simulator builds them) goes to device ``index`` modulo their number, so the
+    sites of a simulation share the GPUs."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        return torch.device(f"cuda:{index % max(torch.cuda.device_count(), 1)}")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise TaskError(f"task.device {name!r}: this machine has no CUDA device (use auto or cpu)")
     return torch.device(name)
@@ -110,7 +114,7 @@ class TorchSiteTask:
         self.w, self.kind, self.fields = workload, workload.kind, workload.fields
         self.train_data, self.test_data = train, test
         self.site, self.seed = site, seed
-        self.device = pick_device(workload.training.device)
+        self.device = workload.place()
         with seeded(seed, "model"):
             self.model = workload.network().to(self.device)
         self.dp = (
@@ -190,8 +194,15 @@ class KindWorkload:
 
     def __init__(self, kind: TaskKind[Any], fields: BaseModel, training: Training) -> None:
         self.kind, self.fields, self.training = kind, fields, training
+        self._placed = 0  # site tasks built so far: under device auto, each goes to the next GPU
         self.metric = self.kind.metrics[0]
         self.metric_keys = tuple(self.kind.metrics)
+
+    def place(self) -> torch.device:
+        """The device of the next site task built."""
+        device = pick_device(self.training.device, self._placed)
+        self._placed += 1
+        return device
 
     def network(self) -> torch.nn.Module:
         model = self.kind.build_model(self.fields)
