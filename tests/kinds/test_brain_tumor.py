@@ -108,3 +108,10 @@ def test_segdata_checks_shapes() -> None:
             regions=np.zeros((2, 3, 4, 4, 4), bool),
             case_ids=("a", "b"),
         )
+
+
+def test_the_headline_is_the_mean_dice_and_every_region_is_reported() -> None:
+    workload = make_workload(CONFIG)
+
+    assert workload.metric == "dice_mean"
+    assert set(workload.metric_keys) == {"dice_mean", "dice_wt", "dice_tc", "dice_et"}
