@@ -158,6 +158,31 @@ def phantoms(
     console.print(f"wrote {sites * cases} cases in {len(folders)} site folders under {out}")
 
 
+@data_app.command("images")
+@_clean_errors
+def images(
+    out: Annotated[Path, typer.Option(help="a new folder to write one sub-folder per site into")],
+    sites: Annotated[int, typer.Option(min=1, max=32)] = 3,
+    patients: Annotated[int, typer.Option(min=2, help="patients per site, two images (eyes) each")] = 60,
+    size: Annotated[int, typer.Option(min=32, max=1024, help="side of the images (each camera varies it)")] = 128,
+    test_fraction: Annotated[float, typer.Option(min=0.01, max=0.99, help="share of patients marked test")] = 0.25,
+    image_format: Annotated[str, typer.Option("--format", help="png, jpeg or mixed")] = "png",
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Write colour images with five ordinal grades (fundus-like), each site its own camera, with labels.csv
+    (file,label,split,patient) for the image_classification task."""
+    from confide.errors import ConfigError
+    from confide.kinds.images.synthetic import FORMATS, write_grades
+
+    fmt = FORMATS.get(image_format)
+    if fmt is None:
+        raise ConfigError(f"--format must be one of {sorted(FORMATS)}, got {image_format!r}")
+    folders = write_grades(
+        out, sites=sites, patients=patients, size=size, test_fraction=test_fraction, fmt=fmt, seed=seed
+    )
+    console.print(f"wrote {sites * patients * 2} images of five grades in {len(folders)} site folders under {out}")
+
+
 @app.command("provision")
 @_clean_errors
 def provision_cmd(

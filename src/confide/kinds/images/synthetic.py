@@ -31,6 +31,7 @@ LESIONS = (0.4, 4.0, 9.0, 16.0, 26.0)  # mean lesion count per grade
 PREVALENCE = np.array([0.36, 0.22, 0.2, 0.13, 0.09])
 GRADES = len(LESIONS)
 Format = Literal["png", "jpeg", "mixed"]
+FORMATS: dict[str, Format] = {"png": "png", "jpeg": "jpeg", "mixed": "mixed"}
 
 
 @dataclass(frozen=True)
