@@ -15,7 +15,7 @@ from confide.sim import simulate
 from confide.strategies import FedOpt, make_strategy
 from confide.strategies.base import StrategyState
 from confide.strategies.fedavg import Missing
-from confide.strategies.fedopt import Variant, server_lr_for
+from confide.strategies.fedopt import DEFAULT_SERVER_LR, Variant, server_lr_for
 from tests.helpers import QuadraticTask, arrays
 
 
@@ -74,12 +74,12 @@ def test_yogi_shrinks_v_less_than_adam_when_v_exceeds_delta_squared(variant: Var
     assert _moment(strategy, "v/w") == pytest.approx(expected_v, abs=1e-6)
 
 
-def test_defaults_are_the_papers_recommendations() -> None:
+def test_defaults_are_the_papers_moments_and_the_measured_server_rate() -> None:
     strategy = FedOpt()
 
     assert (strategy.name, strategy.server_lr, strategy.beta1, strategy.beta2, strategy.tau) == (
         "fedadam",
-        1e-2,
+        0.03,  # measured on the shipped jobs (README, "Strategies")
         0.9,
         0.99,
         1e-3,
@@ -211,3 +211,14 @@ def test_client_level_dp_is_still_refused_with_a_server_optimiser() -> None:
         parse_job({"data": {"root": "x"}, "federation": {"strategy": "fedyogi"}, "privacy": gaussian})
     with pytest.raises(ValueError, match="cannot carry it"):
         make_strategy("fedyogi", {}, privacy=PrivacyConfig.model_validate(gaussian))
+
+
+@pytest.mark.parametrize(("name", "variant"), [("fedadam", "adam"), ("fedyogi", "yogi"), ("fedadagrad", "adagrad")])
+def test_a_job_without_server_lr_runs_at_its_strategys_default(name: str, variant: Variant) -> None:
+    job = parse_job({"data": {"root": "x"}, "federation": {"strategy": name}})
+
+    rate = server_lr_for(job.federation.strategy, job.federation.server_lr)
+
+    assert job.federation.server_lr is None
+    assert rate == DEFAULT_SERVER_LR[variant] == FedOpt(variant=variant).server_lr
+    assert server_lr_for(name, 0.25) == 0.25  # a rate the job gives wins
