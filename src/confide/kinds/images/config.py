@@ -5,7 +5,7 @@ No torch here: the job file is read by every command, the server's included.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
@@ -60,6 +60,11 @@ class ImageTaskConfig(BaseModel):
         description="normalisation layers: group and instance work with DP-SGD and every strategy; batch is refused "
         "by DP-SGD (it mixes a batch's images) and keeps each site's statistics under FedBN",
     )
+    intensity: Literal["standardize", "raw"] = Field(
+        default="standardize",
+        description="standardize: each image's channels scaled to mean 0 and standard deviation 1 before the network "
+        "(removes a camera's brightness and colour cast); raw: pixels in [0, 1] as read",
+    )
     dropout: float = Field(default=0.0, ge=0, lt=1, description="dropout before the classifier")
     augment: bool = Field(
         default=True, description="flips, small shifts and intensity jitter while training, milder on small images"
@@ -72,6 +77,14 @@ class ImageTaskConfig(BaseModel):
         default=None, description="generate colour images with five ordinal grades into data.root when it is absent"
     )
     _read_from_data: bool = PrivateAttr(default=False)  # classes completed by prepare, for the report's notes
+
+    @model_validator(mode="before")
+    @classmethod
+    def _synthetic_grades(cls, document: Any) -> Any:
+        """Generated images have known grades: they are the classes unless the job gives its own."""
+        if isinstance(document, dict) and document.get("synthetic") is not None and document.get("classes") is None:
+            return {**document, "classes": SYNTHETIC_CLASSES}
+        return document
 
     @field_validator("classes")
     @classmethod

@@ -93,8 +93,18 @@ def monai_network(config: ImageTaskConfig, n_classes: int) -> torch.nn.Module:
     return replace_batch_norms(network, config.norm)
 
 
+class Standardize(torch.nn.Module):
+    """Each image's channels scaled to mean 0 and standard deviation 1 (a constant channel to 0)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean = x.mean(dim=(2, 3), keepdim=True)
+        std = x.std(dim=(2, 3), keepdim=True, unbiased=False)
+        return (x - mean) / (std + 1e-6)
+
+
 def build_network(config: ImageTaskConfig, n_classes: int) -> torch.nn.Module:
     """The untrained network the config names, for ``n_classes`` classes (torch's generator draws its weights)."""
-    if config.model == "small_cnn":
-        return small_cnn(config, n_classes)
-    return monai_network(config, n_classes)
+    network = small_cnn(config, n_classes) if config.model == "small_cnn" else monai_network(config, n_classes)
+    if config.intensity == "standardize":
+        return torch.nn.Sequential(Standardize(), network)
+    return network

@@ -23,7 +23,7 @@ import torch
 from confide.api import TaskKind
 from confide.errors import TaskError
 from confide.kinds.images.augment import augment_batch, augment_spec
-from confide.kinds.images.config import SYNTHETIC_CLASSES, ImageTaskConfig
+from confide.kinds.images.config import ImageTaskConfig
 from confide.kinds.images.dataset import ImageSet
 from confide.kinds.images.labels import LABELS_FILE, discover_classes
 from confide.kinds.images.metrics import image_scores, metric_keys
@@ -50,20 +50,17 @@ def prepare(config: ImageTaskConfig, root: Path) -> ImageTaskConfig:
         )
     if config.classes is not None:
         return config
-    if spec is not None:
-        found: tuple[str, ...] = SYNTHETIC_CLASSES
-    else:
-        found, files = discover_classes(Path(root))
-        log.warning(
-            "task.classes is not in the job: read %s from %d %s files; add this line to the task to fix them "
-            "(a deployment needs it%s): classes: [%s]",
-            list(found),
-            len(files),
-            LABELS_FILE,
-            ", and ordinal grades follow its order" if config.ordinal else "",
-            ", ".join(found),
-        )
-    return config.with_classes(found, read_from_data=spec is None)
+    found, files = discover_classes(Path(root))
+    log.warning(
+        "task.classes is not in the job: read %s from %d %s files; add this line to the task to fix them "
+        "(a deployment needs it%s): classes: [%s]",
+        list(found),
+        len(files),
+        LABELS_FILE,
+        ", and ordinal grades follow its order" if config.ordinal else "",
+        ", ".join(found),
+    )
+    return config.with_classes(found, read_from_data=True)
 
 
 def build_model(config: ImageTaskConfig) -> torch.nn.Module:

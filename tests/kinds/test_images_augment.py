@@ -1,0 +1,65 @@
+"""Augmentation: reproducible from torch's generator, shape-preserving, mild on small images."""
+
+from __future__ import annotations
+
+import torch
+
+from confide.kinds.images.augment import augment_batch, augment_spec
+
+
+def _batch(n: int = 6, channels: int = 3, side: int = 28) -> torch.Tensor:
+    return torch.rand(n, channels, side, side, generator=torch.Generator().manual_seed(1))
+
+
+def test_the_same_seed_gives_the_same_augmentation_and_another_seed_another() -> None:
+    x = _batch(side=64)
+    spec = augment_spec(64)
+
+    torch.manual_seed(5)
+    first = augment_batch(x, spec)
+    torch.manual_seed(5)
+    again = augment_batch(x, spec)
+    torch.manual_seed(6)
+    other = augment_batch(x, spec)
+
+    assert torch.equal(first, again)
+    assert not torch.equal(first, other)
+    assert not torch.equal(first, x)
+
+
+def test_augmentation_keeps_shape_dtype_and_range() -> None:
+    for side, channels in ((16, 1), (28, 3), (96, 1), (128, 3)):
+        x = _batch(channels=channels, side=side)
+
+        out = augment_batch(x, augment_spec(side))
+
+        assert out.shape == x.shape and out.dtype == x.dtype
+        assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
+
+
+def test_small_images_are_moved_by_whole_pixels_only() -> None:
+    # at 28 px there is no rotation or zoom: a flip and a whole-pixel shift move a sharp square without blurring it
+    spec = augment_spec(28)
+    x = torch.zeros(1, 1, 28, 28)
+    x[0, 0, 10:18, 10:18] = 1.0  # a bright square on black
+    torch.manual_seed(0)
+
+    out = augment_batch(x, spec)
+
+    assert spec.whole_pixels and spec.rotate_deg == 0 and spec.zoom == 0 and spec.shift_px <= 2
+    bright = out[0, 0] > out[0, 0].mean()
+    assert int(bright.sum()) == 64  # still an 8 x 8 square: no blur from sub-pixel resampling
+    rows, cols = torch.nonzero(bright, as_tuple=True)
+    assert int(rows.max() - rows.min()) == 7 and int(cols.max() - cols.min()) == 7
+    assert abs(int(rows.min()) - 10) <= 2 and abs(int(cols.min()) - 10) <= 2
+
+
+def test_larger_images_get_rotation_and_zoom_growing_with_the_side() -> None:
+    assert augment_spec(64).rotate_deg < augment_spec(96).rotate_deg == augment_spec(512).rotate_deg == 10.0
+    assert augment_spec(128).shift_px > augment_spec(64).shift_px
+
+
+def test_an_empty_batch_passes_through() -> None:
+    x = torch.zeros(0, 1, 32, 32)
+
+    assert augment_batch(x, augment_spec(32)).shape == (0, 1, 32, 32)
