@@ -21,6 +21,8 @@ from confide.records import Arrays
 from confide.report.progress import ProgressDisplay
 from confide.workloads.registry import make_workload
 
+pytestmark = pytest.mark.slow
+
 FEATURES = ["x1", "x2", "x3", "x4"]
 
 
