@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from confide.api import SiteData
+from confide.api import Place, SiteData
 from confide.errors import ConfigError, DataError
 from confide.kinds.images.dataset import ImageSet
 from confide.kinds.images.labels import discover_classes, read_labels, vocabulary
@@ -232,3 +232,17 @@ def test_a_site_without_a_readable_image_names_the_folder_and_the_first_reasons(
 
     with pytest.raises(DataError, match=r"site site-a: no readable image in .*s \(2 listed.*x\.png: not a readable"):
         read_site(config(), place(folder))
+
+
+def test_on_bad_case_stop_names_the_file_and_max_cases_reads_the_first_images(tmp_path: Path) -> None:
+    folder = _site(tmp_path / "s", n=8)
+    strict = Place(folder, "site-a", 0, 0.5, on_bad_case="stop")
+    first_six = Place(folder, "site-a", 0, 0.5, max_cases=6)
+
+    train, test = sets(read_site(config(), first_six))
+    with open(folder / "labels.csv", "a") as handle:
+        handle.write("gone.png,a\n")
+
+    assert test is not None and sorted(train.files + test.files) == [f"img{i:02d}.png" for i in range(6)]
+    with pytest.raises(DataError, match=r"site site-a: .*gone\.png: line 10: listed in labels\.csv but not found"):
+        read_site(config(), strict)

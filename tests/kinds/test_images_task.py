@@ -163,3 +163,18 @@ def test_the_data_images_command_writes_site_folders_with_split_and_patients(tmp
     for r in rows:
         by_patient.setdefault(r["patient"], set()).add(r["split"])
     assert all(len(splits) == 1 for splits in by_patient.values())  # a patient's two eyes on one side
+
+
+def test_a_round_of_augmented_training_reproduces_bit_for_bit() -> None:
+    workload = make_workload(ImageTaskConfig(classes=("a", "b"), image_size=16, width=4, augment=True))
+
+    def one_round() -> list[np.ndarray]:
+        task = workload.task(_blobs(32, 0), None, site="s", seed=3, dp_sgd=None)
+        result = task.train(workload.initial(3), {"local_steps": 3, "batch_size": 8}, round=2)
+        assert isinstance(result.update, Arrays)
+        return list(result.update.values())
+
+    first, again = one_round(), one_round()
+
+    assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
+    assert any(np.abs(a).max() > 0 for a in first)

@@ -1,4 +1,4 @@
-"""Training-time augmentation of a batch, scaled to the image size, drawn from torch's global generator.
+"""Training-time augmentation of a batch, scaled to the image size, drawn from the generator it is given.
 
 Each image gets its own draw: a left-right flip (probability 1/2), a shift, and above 48 pixels a small rotation and
 zoom, all in one affine resampling; then a brightness offset and a contrast factor, and for colour a gain per
@@ -10,8 +10,9 @@ channel (a camera's colour cast). How far each goes follows the image side:
 - from 48 pixels: shifts up to 4 % of the side, rotations up to 10 degrees and zoom within 5 %, growing to these
   bounds by 96 pixels.
 
-The draws come from torch's global generator, which Confide seeds from the job, the site and the round around
-every round of training, so a job reproduces; each image's transform depends on its own draws only, as DP-SGD needs.
+The draws come from the generator passed in (through :attr:`confide.api.TaskKind.augment`, Confide's training
+generator, seeded from the job, the site and the round), so a job reproduces bit for bit; each image's transform
+depends on its own draws only, so the loss stays a mean of per-image terms, as DP-SGD needs.
 """
 
 from __future__ import annotations
@@ -65,27 +66,30 @@ def augment_spec(image_size: int) -> AugmentSpec:
     )
 
 
-def _within(n: int, bound: float, device: torch.device) -> torch.Tensor:
-    """``n`` draws uniform in [-bound, bound]."""
-    return (torch.rand(n) * 2 - 1).to(device) * bound
+def _within(n: int, bound: float, gen: torch.Generator, device: torch.device) -> torch.Tensor:
+    """``n`` draws uniform in [-bound, bound] from ``gen`` (on the CPU), on ``device``."""
+    return (torch.rand(n, generator=gen) * 2 - 1).to(device) * bound
 
 
-def augment_batch(x: torch.Tensor, spec: AugmentSpec) -> torch.Tensor:
-    """A randomly changed copy of the batch ``x`` (N, C, S, S), float in [0, 1]; shape and dtype kept."""
+def augment_batch(x: torch.Tensor, spec: AugmentSpec, gen: torch.Generator) -> torch.Tensor:
+    """A randomly changed copy of the batch ``x`` (N, C, S, S), float in [0, 1], drawn from ``gen`` (a CPU
+    generator); shape, dtype and device kept."""
     n, channels, height, width = x.shape
     if n == 0:
         return x
     device = x.device
-    flips = torch.where(torch.rand(n) < 0.5, -1.0, 1.0).to(device) if spec.flip else torch.ones(n, device=device)
+    flips = torch.ones(n, device=device)
+    if spec.flip:
+        flips = torch.where(torch.rand(n, generator=gen) < 0.5, -1.0, 1.0).to(device)
     if spec.whole_pixels:
         reach = int(spec.shift_px)
-        shifts = torch.randint(-reach, reach + 1, (n, 2)).to(device=device, dtype=x.dtype)
+        shifts = torch.randint(-reach, reach + 1, (n, 2), generator=gen).to(device=device, dtype=x.dtype)
         angle = torch.zeros(n, device=device)
         scale = torch.ones(n, device=device)
     else:
-        shifts = torch.stack([_within(n, spec.shift_px, device), _within(n, spec.shift_px, device)], dim=1)
-        angle = _within(n, math.radians(spec.rotate_deg), device)
-        scale = 1 + _within(n, spec.zoom, device)
+        shifts = torch.stack([_within(n, spec.shift_px, gen, device), _within(n, spec.shift_px, gen, device)], dim=1)
+        angle = _within(n, math.radians(spec.rotate_deg), gen, device)
+        scale = 1 + _within(n, spec.zoom, gen, device)
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
     theta = torch.zeros(n, 2, 3, device=device, dtype=x.dtype)
     theta[:, 0, 0], theta[:, 0, 1] = cos * flips, -sin
@@ -94,11 +98,11 @@ def augment_batch(x: torch.Tensor, spec: AugmentSpec) -> torch.Tensor:
     theta[:, 1, 2] = 2 * shifts[:, 1] / height
     grid = torch.nn.functional.affine_grid(theta, [n, channels, height, width], align_corners=False)
     out = torch.nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    contrast = (1 + _within(n, spec.contrast, device)).view(n, 1, 1, 1)
-    brightness = _within(n, spec.brightness, device).view(n, 1, 1, 1)
+    contrast = (1 + _within(n, spec.contrast, gen, device)).view(n, 1, 1, 1)
+    brightness = _within(n, spec.brightness, gen, device).view(n, 1, 1, 1)
     mean = out.mean(dim=(1, 2, 3), keepdim=True)
     out = (out - mean) * contrast + mean + brightness
     if channels > 1 and spec.colour > 0:
-        gains = 1 + torch.stack([_within(n, spec.colour, device) for _ in range(channels)], dim=1)
+        gains = 1 + torch.stack([_within(n, spec.colour, gen, device) for _ in range(channels)], dim=1)
         out = out * gains.view(n, channels, 1, 1)
     return out.clamp(0.0, 1.0)

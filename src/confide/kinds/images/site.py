@@ -4,8 +4,9 @@ The split is the file's ``split`` column when it has one (``val`` images set asi
 use them), else a seeded split stratified by label that keeps each patient's images on one side
 (:func:`confide.api.split_indices`; without a patient column each image is its own patient). An image that cannot
 be used (missing, unreadable, outside the site folder) and an image file that ``labels.csv`` does not list are
-returned in ``SiteData.skipped`` with the reason; a site left with no readable image is an error naming the folder
-and the first reasons.
+returned in ``SiteData.skipped`` with the reason (or, under ``data.on_bad_case: stop``, stop the job naming it); a
+site left with no readable image is an error naming the folder and the first reasons. ``data.max_cases_per_site``
+reads only the first images listed (train and test; val rows are never read).
 """
 
 from __future__ import annotations
@@ -44,24 +45,32 @@ def _inside(folder: Path, name: str) -> Path | None:
 
 
 def _read_images(
-    config: ImageTaskConfig, folder: Path, rows: list[LabelRow]
+    config: ImageTaskConfig, place: Place, rows: list[LabelRow]
 ) -> tuple[list[np.ndarray], list[int], list[tuple[str, str]]]:
     """The images of ``rows`` that can be used (and which rows they are), and why each other one cannot."""
+    folder = Path(place.folder)
     images: list[np.ndarray] = []
     kept: list[int] = []
     skipped: list[tuple[str, str]] = []
     for k, row in enumerate(rows):
         path = _inside(folder, row.file)
+        reason = None
         if path is None:
-            skipped.append((row.file, f"line {row.line}: the path leaves the site folder"))
+            reason = f"line {row.line}: the path leaves the site folder"
         elif not path.is_file():
-            skipped.append((row.file, f"line {row.line}: listed in {LABELS_FILE} but not found"))
+            reason = f"line {row.line}: listed in {LABELS_FILE} but not found"
         else:
             try:
                 images.append(load_image(path, config.channels, config.image_size))
                 kept.append(k)
             except DataError as exc:
-                skipped.append((row.file, str(exc)))
+                reason = str(exc)
+        if reason is not None:
+            if place.on_bad_case == "stop":
+                raise DataError(f"site {place.site}: {folder / row.file}: {reason} (data.on_bad_case is stop)")
+            skipped.append((row.file, reason))
+        if k % 100 == 99:
+            place.progress(f"{place.site}: {k + 1} of {len(rows)} images read")
     return images, kept, skipped
 
 
@@ -118,8 +127,11 @@ def read_site(config: ImageTaskConfig, place: Place) -> SiteData:
     table = read_labels(folder)
     indices = class_indices(table, classes)
     wanted = [k for k, row in enumerate(table.rows) if row.split != "val"]
+    listed = len(wanted)
+    if place.max_cases is not None:
+        wanted = wanted[: place.max_cases]
     rows = [table.rows[k] for k in wanted]
-    images, kept, skipped = _read_images(config, folder, rows)
+    images, kept, skipped = _read_images(config, place, rows)
     skipped += _unlisted(folder, table.rows)
     if not kept:
         reasons = "; ".join(f"{item}: {why}" for item, why in skipped[:REASONS_SHOWN]) or "it lists no image"
@@ -140,7 +152,9 @@ def read_site(config: ImageTaskConfig, place: Place) -> SiteData:
     ]
     if test.size:
         notes.append(f"test images per class: {_counts(labels[test], classes)}")
-    set_aside = len(table.rows) - len(wanted)
+    if len(wanted) < listed:
+        notes.append(f"read the first {len(wanted)} of {listed} listed images (data.max_cases_per_site)")
+    set_aside = len(table.rows) - listed
     if set_aside:
         notes.append(f"{set_aside} val images set aside (the task has no step that uses them)")
     if table.has_split:

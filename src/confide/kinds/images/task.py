@@ -6,8 +6,8 @@
 - ``read_site``: :func:`confide.kinds.images.site.read_site`.
 - ``build_model``: :func:`confide.kinds.images.model.build_network`; a job without ``classes`` is refused here at a
   deployed server, which reads no data.
-- ``loss``: cross-entropy of the augmented batch (:mod:`confide.kinds.images.augment`) when ``augment`` is on;
-  each image's change depends on its own draws only, so the loss stays a mean of per-image terms (DP-SGD).
+- ``augment``: each training batch changed at random (:mod:`confide.kinds.images.augment`) when ``augment`` is
+  on, drawn from the round's job-seeded generator; ``loss``: cross-entropy of the batch.
 - ``evaluate``: :func:`confide.kinds.images.metrics.image_scores` on class probabilities, in batches.
 """
 
@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from confide.api import TaskKind
+from confide.api import TaskKind, device_of
 from confide.errors import TaskError
 from confide.kinds.images.augment import augment_batch, augment_spec
 from confide.kinds.images.config import ImageTaskConfig
@@ -72,22 +72,21 @@ def _batch_images(x: torch.Tensor) -> torch.Tensor:
     return x.to(torch.float32)
 
 
-def loss(config: ImageTaskConfig, model: Any, batch: Any) -> torch.Tensor:
+def augment(config: ImageTaskConfig, batch: Any, generator: torch.Generator) -> Any:
+    """A training batch ``(images, labels)`` with its images changed at random (when ``augment`` is on)."""
     x, y = batch
     x = _batch_images(x)
-    if config.augment:
-        x = augment_batch(x, augment_spec(config.image_size))
-    return torch.nn.functional.cross_entropy(model(x), y)
+    return (augment_batch(x, augment_spec(config.image_size), generator) if config.augment else x), y
 
 
-def _device(model: torch.nn.Module) -> torch.device:
-    first = next(iter(model.parameters()), None)
-    return first.device if first is not None else torch.device("cpu")
+def loss(config: ImageTaskConfig, model: Any, batch: Any) -> torch.Tensor:
+    x, y = batch
+    return torch.nn.functional.cross_entropy(model(_batch_images(x)), y)
 
 
 def probabilities(model: torch.nn.Module, images: torch.Tensor) -> np.ndarray:
     """Class probabilities (N, classes) of ``model`` for ``images`` (N, C, S, S), in batches, on its device."""
-    device = _device(model)
+    device = device_of(model)
     parts = [
         torch.softmax(model(_batch_images(images[start : start + EVAL_BATCH]).to(device)).float(), dim=1).cpu()
         for start in range(0, images.shape[0], EVAL_BATCH)
@@ -127,6 +126,7 @@ def image_kind(config: ImageTaskConfig) -> TaskKind[ImageTaskConfig]:
         fields=ImageTaskConfig,
         loss=loss,
         pool=pool,
+        augment=augment,
         prepare=prepare,
         describe=describe(config),
     )
