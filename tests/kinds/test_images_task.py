@@ -72,7 +72,7 @@ def test_a_generated_colour_set_with_a_given_split_federates_and_learns_the_grad
         assert sorted(site.test.files) == _given_test_files(tmp_path / "grades" / site.name)
         assert site.train.images.shape[1:] == (3, 32, 32)
     federated = result.cross["fedavg"]["all"]
-    # grades learnt from lesions across two cameras in 150 local steps (seeds 0, 1, 2 gave 0.72, 0.57, 0.67)
+    # grades learnt from lesions across two cameras in 150 local steps (job seeds 0, 1, 2 gave 0.75, 0.78, 0.75)
     assert federated["kappa"] > 0.3
     assert 0.65 < federated["auc"] <= 1.0
     assert "5 classes" in result.description and "ordinal" in result.description

@@ -76,7 +76,10 @@ def augment(config: ImageTaskConfig, batch: Any, generator: torch.Generator) -> 
     """A training batch ``(images, labels)`` with its images changed at random (when ``augment`` is on)."""
     x, y = batch
     x = _batch_images(x)
-    return (augment_batch(x, augment_spec(config.image_size), generator) if config.augment else x), y
+    if not config.augment:
+        return x, y
+    spec = augment_spec(config.image_size, intensity=config.intensity == "raw")
+    return augment_batch(x, spec, generator), y
 
 
 def loss(config: ImageTaskConfig, model: Any, batch: Any) -> torch.Tensor:
