@@ -8,7 +8,7 @@ from confide.strategies.cyclic import Cyclic
 from confide.strategies.dp_fedavg import DPFedAvg
 from confide.strategies.fedavg import FedAvg
 from confide.strategies.fedbn import FedBN
-from confide.strategies.fedopt import FedOpt, Variant
+from confide.strategies.fedopt import FedOpt, Variant, server_lr_for
 from confide.strategies.fedprox import FedProx
 from confide.strategies.robust import RobustAggregation, fed_median, fed_trimmed_mean
 from confide.strategies.scaffold import Scaffold
@@ -37,7 +37,7 @@ def make_strategy(
     train_config: dict[str, float | int],
     *,
     trim_fraction: float = 0.2,
-    server_lr: float = 1e-2,
+    server_lr: float | None = None,
     beta1: float = 0.9,
     beta2: float = 0.99,
     tau: float = 1e-3,
@@ -49,7 +49,8 @@ def make_strategy(
 ) -> Strategy:
     """The strategy a job names, with the instruction every site receives. A job with client-level DP (a
     gaussian filter) aggregates with DP-FedAvg: equal weights, and the noise added here when it is central.
-    ``server_lr``, ``beta1``, ``beta2`` and ``tau`` are the server optimiser's (fedadam, fedyogi, fedadagrad);
+    ``server_lr``, ``beta1``, ``beta2`` and ``tau`` are the server optimiser's (fedadam, fedyogi, fedadagrad;
+    ``server_lr`` None: the variant's own default);
     ``mu`` is FedProx's proximal strength, sent to the sites; ``total_sites`` is SCAFFOLD's N (its control variate
     moves by the sum of this round's control changes over N); ``norm_names`` are the arrays FedBN keeps at the
     sites."""
@@ -65,7 +66,7 @@ def make_strategy(
         return FedOpt(
             train_config,
             variant=FEDOPT[name],
-            server_lr=server_lr,
+            server_lr=server_lr_for(name, server_lr),
             beta1=beta1,
             beta2=beta2,
             tau=tau,
