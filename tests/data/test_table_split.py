@@ -111,3 +111,15 @@ def test_the_task_config_keeps_the_split_column_out_of_the_features() -> None:
         parse_job({**base, "task": {"name": "table", "target": "y", "features": ["lab", "split"]}})
     with pytest.raises(ConfigError, match="remove it from drop"):
         parse_job({**base, "task": {"name": "table", "target": "y", "drop": ["split"]}})
+
+
+def test_the_report_notes_say_how_many_val_rows_were_set_aside(tmp_path: Path) -> None:
+    from confide.tasks.table_config import TableTaskConfig
+    from confide.workloads.tables import TableWorkload
+
+    path = _table(tmp_path, _rows("A", 24) + [f"A,{50 + i},val,{i % 2}" for i in range(5)])
+    workload = TableWorkload(TableTaskConfig(target="y", site_column="hospital"))
+
+    (site,) = workload.load_sites(parse_job({"data": {"root": str(path)}}).data, 0, lambda _: None)
+
+    assert any("5 rows marked val set aside" in note for note in site.notes)

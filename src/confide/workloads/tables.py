@@ -106,6 +106,10 @@ class TableWorkload:
             f"train {len(split.y_train)} ({balance(split.train, split.classes)}), "
             f"test {len(split.y_test)} ({balance(split.test, split.classes)})",
         )
+        if split.validation:
+            notes += (
+                f"{split.validation} rows marked val set aside (the table task neither trains on nor scores them)",
+            )
         return SiteSplit(split.site, split.train, split.test, tuple(skipped), notes)
 
     def pool(self, parts: Sequence[Any]) -> TableRows:
