@@ -101,7 +101,7 @@ class TableWorkload:
         if len(dropped) > MAX_SKIPPED_LISTED:
             skipped.append(Skipped(f"{len(dropped) - MAX_SKIPPED_LISTED} more rows", "missing values"))
         kept = len(split.y_train) + len(split.y_test)
-        notes = (
+        notes: tuple[str, ...] = (
             f"{kept} rows kept, {len(dropped)} dropped (missing values, missing: {self.config.missing})",
             f"train {len(split.y_train)} ({balance(split.train, split.classes)}), "
             f"test {len(split.y_test)} ({balance(split.test, split.classes)})",
