@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from confide.data.tables import heart_disease
+from confide.kinds.tables.table import heart_disease
+from confide.kinds.tables.tabular import TabularTask, table_initial
 from confide.privacy.build import site_chain, site_ledger
 from confide.privacy.config import DpSgdSpec, PrivacyConfig
 from confide.privacy.ledger import noise_multiplier_for
@@ -24,7 +25,6 @@ from confide.records import Arrays, Config, EvalRes, TrainRes
 from confide.server.loop import LoopConfig
 from confide.sim import simulate
 from confide.strategies import make_strategy
-from confide.tasks.tabular import TabularTask, table_initial
 
 ROUNDS, STEPS, BATCH = 30, 5, 8
 DP_FAMILIES = ("svt", "client-dp", "dp-sgd")

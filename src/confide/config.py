@@ -14,11 +14,11 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from confide.kinds.brain_tumor.config import BrainTumorTaskConfig
 from confide.kinds.images.config import ImageTaskConfig
+from confide.kinds.mammography.config import MammoTaskConfig
 from confide.kinds.mil.config import MilTaskConfig
+from confide.kinds.tables.config import TableTaskConfig
 from confide.privacy.config import PrivacyConfig
-from confide.tasks.mammo_config import MammoTaskConfig
 from confide.tasks.python_config import PythonTaskConfig
-from confide.tasks.table_config import TableTaskConfig
 from confide.validation import read_yaml, validate_document
 
 

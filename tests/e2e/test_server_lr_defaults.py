@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from confide.config import parse_job
-from confide.data.synthetic_table import synthetic_binary_table
 from confide.experiment import run_job
+from confide.kinds.tables.synthetic import synthetic_binary_table
 from confide.records import Arrays
 from confide.report.progress import ProgressDisplay
 from confide.workloads.registry import make_workload

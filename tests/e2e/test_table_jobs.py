@@ -12,9 +12,9 @@ from typer.testing import CliRunner
 
 from confide.cli import app
 from confide.config import parse_job
-from confide.data.synthetic_survival import synthetic_survival
 from confide.errors import ConfigError
 from confide.experiment import run_job
+from confide.kinds.tables.synthetic_survival import synthetic_survival
 from confide.report.progress import ProgressDisplay
 from confide.tasks.local_rules import CONTROL_PREFIX
 

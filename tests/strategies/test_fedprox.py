@@ -5,13 +5,13 @@ import pytest
 
 from confide.config import parse_job
 from confide.errors import ConfideError, ConfigError, TaskError
+from confide.kinds.tables.tabular import TabularTask, table_initial
 from confide.privacy.config import DpSgdSpec
 from confide.records import Arrays, TrainRes
 from confide.strategies import make_strategy
 from confide.strategies.base import StrategyState
 from confide.strategies.fedavg import FedAvg
 from confide.strategies.fedprox import FedProx
-from confide.tasks.tabular import TabularTask, table_initial
 from tests.helpers import arrays
 
 TRAIN = {"local_steps": 40, "batch_size": 16, "lr": 0.05}

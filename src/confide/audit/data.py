@@ -1,10 +1,10 @@
 """The audit's data, read through the workloads as a job reads it: generated without ``--data``, real with it.
 
-Images: without ``--data``, generated mammograms (:mod:`confide.data.synthetic_mammo`) written as one site folder
+Images: without ``--data``, generated mammograms (:mod:`confide.kinds.mammography.synthetic`) written as one site folder
 under ``OUT/data``; with it, MIAS (a folder with ``Info.txt``) or a folder of site folders (``labels.csv`` and
 images). Every site's training and test images together form the pool that trials draw from.
 
-Tables: without ``--data``, a generated table (:mod:`confide.data.synthetic_table`) in ``OUT/data/table.csv``; with
+Tables: without ``--data``, a generated table (:mod:`confide.kinds.tables.synthetic`) in ``OUT/data/table.csv``; with
 it, the UCI heart-disease CSV (columns ``dataset`` and ``num``, as ``jobs/heart_disease.yaml`` reads it) or any CSV
 with a ``site`` column and a binary ``y``. The audited site is the one with the most training rows; its training
 rows, standardised as the site prepares them, are what it trains on besides the canaries.
@@ -18,18 +18,18 @@ from pathlib import Path
 
 from confide.audit.settings import AuditSettings
 from confide.config import DataConfig
-from confide.data.mammo_io import LABELS_FILE
-from confide.data.mias import parse_info
-from confide.data.synthetic_mammo import write_mammo_sites
-from confide.data.synthetic_table import synthetic_binary_table
-from confide.data.tables import TableRows
 from confide.errors import DataError
-from confide.tasks.mammo_config import MammoTaskConfig
-from confide.tasks.mammo_density import ImageData
-from confide.tasks.table_config import TableTaskConfig
+from confide.kinds.mammography.config import MammoTaskConfig
+from confide.kinds.mammography.density import ImageData
+from confide.kinds.mammography.mias import parse_info
+from confide.kinds.mammography.reading import LABELS_FILE
+from confide.kinds.mammography.synthetic import write_mammo_sites
+from confide.kinds.mammography.workload import MammoWorkload
+from confide.kinds.tables.config import TableTaskConfig
+from confide.kinds.tables.synthetic import synthetic_binary_table
+from confide.kinds.tables.table import TableRows
+from confide.kinds.tables.workload import TableWorkload
 from confide.workloads.base import SiteSplit
-from confide.workloads.mammo import MammoWorkload
-from confide.workloads.tables import TableWorkload
 
 HEART_DROP = ("id", "slope", "ca", "thal")  # as jobs/heart_disease.yaml: most hospitals did not record them
 

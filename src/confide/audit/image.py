@@ -26,6 +26,7 @@ from confide.audit.result import AuditProgress, AuditResult, AuditRow, Pictures
 from confide.audit.settings import AuditSettings
 from confide.audit.site import AuditConfig, audit_configs, release_once
 from confide.audit.threads import one_thread
+from confide.kinds.mammography.density import ImageData, build_classifier
 from confide.privacy.audit_bounds import identification_epsilon
 from confide.privacy.audit_inversion import (
     Recipe,
@@ -36,7 +37,6 @@ from confide.privacy.audit_inversion import (
     start_parameters,
 )
 from confide.privacy.audit_similarity import psnr, ssim
-from confide.tasks.mammo_density import ImageData, build_classifier
 
 
 def _trials(settings: AuditSettings, pool_size: int) -> list[tuple[np.ndarray, int]]:

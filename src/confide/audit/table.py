@@ -22,7 +22,8 @@ from confide.audit.result import AuditProgress, AuditResult, AuditRow
 from confide.audit.settings import AuditSettings
 from confide.audit.site import AuditConfig, audit_configs, release_once
 from confide.audit.threads import one_thread
-from confide.data.tables import TableRows
+from confide.kinds.tables.table import TableRows
+from confide.kinds.tables.tabular import build_table_model
 from confide.privacy.audit_bounds import Guesses, auc, best_one_run_epsilon
 from confide.privacy.audit_membership import (
     added,
@@ -32,7 +33,6 @@ from confide.privacy.audit_membership import (
     loss_drop_scores,
 )
 from confide.records import Arrays, SparseArrays
-from confide.tasks.tabular import build_table_model
 
 
 def canary_count(settings: AuditSettings, features: int) -> int:

@@ -18,11 +18,11 @@ def make_workload(task: Any) -> Workload:
         training = Training("brain_tumor", task.lr, task.batch_size, "adam", task.device)
         return KindWorkload(brain_tumor_kind(task), task, training)
     if name == "mammo_density":
-        from confide.workloads.mammo import MammoWorkload
+        from confide.kinds.mammography.workload import MammoWorkload
 
         return MammoWorkload(task)
     if name == "table":
-        from confide.workloads.tables import TableWorkload
+        from confide.kinds.tables.workload import TableWorkload
 
         return TableWorkload(task)
     if name == "mil":

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from confide.data.tables import TableSpec
+from confide.kinds.tables.table import TableSpec
 
 
 class TableTaskConfig(BaseModel):

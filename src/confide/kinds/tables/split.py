@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from confide.data.table_read import RawTable
 from confide.errors import DataError
+from confide.kinds.tables.read import RawTable
 
 SPLIT_VALUES = ("train", "test", "val")
 

@@ -20,8 +20,9 @@ from typing import Literal
 import numpy as np
 import torch
 
-from confide.data.tables import TableRows
 from confide.errors import TaskError
+from confide.kinds.tables.metrics import c_index, cohen_kappa, cox_loss
+from confide.kinds.tables.table import TableRows
 from confide.privacy.config import DpSgdSpec
 from confide.privacy.spend import Spend
 from confide.records import Arrays, Config, EvalRes, TrainRes
@@ -29,7 +30,6 @@ from confide.tasks.class_metrics import accuracy, balanced_accuracy, binary_auc
 from confide.tasks.dp_sgd import DpSgd
 from confide.tasks.local_rules import SiteMemory
 from confide.tasks.loop import sampling_rate, seed_of, train_locally
-from confide.tasks.table_metrics import c_index, cohen_kappa, cox_loss
 from confide.tasks.torch_io import load_arrays, module_arrays
 
 Kind = Literal["binary", "multiclass", "survival"]

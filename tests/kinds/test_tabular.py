@@ -3,12 +3,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from confide.data.tables import TableRows
 from confide.errors import TaskError
+from confide.kinds.tables.table import TableRows
+from confide.kinds.tables.tabular import METRIC_KEYS, TabularTask, table_initial
 from confide.privacy.config import DpSgdSpec
 from confide.records import Arrays, TrainRes
 from confide.strategies.controls import CONTROL_PREFIX, with_controls
-from confide.tasks.tabular import METRIC_KEYS, TabularTask, table_initial
 
 
 def _data(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

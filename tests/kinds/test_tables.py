@@ -5,10 +5,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from confide.data.synthetic_survival import HEADER as SURVIVAL_HEADER
-from confide.data.synthetic_survival import synthetic_survival
-from confide.data.tables import TableSpec, TableSplit, heart_disease, load_table
 from confide.errors import DataError
+from confide.kinds.tables.synthetic_survival import HEADER as SURVIVAL_HEADER
+from confide.kinds.tables.synthetic_survival import synthetic_survival
+from confide.kinds.tables.table import TableSpec, TableSplit, heart_disease, load_table
 
 HEADER = "id,age,sex,dataset,cp,trestbps,chol,fbs,restecg,thalch,exang,oldpeak,slope,ca,thal,num\n"
 

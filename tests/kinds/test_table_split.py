@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from confide.config import parse_job
-from confide.data.tables import TableSpec, TableSplit, load_table
 from confide.errors import ConfigError, DataError
+from confide.kinds.tables.table import TableSpec, TableSplit, load_table
 
 SPEC = TableSpec(target="y", site_column="hospital")
 
@@ -114,8 +114,8 @@ def test_the_task_config_keeps_the_split_column_out_of_the_features() -> None:
 
 
 def test_the_report_notes_say_how_many_val_rows_were_set_aside(tmp_path: Path) -> None:
-    from confide.tasks.table_config import TableTaskConfig
-    from confide.workloads.tables import TableWorkload
+    from confide.kinds.tables.config import TableTaskConfig
+    from confide.kinds.tables.workload import TableWorkload
 
     path = _table(tmp_path, _rows("A", 24) + [f"A,{50 + i},val,{i % 2}" for i in range(5)])
     workload = TableWorkload(TableTaskConfig(target="y", site_column="hospital"))

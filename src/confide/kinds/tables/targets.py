@@ -7,11 +7,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from confide.data.table_read import RawTable, as_number, match_level
 from confide.errors import DataError
+from confide.kinds.tables.read import RawTable, as_number, match_level
 
 if TYPE_CHECKING:
-    from confide.data.tables import Kind, TableSpec
+    from confide.kinds.tables.table import Kind, TableSpec
 
 
 def targets(table: RawTable, spec: TableSpec, rows: list[int], classes: tuple[str, ...], site: str) -> np.ndarray:

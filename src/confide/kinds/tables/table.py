@@ -7,7 +7,7 @@ What is computed from where:
   No statistic of one site reaches another, and none comes from the test rows. The train/test split of a site
   depends only on its own rows and the seed (stratified by label; for survival by event), unless the table has a
   split column (``split`` unless the spec names another): then each row trains, tests or (``val``) is set aside as
-  that column says (:mod:`confide.data.table_split`), and the seed and test fraction play no part.
+  that column says (:mod:`confide.kinds.tables.split`), and the seed and test fraction play no part.
 - **From the whole file (the schema, not statistics)**: which columns are categorical when not declared, the levels
   of a categorical column not given in ``categories``, and the classes of a multiclass target not given in
   ``classes``. In a deployment each site reads only what it is given: give every site the same levels and classes
@@ -20,7 +20,7 @@ categorical columns one-hot without their first level (the reference); under ``i
 missing-indicator column ``name:missing`` (0/1; its missing cells become the site's training mean, 0 after
 standardisation) and every categorical column an extra level ``(missing)``, whether or not a site has missing cells,
 so every site has the same layout. Under ``drop`` a row missing any used cell is dropped. A column that looks like an
-identifier (about one value per row) is refused as a feature, naming it (:mod:`confide.data.table_columns`); the
+identifier (about one value per row) is refused as a feature, naming it (:mod:`confide.kinds.tables.columns`); the
 split column is never a feature.
 Targets: binary (n,) float32 0/1; multiclass (n,) int64 class indices; survival (n, 2) float32 (time, event).
 """
@@ -35,11 +35,11 @@ from typing import Literal
 
 import numpy as np
 
-from confide.data.table_columns import identifier_problem, is_indicator
-from confide.data.table_read import RawTable, as_number, is_missing, match_level, read_table
-from confide.data.table_split import check_given, given_split, stratified_split
-from confide.data.table_targets import check_training_classes, targets
 from confide.errors import DataError
+from confide.kinds.tables.columns import identifier_problem, is_indicator
+from confide.kinds.tables.read import RawTable, as_number, is_missing, match_level, read_table
+from confide.kinds.tables.split import check_given, given_split, stratified_split
+from confide.kinds.tables.targets import check_training_classes, targets
 
 Kind = Literal["binary", "multiclass", "survival"]
 MissingPolicy = Literal["drop", "impute"]

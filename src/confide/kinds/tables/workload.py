@@ -1,6 +1,6 @@
 """The clinical-table workload: one CSV whose site column names each row's hospital (``data.root`` is its path).
 
-Each site prepares its own rows (see :mod:`confide.data.tables`: standardisation and imputation from its own
+Each site prepares its own rows (see :mod:`confide.kinds.tables.table`: standardisation and imputation from its own
 training rows only). The pooled baseline concatenates the sites' training splits as each site prepared them (each
 standardised with its own statistics), which is what pooling the sites' prepared data would give; no statistic of
 the pooled table is computed.
@@ -18,13 +18,13 @@ from typing import Any
 
 import numpy as np
 
-from confide.data.tables import TableRows, TableSplit, declared_layout, load_table
 from confide.errors import DataError, TaskError
+from confide.kinds.tables.config import TableTaskConfig
+from confide.kinds.tables.table import TableRows, TableSplit, declared_layout, load_table
+from confide.kinds.tables.tabular import METRIC_KEYS, TabularTask, build_table_model, outputs_for, table_initial
 from confide.privacy.config import DpSgdSpec
 from confide.records import Arrays
 from confide.tasks.local_rules import norm_state_names
-from confide.tasks.table_config import TableTaskConfig
-from confide.tasks.tabular import METRIC_KEYS, TabularTask, build_table_model, outputs_for, table_initial
 from confide.workloads.base import Progress, SiteSplit, Skipped
 
 MAX_SKIPPED_LISTED = 100

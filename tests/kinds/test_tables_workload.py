@@ -7,12 +7,12 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from confide.data.synthetic_survival import synthetic_survival
-from confide.data.tables import heart_disease
 from confide.errors import DataError, TaskError
+from confide.kinds.tables.config import TableTaskConfig
+from confide.kinds.tables.synthetic_survival import synthetic_survival
+from confide.kinds.tables.table import heart_disease
+from confide.kinds.tables.workload import TableWorkload
 from confide.records import Arrays
-from confide.tasks.table_config import TableTaskConfig
-from confide.workloads.tables import TableWorkload
 
 HEART = TableTaskConfig(
     site_column="dataset", target="num", kind="binary", positive_above=0, drop=("id", "slope", "ca", "thal")

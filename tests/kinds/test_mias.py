@@ -7,7 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from confide.data.mias import (
+from confide.errors import DataError
+from confide.kinds.mammography.config import MammoTaskConfig
+from confide.kinds.mammography.mias import (
     MiasSite,
     SiteShift,
     assign_sites,
@@ -16,9 +18,7 @@ from confide.data.mias import (
     site_shift,
     stratified_patient_split,
 )
-from confide.errors import DataError
-from confide.tasks.mammo_config import MammoTaskConfig
-from confide.workloads.mammo import MammoWorkload
+from confide.kinds.mammography.workload import MammoWorkload
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +144,7 @@ def test_the_patient_split_is_stratified_and_seeded() -> None:
 
 
 def test_site_shift_keeps_values_in_range() -> None:
-    from confide.data.mammo_io import MammoImage
+    from confide.kinds.mammography.reading import MammoImage
 
     image = MammoImage(np.linspace(0, 1, 64 * 64, dtype=np.float32).reshape(64, 64), (0.8, 0.8), "x")
     shift = SiteShift(gamma=1.4, contrast=1.2, brightness=-0.05, blur_sigma=1.0, noise_std=0.05, scale=0.5)

@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from confide.data.synthetic_survival import synthetic_survival
-from confide.data.table_columns import identifier_problem, named_like_identifier
-from confide.data.tables import TableSpec, TableSplit, load_table
 from confide.errors import DataError
+from confide.kinds.tables.columns import identifier_problem, named_like_identifier
+from confide.kinds.tables.synthetic_survival import synthetic_survival
+from confide.kinds.tables.table import TableSpec, TableSplit, load_table
 
 
 def _load(tmp_path: Path, lines: list[str], spec: TableSpec) -> dict[str, TableSplit]:

@@ -32,8 +32,8 @@ from typing import Literal
 import numpy as np
 from PIL import Image
 
-from confide.data.mammo_io import MammoCase, MammoImage, read_raster
 from confide.errors import DataError
+from confide.kinds.mammography.reading import MammoCase, MammoImage, read_raster
 from confide.records import Skipped
 
 TISSUES = ("F", "G", "D")

@@ -7,7 +7,7 @@ import pytest
 import torch
 from sklearn.metrics import cohen_kappa_score
 
-from confide.tasks.table_metrics import c_index, cohen_kappa, cox_loss
+from confide.kinds.tables.metrics import c_index, cohen_kappa, cox_loss
 
 
 def _brute_c_index(time: np.ndarray, event: np.ndarray, risk: np.ndarray) -> float:

@@ -11,8 +11,8 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from confide.data.mammo_io import read_dicom, read_folder, read_image, read_labelled_folder, resized, square
 from confide.errors import DataError
+from confide.kinds.mammography.reading import read_dicom, read_folder, read_image, read_labelled_folder, resized, square
 
 MAMMO_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.2"
 RAMP = (np.arange(32 * 32).reshape(32, 32) * 4).astype(np.uint16)  # 0 .. 4092, 12-bit

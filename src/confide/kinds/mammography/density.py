@@ -1,11 +1,12 @@
 """2D mammogram classification (breast density F/G/D or BI-RADS A-D, or abnormal vs normal) with a small CNN.
 
-Images are padded square and resized to ``image_size`` (:func:`confide.data.mammo_io.square`), one channel in
-[0, 1]. The network is ``blocks`` conv blocks (two 3x3 convolutions, each followed by the chosen normalisation and a
-ReLU, then 2x2 max pooling; channels ``width``, doubled per block up to 8x), global average pooling and a linear head.
-Training is Adam on cross-entropy, weighted by the inverse class frequency of the site's training images when
-``class_weighted`` (never under DP-SGD, whose loss must not depend on statistics of the data outside its accounting).
-Augmentation: random left-right flips per image and a small random shift per batch, from the round's generator.
+Images are padded square and resized to ``image_size`` (:func:`confide.kinds.mammography.reading.square`), one
+channel in [0, 1]. The network is ``blocks`` conv blocks (two 3x3 convolutions, each followed by the chosen
+normalisation and a ReLU, then 2x2 max pooling; channels ``width``, doubled per block up to 8x), global average
+pooling and a linear head. Training is Adam on cross-entropy, weighted by the inverse class frequency of the site's
+training images when ``class_weighted`` (never under DP-SGD, whose loss must not depend on statistics of the data
+outside its accounting). Augmentation: random left-right flips per image and a small random shift per batch, from
+the round's generator.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from confide.data.mammo_io import MammoCase, resized
 from confide.errors import DataError, TaskError
+from confide.kinds.mammography.config import MammoTaskConfig
+from confide.kinds.mammography.reading import MammoCase, resized
 from confide.privacy.config import DpSgdSpec
 from confide.privacy.spend import Spend
 from confide.records import Arrays, Config, EvalRes, TrainRes
@@ -26,7 +28,6 @@ from confide.tasks.class_metrics import accuracy, balanced_accuracy, binary_auc,
 from confide.tasks.dp_sgd import DpSgd
 from confide.tasks.local_rules import SiteMemory
 from confide.tasks.loop import seed_of, train_locally
-from confide.tasks.mammo_config import MammoTaskConfig
 from confide.tasks.torch_io import load_arrays, module_arrays
 
 

@@ -11,12 +11,12 @@ import torch
 from PIL import Image
 
 from confide.errors import DataError, TaskError
+from confide.kinds.mammography.config import MammoTaskConfig
+from confide.kinds.mammography.density import ImageData, MammoTask, classifier_initial, score_keys
+from confide.kinds.mammography.workload import MammoWorkload
 from confide.privacy.config import DpSgdSpec
 from confide.records import Arrays
 from confide.strategies.controls import with_controls
-from confide.tasks.mammo_config import MammoTaskConfig
-from confide.tasks.mammo_density import ImageData, MammoTask, classifier_initial, score_keys
-from confide.workloads.mammo import MammoWorkload
 
 CONFIG = MammoTaskConfig(target="abnormal", image_size=32, width=4, blocks=2, lr=0.02, batch_size=16, augment=True)
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from confide.data.table_read import as_number
+from confide.kinds.tables.read import as_number
 
 MIN_ROWS = 20
 DISTINCT_SHARE = 0.9

@@ -4,12 +4,12 @@ Two layouts of ``data.root``:
 
 - MIAS mode, when ``root/Info.txt`` exists: the mini-MIAS films dealt by patient to ``split_sites`` simulated sites
   (``mias-1``, ``mias-2``, ...), each with its own simulated acquisition when ``site_shift`` is on
-  (:mod:`confide.data.mias`). A deployed site given the MIAS folder re-derives the partition from the job's seed and
-  reads only its own films.
+  (:mod:`confide.kinds.mammography.mias`). A deployed site given the MIAS folder re-derives the partition from
+  the job's seed and reads only its own films.
 - Folder mode, otherwise: one sub-folder per site, each holding ``labels.csv`` (``file,label[,patient]``) and its
-  DICOM / PNG / PGM images (:func:`confide.data.mammo_io.read_labelled_folder`). A deployed site's root is its own
-  folder. Training and test are split by patient (each image its own patient without the column), stratified by
-  label, seeded by the job's seed and the site's name, so simulation and deployment agree.
+  DICOM / PNG / PGM images (:func:`confide.kinds.mammography.reading.read_labelled_folder`). A deployed site's
+  root is its own folder. Training and test are split by patient (each image its own patient without the column),
+  stratified by label, seeded by the job's seed and the site's name, so simulation and deployment agree.
 """
 
 from __future__ import annotations
@@ -20,14 +20,14 @@ from typing import Any
 
 import numpy as np
 
-from confide.data.mammo_io import MammoCase, read_labelled_folder
-from confide.data.mias import MiasSite, mias_sites, stratified_patient_split
 from confide.errors import DataError
+from confide.kinds.mammography.config import MammoTaskConfig
+from confide.kinds.mammography.density import ImageData, MammoTask, build_classifier, classifier_initial, score_keys
+from confide.kinds.mammography.mias import MiasSite, mias_sites, stratified_patient_split
+from confide.kinds.mammography.reading import MammoCase, read_labelled_folder
 from confide.privacy.config import DpSgdSpec
 from confide.records import Arrays
 from confide.tasks.local_rules import norm_state_names
-from confide.tasks.mammo_config import MammoTaskConfig
-from confide.tasks.mammo_density import ImageData, MammoTask, build_classifier, classifier_initial, score_keys
 from confide.workloads.base import Progress, SiteSplit, Skipped
 
 

@@ -1,0 +1,1 @@
+"""Clinical tables split by hospital (task.name table): binary, multiclass and survival."""
