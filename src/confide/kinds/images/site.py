@@ -147,7 +147,7 @@ def read_site(config: ImageTaskConfig, place: Place) -> SiteData:
         return ImageSet.from_arrays([images[i] for i in idx], labels[idx].tolist(), [rows[i].file for i in idx])
 
     notes = [
-        f"{train.size} training and {test.size} test images, split {how}",
+        f"split {how}",
         f"training images per class: {_counts(labels[train], classes)}",
     ]
     if test.size:
