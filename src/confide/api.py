@@ -97,6 +97,9 @@ class TaskKind(Generic[F]):
       default: torch's ``default_collate`` (a ``TensorDataset`` is indexed directly).
     - ``augment(fields, batch, generator) -> batch`` (optional): a training batch augmented, drawing from
       ``generator`` (seeded from the job, the site and the round), after ``collate``.
+    - ``dp_sgd_refusal(fields) -> reason or None`` (optional): why DP-SGD cannot train this task with these
+      fields (a loss that is not a mean of per-example terms, such as the Cox partial likelihood), so that a job
+      asking for it is refused with the reason instead of reporting an epsilon that does not hold.
     - ``prepare(fields, root) -> fields`` (optional): in a simulation, before any site is read, the fields
       completed from the data (for example the label vocabulary read from every site's files). A deployed server
       reads no data: there the job must give those fields.
@@ -114,6 +117,7 @@ class TaskKind(Generic[F]):
     collate: Callable[[F, list[Any]], Any] | None = None
     augment: Callable[[F, Any, Any], Any] | None = None
     prepare: Callable[[F, Path], F] | None = None
+    dp_sgd_refusal: Callable[[F], str | None] | None = None
     describe: str = ""
 
     def __post_init__(self) -> None:

@@ -202,3 +202,22 @@ def test_a_cuda_device_on_a_machine_without_one_is_named(monkeypatch: pytest.Mon
 
     with pytest.raises(TaskError, match=r"task\.device 'cuda:0': this machine has no CUDA device"):
         pick_device("cuda:0")
+
+
+def test_a_task_that_refuses_dp_sgd_is_refused_with_its_reason_when_a_job_asks_for_it(tmp_path: Path) -> None:
+    job_file = _study(tmp_path, privacy={"dp_sgd": {"noise_multiplier": 1.0, "clip": 1.0}})
+    task_py = job_file.parent / "task.py"
+    task_py.write_text(
+        task_py.read_text().replace(
+            "    metrics=METRICS,",
+            "    metrics=METRICS,\n    dp_sgd_refusal=lambda f: 'the loss of a batch is not a mean of per-row terms',",
+        )
+    )
+    job = load_job(job_file)
+    workload = make_workload(job.task)
+    sites = workload.load_sites(job.data, 0, lambda _: None)
+    from confide.privacy.config import DpSgdSpec
+
+    with pytest.raises(TaskError, match="DP-SGD cannot train task task:task: the loss of a batch is not a mean of per-row terms"):
+        workload.task(sites[0].train, None, site="hospital-a", seed=0, dp_sgd=DpSgdSpec(noise_multiplier=1.0, clip=1.0))
+    assert workload.task(sites[0].train, None, site="hospital-a", seed=0, dp_sgd=None) is not None

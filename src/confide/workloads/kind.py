@@ -276,6 +276,10 @@ class KindWorkload:
         return 0 if split is None else len(split)
 
     def task(self, train: Any, test: Any, *, site: str, seed: int, dp_sgd: DpSgdSpec | None) -> TorchSiteTask:
+        refusal = self.kind.dp_sgd_refusal
+        reason = None if dp_sgd is None or refusal is None else refusal(self.fields)
+        if reason:
+            raise TaskError(f"site {site}: DP-SGD cannot train task {self.training.label}: {reason}")
         return TorchSiteTask(self, train, test, site=site, seed=seed, dp_sgd=dp_sgd)
 
     def initial(self, seed: int) -> Arrays:
