@@ -218,6 +218,7 @@ def test_a_task_that_refuses_dp_sgd_is_refused_with_its_reason_when_a_job_asks_f
     sites = workload.load_sites(job.data, 0, lambda _: None)
     from confide.privacy.config import DpSgdSpec
 
-    with pytest.raises(TaskError, match="DP-SGD cannot train task task:task: the loss of a batch is not a mean of per-row terms"):
+    reason = "DP-SGD cannot train task task:task: the loss of a batch is not a mean of per-row terms"
+    with pytest.raises(TaskError, match=reason):
         workload.task(sites[0].train, None, site="hospital-a", seed=0, dp_sgd=DpSgdSpec(noise_multiplier=1.0, clip=1.0))
     assert workload.task(sites[0].train, None, site="hospital-a", seed=0, dp_sgd=None) is not None
