@@ -15,11 +15,19 @@ FORBIDDEN = re.compile(
 )
 
 
+# The one dynamic import: a job's own task (task.name python). Its module is looked for in one folder only, the
+# job file's or, at a deployed site, the operator's --code folder, and a site imports only the entry its own copy of
+# the job names (deploy.site_code): a message never picks the code. tests/workloads/test_own_task.py holds it to that.
+ENTRY_LOADER = ("workloads/entry.py", "importlib.import_module(")
+
+
 def test_no_module_in_src_can_unpickle() -> None:
     offenders = []
     for path in sorted(SRC.rglob("*.py")):
         for match in FORBIDDEN.finditer(path.read_text()):
             line = path.read_text()[: match.start()].count("\n") + 1
+            if (str(path.relative_to(SRC)), match.group(0).strip()) == ENTRY_LOADER:
+                continue
             offenders.append(f"{path.relative_to(SRC)}:{line}: {match.group(0).strip()}")
 
     assert list(SRC.rglob("*.py")), "no sources found"

@@ -37,6 +37,7 @@ from confide.tasks.python_config import PythonTaskConfig
 from confide.transport.grpc_client import SiteClient
 from confide.transport.grpc_server import FederationService, ServiceConfig, read_kit_file, start_server
 from confide.transport.inmemory import Endpoint
+from confide.validation import read_yaml
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -265,13 +266,28 @@ def _strategy(job: JobConfig, *, roster_size: int) -> Strategy:
 
 def site_code(job: JobConfig, code: Path | None) -> JobConfig:
     """The job as this site runs it: a task named by entry point is imported from the site's own ``code`` folder,
-    never from anywhere the server's job names (the server never sends code, nor chooses where code comes from)."""
+    and only the entry that folder's own ``job.yaml`` names. The server never sends code, nor chooses where code
+    comes from or which of the folder's modules runs: a job naming another entry is refused."""
     if not isinstance(job.task, PythonTaskConfig):
         return job
     if code is None:
         raise ConfigError(
             f"job {job.name!r} runs the task {job.task.entry!r} from its own code: give this site's copy of that "
             "code with --code FOLDER"
+        )
+    pinned = Path(code) / "job.yaml"
+    if not pinned.is_file():
+        raise ConfigError(
+            f"--code {code} has no job.yaml: the site runs only the entry its own copy of the job names "
+            f"(task.entry {job.task.entry!r} for this job)"
+        )
+    own = read_yaml(pinned, "job")
+    own_task = own.get("task") if isinstance(own, dict) else None
+    own_entry = own_task.get("entry") if isinstance(own_task, dict) else None
+    if own_entry != job.task.entry:
+        raise ConfigError(
+            f"the server's job {job.name!r} names the task entry {job.task.entry!r}, but this site's own copy "
+            f"{pinned} names {own_entry!r}: the site runs only the entry its operator's copy names"
         )
     return with_code(job, code)
 

@@ -222,3 +222,17 @@ def test_a_task_that_refuses_dp_sgd_is_refused_with_its_reason_when_a_job_asks_f
     with pytest.raises(TaskError, match=reason):
         workload.task(sites[0].train, None, site="hospital-a", seed=0, dp_sgd=DpSgdSpec(noise_multiplier=1.0, clip=1.0))
     assert workload.task(sites[0].train, None, site="hospital-a", seed=0, dp_sgd=None) is not None
+
+
+def test_a_site_runs_only_the_entry_its_own_copy_of_the_job_names(tmp_path: Path) -> None:
+    job = load_job(_study(tmp_path))  # names task:task
+    own = tmp_path / "site-copy"
+    new_task(own)
+    (own / "helper.py").write_text("raise SystemExit('the server chose this module')\n")
+    hostile = job.model_copy(update={"task": job.task.model_copy(update={"entry": "helper:task"})})
+
+    with pytest.raises(ConfigError, match=r"names the task entry 'helper:task'.*names 'task:task'"):
+        site_code(hostile, own)
+    (own / "job.yaml").unlink()
+    with pytest.raises(ConfigError, match=r"has no job\.yaml"):
+        site_code(job, own)
