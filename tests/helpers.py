@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
+from confide.privacy.config import DpSgdSpec
 from confide.records import Arrays, Config, EvalRes, TrainRes
+from confide.workloads.kind import TorchSiteTask
 
 
 def arrays(**values: list[float] | float) -> Arrays:
@@ -39,3 +43,15 @@ class QuadraticTask:
     def evaluate(self, arrays: Arrays, config: Config, round: int) -> EvalRes:
         loss = float(sum(np.sum((arrays[n] - self.target[n]) ** 2) for n in arrays))
         return EvalRes(round=round, num_examples=self.examples, loss=loss, metrics={"distance": loss**0.5})
+
+
+def site_task_of(
+    config: Any, train: Any, test: Any, *, site: str, seed: int = 0, dp_sgd: DpSgdSpec | None = None
+) -> TorchSiteTask:
+    """A built-in kind's site task for its task config, on the CPU (as a deployed site builds it)."""
+    from confide.workloads.registry import make_workload
+
+    workload = make_workload(config.model_copy(update={"device": "cpu"}))
+    task = workload.task(train, test, site=site, seed=seed, dp_sgd=dp_sgd)
+    assert isinstance(task, TorchSiteTask)
+    return task

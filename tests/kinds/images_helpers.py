@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
@@ -18,17 +16,6 @@ from confide.api import Place
 from confide.kinds.images.config import ImageTaskConfig
 
 SECONDARY_CAPTURE = UID("1.2.840.10008.5.1.4.1.1.7")
-
-
-@contextmanager
-def one_thread() -> Iterator[None]:
-    """One torch thread: tiny models train many times faster than with two threads on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def write_labels(folder: Path, rows: Iterable[Sequence[str]], header: Sequence[str] = ("file", "label")) -> Path:

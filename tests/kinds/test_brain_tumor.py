@@ -6,10 +6,9 @@ import pytest
 from confide.config import BrainTumorTaskConfig
 from confide.errors import DataError, TaskError
 from confide.kinds.brain_tumor.model import SegData, initial_arrays
-from confide.privacy.config import DpSgdSpec
 from confide.tasks.torch_io import load_arrays
-from confide.workloads.kind import TorchSiteTask
 from confide.workloads.registry import make_workload
+from tests.helpers import site_task_of
 
 
 def _blobs(n: int, seed: int, size: int = 16) -> SegData:
@@ -29,19 +28,6 @@ def _blobs(n: int, seed: int, size: int = 16) -> SegData:
 CONFIG = BrainTumorTaskConfig(roi=(16, 16, 16), init_filters=4, lr=0.01, augment=False)
 
 
-def BrainTumorTask(
-    config: BrainTumorTaskConfig,
-    train: SegData | None,
-    test: SegData | None,
-    *,
-    site: str,
-    seed: int = 0,
-    dp_sgd: DpSgdSpec | None = None,
-) -> TorchSiteTask:
-    workload = make_workload(config.model_copy(update={"device": "cpu"}))
-    return workload.task(train, test, site=site, seed=seed, dp_sgd=dp_sgd)  # type: ignore[return-value]
-
-
 def test_initial_model_is_deterministic_per_seed() -> None:
     assert initial_arrays(CONFIG, 1).allclose(initial_arrays(CONFIG, 1))
     assert not initial_arrays(CONFIG, 1).allclose(initial_arrays(CONFIG, 2))
@@ -54,7 +40,7 @@ def test_unet_variant_builds() -> None:
 
 
 def test_training_returns_an_update_that_lowers_the_loss() -> None:
-    task = BrainTumorTask(CONFIG, _blobs(6, 0), _blobs(3, 1), site="a", seed=0)
+    task = site_task_of(CONFIG, _blobs(6, 0), _blobs(3, 1), site="a", seed=0)
     start = initial_arrays(CONFIG, 0)
 
     first = task.train(start, {"local_steps": 15}, round=1)
@@ -65,7 +51,7 @@ def test_training_returns_an_update_that_lowers_the_loss() -> None:
 
 
 def test_evaluate_reports_region_dice_in_range() -> None:
-    task = BrainTumorTask(CONFIG, None, _blobs(3, 1), site="a")
+    task = site_task_of(CONFIG, None, _blobs(3, 1), site="a")
 
     res = task.evaluate(initial_arrays(CONFIG, 0), {}, round=1)
 
@@ -78,14 +64,14 @@ def test_evaluate_reports_region_dice_in_range() -> None:
 def test_nan_input_fails_loudly() -> None:
     data = _blobs(2, 0)
     data.images[0, 0, 0, 0, 0] = np.nan
-    task = BrainTumorTask(CONFIG, data, None, site="a")
+    task = site_task_of(CONFIG, data, None, site="a")
 
     with pytest.raises(TaskError, match=r"(?i)nan"):
         task.train(initial_arrays(CONFIG, 0), {"local_steps": 2, "batch_size": 2}, round=1)
 
 
 def test_site_without_data_says_so() -> None:
-    task = BrainTumorTask(CONFIG, None, None, site="empty")
+    task = site_task_of(CONFIG, None, None, site="empty")
 
     with pytest.raises(TaskError, match="no training examples"):
         task.train(initial_arrays(CONFIG, 0), {}, round=1)
@@ -94,7 +80,7 @@ def test_site_without_data_says_so() -> None:
 
 
 def test_arrays_of_another_model_are_refused() -> None:
-    task = BrainTumorTask(CONFIG, None, None, site="a")
+    task = site_task_of(CONFIG, None, None, site="a")
     other = initial_arrays(CONFIG.model_copy(update={"init_filters": 8}), 0)
 
     with pytest.raises(TaskError, match="shape"):

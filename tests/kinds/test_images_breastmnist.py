@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from confide.audit.threads import one_thread
 from confide.config import parse_job
 from confide.errors import DataError
 from confide.experiment import run_job
 from confide.kinds.images.dataset import ImageSet
 from confide.kinds.images.medmnist import write_medmnist_sites
 from confide.report.progress import ProgressDisplay
-from tests.kinds.images_helpers import one_thread
 
 BREAST = ("malignant", "benign")  # BreastMNIST: label 0 is malignant, 1 normal or benign
 

@@ -14,6 +14,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from confide.audit.threads import one_thread
 from confide.config import parse_job
 from confide.errors import ConfigError, TaskError
 from confide.experiment import run_job
@@ -24,7 +25,6 @@ from confide.privacy.config import DpSgdSpec
 from confide.records import Arrays
 from confide.report.progress import ProgressDisplay
 from confide.workloads.registry import make_workload
-from tests.kinds.images_helpers import one_thread
 
 QUIET = ProgressDisplay(enabled=False)
 GRADES = ["0", "1", "2", "3", "4"]

@@ -13,23 +13,9 @@ from confide.errors import TaskError
 from confide.kinds.brain_tumor.model import SegData, build_model, initial_arrays
 from confide.privacy.config import DpSgdSpec
 from confide.tasks.dp_sgd import DpSgd
-from confide.workloads.kind import TorchSiteTask
-from confide.workloads.registry import make_workload
+from tests.helpers import site_task_of
 
 CONFIG = BrainTumorTaskConfig(roi=(16, 16, 16), init_filters=4, augment=False)
-
-
-def BrainTumorTask(
-    config: BrainTumorTaskConfig,
-    train: SegData | None,
-    test: SegData | None,
-    *,
-    site: str,
-    seed: int = 0,
-    dp_sgd: DpSgdSpec | None = None,
-) -> TorchSiteTask:
-    workload = make_workload(config.model_copy(update={"device": "cpu"}))
-    return workload.task(train, test, site=site, seed=seed, dp_sgd=dp_sgd)  # type: ignore[return-value]
 
 
 def _batch(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -83,7 +69,7 @@ def test_a_model_with_batchnorm_is_refused_with_the_reason() -> None:
 
 def test_a_private_round_reports_its_spend_and_trains() -> None:
     data = _cases(8)
-    task = BrainTumorTask(CONFIG, data, None, site="s", dp_sgd=DpSgdSpec(noise_multiplier=1.0, clip=1.0))
+    task = site_task_of(CONFIG, data, None, site="s", dp_sgd=DpSgdSpec(noise_multiplier=1.0, clip=1.0))
     config = {"local_steps": 3, "batch_size": 2, "lr": 1e-3}
 
     (spend,) = task.privacy_spend(config)
@@ -100,8 +86,8 @@ def test_two_private_rounds_from_one_seed_differ_and_cannot_be_regenerated() -> 
     data = _cases(6)
     spec = DpSgdSpec(noise_multiplier=1.0, clip=1.0)
     config = {"local_steps": 2, "batch_size": 2, "lr": 1e-3}
-    first = BrainTumorTask(CONFIG, data, None, site="s", seed=3, dp_sgd=spec)
-    second = BrainTumorTask(CONFIG, data, None, site="s", seed=3, dp_sgd=spec)  # the attacker's replay
+    first = site_task_of(CONFIG, data, None, site="s", seed=3, dp_sgd=spec)
+    second = site_task_of(CONFIG, data, None, site="s", seed=3, dp_sgd=spec)  # the attacker's replay
 
     a = first.train(initial_arrays(CONFIG, 0), config, round=1).update
     b = second.train(initial_arrays(CONFIG, 0), config, round=1).update
@@ -113,8 +99,8 @@ def test_two_private_rounds_from_one_seed_differ_and_cannot_be_regenerated() -> 
 def test_without_privacy_a_round_is_reproducible_bit_for_bit() -> None:
     data = _cases(6)
     config = {"local_steps": 2, "batch_size": 2, "lr": 1e-3}
-    first = BrainTumorTask(CONFIG, data, None, site="s", seed=3)
-    second = BrainTumorTask(CONFIG, data, None, site="s", seed=3)
+    first = site_task_of(CONFIG, data, None, site="s", seed=3)
+    second = site_task_of(CONFIG, data, None, site="s", seed=3)
 
     a = first.train(initial_arrays(CONFIG, 0), config, round=1).update
     b = second.train(initial_arrays(CONFIG, 0), config, round=1).update

@@ -8,12 +8,23 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 ENTRY = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
 DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+def _device(value: str) -> str:
+    if not DEVICE.match(value):
+        raise ValueError("expected auto, cpu, cuda or cuda:N")
+    return value
+
+
+Device = Annotated[str, AfterValidator(_device), Field(description="auto (CUDA when present), cpu, cuda or cuda:N")]
+"""``task.device`` of every torch task: where it trains and evaluates."""
+
 OWN_FIELDS = ("name", "entry", "code", "lr", "batch_size", "optimizer", "device")
 
 
@@ -32,20 +43,13 @@ class PythonTaskConfig(BaseModel):
     lr: float = Field(default=1e-3, gt=0, le=10, allow_inf_nan=False, description="local learning rate")
     batch_size: int = Field(default=32, ge=1, le=100_000)
     optimizer: Literal["adam", "sgd"] = "adam"
-    device: str = Field(default="auto", description="auto (CUDA when present), cpu, cuda or cuda:N")
+    device: Device = "auto"
 
     @field_validator("entry")
     @classmethod
     def _entry(cls, value: str) -> str:
         if not ENTRY.match(value):
             raise ValueError(f'expected "module:attribute" (for example "task:task"), got {value!r}')
-        return value
-
-    @field_validator("device")
-    @classmethod
-    def _device(cls, value: str) -> str:
-        if not DEVICE.match(value):
-            raise ValueError(f"expected auto, cpu, cuda or cuda:N, got {value!r}")
         return value
 
     def own_fields(self) -> dict[str, Any]:

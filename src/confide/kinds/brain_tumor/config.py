@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from confide.tasks.python_config import Device
+
 
 class PhantomConfig(BaseModel):
     """Generate BraTS-layout phantoms into ``data.root`` when it does not exist yet (a simulation)."""
@@ -29,9 +31,7 @@ class BrainTumorTaskConfig(BaseModel):
     lr: float = Field(default=2e-3, gt=0, le=1)
     batch_size: int = Field(default=2, ge=1, le=64)
     augment: bool = True
-    device: str = Field(
-        default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto (CUDA when present), cpu, cuda or cuda:N"
-    )
+    device: Device = "auto"
     phantoms: PhantomConfig | None = None
 
     @model_validator(mode="after")

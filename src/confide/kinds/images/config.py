@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
-from confide.tasks.python_config import DEVICE
+from confide.tasks.python_config import Device
 
 Network = Literal["small_cnn", "resnet18", "resnet34", "densenet121"]
 DEFAULT_WIDTH: dict[str, int] = {"small_cnn": 16, "resnet18": 64, "resnet34": 64, "densenet121": 64}
@@ -72,7 +72,7 @@ class ImageTaskConfig(BaseModel):
     lr: float = Field(default=1e-3, gt=0, le=10, allow_inf_nan=False, description="local learning rate")
     batch_size: int = Field(default=32, ge=1, le=100_000)
     optimizer: Literal["adam", "sgd"] = "adam"
-    device: str = Field(default="auto", description="auto (CUDA when present), cpu, cuda or cuda:N")
+    device: Device = "auto"
     synthetic: SyntheticGradesSpec | None = Field(
         default=None, description="generate colour images with five ordinal grades into data.root when it is absent"
     )
@@ -101,13 +101,6 @@ class ImageTaskConfig(BaseModel):
         if twice:
             raise ValueError(f"classes name {twice} more than once (labels are matched ignoring case)")
         return names
-
-    @field_validator("device")
-    @classmethod
-    def _device(cls, value: str) -> str:
-        if not DEVICE.match(value):
-            raise ValueError(f"expected auto, cpu, cuda or cuda:N, got {value!r}")
-        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> ImageTaskConfig:

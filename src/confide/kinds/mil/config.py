@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from confide.tasks.python_config import Device
+
 
 class SyntheticSlidesSpec(BaseModel):
     """Generate slides with a known signal into ``data.root`` when it does not exist yet
@@ -51,9 +53,7 @@ class MilTaskConfig(BaseModel):
     lr: float = Field(default=1e-3, gt=0, le=1)
     batch_size: int = Field(default=8, ge=1, le=1024, description="slides per step")
     max_tiles: int = Field(default=512, ge=1, le=1_000_000, description="tiles drawn per slide in a training step")
-    device: str = Field(
-        default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto (CUDA when present), cpu, cuda or cuda:N"
-    )
+    device: Device = "auto"
     synthetic: SyntheticSlidesSpec | None = None
 
     @model_validator(mode="after")
