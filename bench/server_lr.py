@@ -26,7 +26,8 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from confide.config import JobConfig, load_job  # noqa: E402
 from confide.errors import ConfideError  # noqa: E402
-from confide.experiment import Evaluator, initial_global, run_job  # noqa: E402
+from confide.experiment import Evaluator, run_job  # noqa: E402
+from confide.job_plan import initial_global  # noqa: E402
 from confide.records import Arrays  # noqa: E402
 from confide.report.progress import ProgressDisplay  # noqa: E402
 from confide.tasks.local_rules import model_part  # noqa: E402

@@ -245,7 +245,7 @@ def server(
     final = serve(
         kit,
         job,
-        initial=lambda j: initial_global(j, make_workload(j.task).initial(j.seed)),
+        initial=lambda j: initial_global(j, make_workload(j.task)),
         resume=resume,
         port=port,
         host=host,

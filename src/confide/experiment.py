@@ -20,7 +20,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -139,11 +138,6 @@ class _Recorder:
         self.display.advance(1, status=f"{self.run.name}: round {result.round} loss {point['loss']:.3f}")
 
 
-def initial_global(job: JobConfig, workload: Workload) -> Arrays:
-    """The job's first global model (with SCAFFOLD's zero control variate when the strategy needs one)."""
-    return job_plan.initial_global(job, workload.initial(job.seed))
-
-
 def _train_run(
     job: JobConfig,
     workload: Workload,
@@ -179,7 +173,7 @@ def _train_run(
     recorder = _Recorder(run, display, evaluator, every, personal)
     secure = SecureSettings() if privacy.secure_aggregation else None  # the simulator adds its CA's revocation list
     loop = job_plan.loop_settings(job, sites=len(tasks), secure=secure, deployed=False)
-    start = initial_global(job, workload) if run.kind == "federated" else workload.initial(job.seed)
+    start = job_plan.initial_global(job, workload) if run.kind == "federated" else workload.initial(job.seed)
     result = simulate(strategy, tasks, start, loop, events=recorder, chains=chains, ledgers=ledgers, job=job.name)
     run.ledgers = {site: ledger for site, ledger in ledgers.items() if ledger is not None}
     run.stopped = result.history.stopped
@@ -264,17 +258,3 @@ def run_job(job: JobConfig, display: ProgressDisplay) -> JobResult:
         metric_keys=tuple(workload.metric_keys),
         description=workload.describe(),
     )
-
-
-def site_task(
-    job: JobConfig,
-    root: Path,
-    name: str,
-    display: ProgressDisplay | None = None,
-    privacy: PrivacyConfig | None = None,
-) -> SiteTask:
-    """One hospital's task in a real deployment (see :func:`confide.job_plan.site_task`); ``privacy`` is what the
-    site runs (default: the job's)."""
-    report = display.console.print if display else print
-    task: SiteTask = job_plan.site_task(job, root, name, privacy if privacy is not None else job.privacy, report)
-    return task

@@ -66,9 +66,10 @@ def build_strategy(
     )
 
 
-def initial_global(job: JobConfig, model: Arrays) -> Arrays:
-    """The job's first global model from the task's untrained ``model`` (with SCAFFOLD's zero control variate when
-    the strategy needs one)."""
+def initial_global(job: JobConfig, workload: Any) -> Arrays:
+    """The job's first global model: the workload's untrained model for the job's seed (with SCAFFOLD's zero control
+    variate when the strategy needs one)."""
+    model: Arrays = workload.initial(job.seed)
     return with_controls(model) if job.federation.strategy == "scaffold" else model
 
 
@@ -107,13 +108,20 @@ def deployed_privacy(job: JobConfig, policy: PrivacyConfig | None) -> PrivacyCon
     return stricter(job.privacy, policy)
 
 
-def site_task(job: JobConfig, root: Path, name: str, privacy: PrivacyConfig, report: Callable[[str], Any]) -> Any:
+def site_task(
+    job: JobConfig,
+    root: Path,
+    name: str,
+    privacy: PrivacyConfig | None = None,
+    report: Callable[[str], Any] = print,
+) -> Any:
     """One hospital's task in a deployment: its own data only (``root``), split as in simulation, with the DP-SGD
-    its ``privacy`` asks for; every input it skipped is reported with its reason."""
+    its ``privacy`` asks for (default: the job's); every input it skipped is reported with its reason."""
     from confide.workloads.registry import make_workload
 
     workload = make_workload(job.task)
     site = workload.load_site(job.data, job.seed, root, name)
     for problem in site.skipped:
         report(f"skipped {problem.item}: {problem.reason}")
-    return workload.task(site.train, site.test, site=name, seed=job.seed, dp_sgd=privacy.dp_sgd)
+    dp_sgd = (privacy if privacy is not None else job.privacy).dp_sgd
+    return workload.task(site.train, site.test, site=name, seed=job.seed, dp_sgd=dp_sgd)

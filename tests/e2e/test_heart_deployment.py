@@ -5,32 +5,23 @@ naming its own rows with --data-site."""
 from __future__ import annotations
 
 import json
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 from confide.provision import load_federation, provision
+from tests.e2e.processes import finish, free_port, start
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 TABLE = ROOT.parent / "shared" / "data" / "heart_disease" / "heart_disease_uci.csv"
-CLI = [sys.executable, "-m", "confide.cli"]
 HOSPITALS = {
     "cleveland": "Cleveland",
     "hungary": "Hungary",
     "switzerland": "Switzerland",
     "va-long-beach": "VA Long Beach",
 }
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _own(rows: str) -> list[str]:
@@ -50,36 +41,13 @@ def test_the_readme_walkthrough_deploys_the_heart_disease_table(tmp_path: Path) 
     job["federation"].update({"rounds": 2, "round_deadline_s": 120})
     job["report"] = {"out": str(tmp_path / "report")}
     (tmp_path / "job.yaml").write_text(yaml.safe_dump(job))
-    port = _free_port()
-    server = subprocess.Popen(
-        [*CLI, "server", str(tmp_path / "job.yaml"), "--kit", str(tmp_path / "fed" / "server"), "--port", str(port)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    port = free_port()
+    server = start("server", str(tmp_path / "job.yaml"), "--kit", str(tmp_path / "fed" / "server"), "--port", str(port))
     sites = [
-        subprocess.Popen(
-            [
-                *CLI,
-                "site",
-                "--kit",
-                str(tmp_path / "fed" / "sites" / kit),
-                *_own(rows),
-                "--server",
-                f"localhost:{port}",
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
+        start("site", "--kit", str(tmp_path / "fed" / "sites" / kit), *_own(rows), "--server", f"localhost:{port}")
         for kit, rows in HOSPITALS.items()
     ]
-    try:
-        server_out, _ = server.communicate(timeout=300)
-        site_outs = [s.communicate(timeout=120)[0] for s in sites]
-    finally:
-        for process in (server, *sites):
-            process.kill()
+    server_out, site_outs = finish(server, sites)
 
     assert server.returncode == 0, server_out
     assert all(s.returncode == 0 for s in sites), site_outs

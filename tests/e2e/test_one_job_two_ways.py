@@ -21,7 +21,7 @@ from confide import serde
 from confide.cli import app
 from confide.config import JobConfig, load_job
 from confide.deploy import run_site, serve
-from confide.experiment import site_task
+from confide.job_plan import initial_global, site_task
 from confide.kinds.brain_tumor.model import initial_arrays
 from confide.provision import parse_federation, provision
 from confide.records import Arrays
@@ -102,7 +102,6 @@ def test_the_simulated_and_the_deployed_federation_reach_the_same_model(tmp_path
 def test_a_table_job_with_scaffold_deploys_as_it_simulates(tmp_path: Path) -> None:
     """SCAFFOLD over the wire: the control variate travels with the model, each site keeps its own between rounds,
     and the deployed model (controls stripped) matches the simulated one."""
-    from confide.experiment import initial_global
     from confide.site.finish import SiteModels, keep_and_adapt
     from confide.strategies.controls import CONTROL_PREFIX, model_part
     from confide.workloads.registry import make_workload

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,16 +13,10 @@ import yaml
 
 from confide.new_task import new_task
 from confide.provision import parse_federation, provision
+from tests.e2e.processes import finish, free_port, start
 
 pytestmark = pytest.mark.slow
-CLI = [sys.executable, "-m", "confide.cli"]
 HOSPITALS = ["hospital-a", "hospital-b", "hospital-c"]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _federation(tmp_path: Path) -> tuple[Path, Path]:
@@ -43,10 +35,16 @@ def _federation(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def _site(kits: Path, name: str, code: Path | None, data: Path, port: int) -> subprocess.Popen[str]:
-    command = [*CLI, "site", "--kit", str(kits / "sites" / name), "--data", str(data), "--server", f"localhost:{port}"]
-    if code is not None:
-        command += ["--code", str(code)]
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    own = ["--code", str(code)] if code is not None else []
+    return start(
+        "site", "--kit", str(kits / "sites" / name), "--data", str(data), "--server", f"localhost:{port}", *own
+    )
+
+
+def _server(study: Path, kits: Path, port: int, wait_s: int) -> subprocess.Popen[str]:
+    return start(
+        "server", str(study / "job.yaml"), "--kit", str(kits / "server"), "--port", str(port), "--wait", str(wait_s)
+    )
 
 
 def test_a_users_task_runs_in_a_tls_deployment_each_site_with_its_own_code(tmp_path: Path) -> None:
@@ -57,20 +55,10 @@ def test_a_users_task_runs_in_a_tls_deployment_each_site_with_its_own_code(tmp_p
         shutil.copytree(study, copies[name], ignore=shutil.ignore_patterns("data"))
         shutil.copytree(study / "data" / name, tmp_path / name / "data")
     shutil.rmtree(study / "data")  # the server reads no data
-    port = _free_port()
-    server = subprocess.Popen(
-        [*CLI, "server", str(study / "job.yaml"), "--kit", str(kits / "server"), "--port", str(port), "--wait", "120"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    port = free_port()
+    server = _server(study, kits, port, 120)
     sites = [_site(kits, name, copies[name], tmp_path / name / "data", port) for name in HOSPITALS]
-    try:
-        server_out, _ = server.communicate(timeout=300)
-        site_outs = [s.communicate(timeout=120)[0] for s in sites]
-    finally:
-        for process in (server, *sites):
-            process.kill()
+    server_out, site_outs = finish(server, sites)
 
     assert server.returncode == 0, server_out
     assert all(s.returncode == 0 for s in sites), site_outs
@@ -87,13 +75,8 @@ def test_a_users_task_runs_in_a_tls_deployment_each_site_with_its_own_code(tmp_p
 
 def test_a_site_without_its_own_copy_of_the_code_refuses_the_job(tmp_path: Path) -> None:
     kits, study = _federation(tmp_path)
-    port = _free_port()
-    server = subprocess.Popen(
-        [*CLI, "server", str(study / "job.yaml"), "--kit", str(kits / "server"), "--port", str(port), "--wait", "60"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    port = free_port()
+    server = _server(study, kits, port, 60)
     site = _site(kits, "hospital-a", None, study / "data" / "hospital-a", port)
     try:
         site_out, _ = site.communicate(timeout=180)

@@ -10,7 +10,8 @@ import yaml
 from confide.config import load_job
 from confide.deploy import site_code
 from confide.errors import ConfigError, RoundFailed, TaskError
-from confide.experiment import run_job, site_task
+from confide.experiment import run_job
+from confide.job_plan import site_task
 from confide.new_task import new_task
 from confide.report.progress import ProgressDisplay
 from confide.workloads.registry import make_workload

@@ -115,8 +115,7 @@ class TorchSiteTask:
         self.train_data, self.test_data = train, test
         self.site, self.seed = site, seed
         self.device = workload.place()
-        with seeded(seed, "model"):
-            self.model = workload.network().to(self.device)
+        self.model = workload.network().to(self.device)  # its weights come with every round's instruction
         self.dp = (
             None if dp_sgd is None else DpSgd(self.model, clip=dp_sgd.clip, noise_multiplier=dp_sgd.noise_multiplier)
         )
