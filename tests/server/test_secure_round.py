@@ -62,6 +62,7 @@ class Tap:
 
     def __init__(self, runners: Mapping[str, Endpoint], cut: Mapping[str, str] | None = None) -> None:
         self.inner = InMemoryTransport(runners)
+        self.concurrent = self.inner.concurrent
         self.cut = dict(cut or {})
         self.received: list[tuple[str, str, bytes]] = []
 

@@ -531,3 +531,40 @@ def test_a_site_whose_server_never_answers_gives_up_in_bounded_time_and_says_so(
     error = answers["site-1"]
     assert isinstance(error, TransportError)
     assert f"localhost:{port} has been unreachable for 3 s" in str(error) and "giving up" in str(error)
+
+
+class _SlowTask(QuadraticTask):
+    """Trains for ``seconds`` of wall time, as a real site's local steps would."""
+
+    def __init__(self, target: Arrays, seconds: float) -> None:
+        super().__init__(target, examples=10)
+        self.seconds = seconds
+
+    def train(self, arrays: Arrays, config: Config, round: int) -> TrainRes:
+        time.sleep(self.seconds)
+        return super().train(arrays, config, round)
+
+
+def test_a_deployed_rounds_coordination_is_its_time_less_the_slowest_site_not_the_sum(tmp_path: Path) -> None:
+    """Three sites train 0.4 s each at once: the round waits for one of them, not for 1.2 s of site work (the old
+    sum exceeded the round's own time, and rounds.json printed a coordination time of 0)."""
+    kits = _federation(tmp_path / "kits")
+    job = _job(tmp_path, rounds=1)
+    server, result, _ = _start(kits, job)
+    answers: dict[str, object] = {}
+
+    def slow(name: str, job: JobConfig) -> SiteRunner:
+        return SiteRunner(name, _SlowTask(TARGETS[name], seconds=0.4))
+
+    threads = [_site(kits, name, int(result["port"]), answers, runner=slow) for name in SITES]  # type: ignore[call-overload]
+    server.join(120)
+    for t in threads:
+        t.join(60)
+
+    assert "error" not in result, result.get("error")
+    (only,) = json.loads((tmp_path / "report" / "rounds.json").read_text())
+    assert sorted(only["sites"]) == SITES
+    assert only["site_seconds"] >= 0.4  # the slowest site's training counts
+    assert only["site_seconds"] < only["seconds"]  # ... once: the three trained at the same time
+    assert only["coordination_seconds"] == pytest.approx(only["seconds"] - only["site_seconds"])
+    assert only["coordination_seconds"] > 0

@@ -22,6 +22,7 @@ from confide.server import checkpoint
 from confide.server.checks import check_update, reported_seconds
 from confide.server.guard import GuardConfig, UpdateGuard
 from confide.server.secure_round import SecureRound, SecureSettings, check_secure_strategy
+from confide.server.site_time import SiteTime
 from confide.strategies.base import Aggregate, Strategy
 from confide.transport.base import Transport
 
@@ -36,7 +37,7 @@ class RoundResult:
     train_metrics: Mapping[str, float]
     eval_metrics: Mapping[str, Mapping[str, float]]
     seconds: float
-    site_seconds: float = 0.0
+    site_seconds: float = 0.0  # the sites' own work that kept the round waiting (see server/site_time.py)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -63,7 +64,8 @@ class RoundResult:
 
     @property
     def coordination_seconds(self) -> float:
-        """Round time not spent inside sites' tasks (serialising, transport, checks, aggregation)."""
+        """Round time the sites did not keep waiting (serialising, transport, checks, aggregation): the round's time
+        less the slowest site's work where sites work at once, less every site's where they take turns."""
         return max(self.seconds - self.site_seconds, 0.0)
 
 
@@ -77,8 +79,8 @@ class Rejection:
 
 @dataclass
 class _Tally:
+    time: SiteTime  # the sites' own work, exchange by exchange
     failures: dict[str, str] = field(default_factory=dict)
-    site_seconds: float = 0.0
 
 
 @dataclass
@@ -200,7 +202,7 @@ class ServerLoop:
         self.events.round_started(rnd, sites)
         log.info("round %d of %d: %d site(s) take part: %s", rnd, self.config.rounds, len(sites), ", ".join(sites))
         instructions = self.strategy.configure(rnd, self.global_arrays, sites)
-        tally = _Tally()
+        tally = _Tally(SiteTime(concurrent=self.transport.concurrent))
         try:
             if self.config.secure is not None:
                 accepted = self._secure(rnd, instructions, self.config.secure, tally)
@@ -237,7 +239,7 @@ class ServerLoop:
             train_metrics=dict(accepted.metrics),
             eval_metrics=eval_metrics,
             seconds=time.perf_counter() - t0,
-            site_seconds=tally.site_seconds,
+            site_seconds=tally.time.seconds,
         )
         self.history.rounds.append(result)
         if self.config.checkpoint_dir is not None:
@@ -278,12 +280,12 @@ class ServerLoop:
             min_sites=self.config.min_sites,
             max_norm=self.config.guard.max_norm,
             on_site=lambda site, ok, detail: self.events.site_finished(rnd, site, ok, detail),
+            time=tally.time,
         )
         try:
             return secure.run(rnd, self.global_arrays, instructions)
         finally:
             tally.failures.update(secure.failures)
-            tally.site_seconds += secure.site_seconds
 
     def _accepted(
         self, rnd: int, encoded: Mapping[str, serde.Encoded], tally: _Tally
@@ -296,6 +298,7 @@ class ServerLoop:
         guard.start_round(round_sites)
         held: list[tuple[str, TrainRes, float]] = []
         want = guard.calibration_size(len(round_sites))
+        times = tally.time.exchange()
         for reply in self.transport.exchange(encoded, self.config.deadline_s):
             calibrating = guard.calibrating
             outcome = self._reason(rnd, reply.site, reply.payload, reply.error, detach=calibrating)
@@ -303,7 +306,7 @@ class ServerLoop:
                 self._reject(rnd, reply.site, outcome, tally)
                 continue
             record, norm = outcome
-            tally.site_seconds += reported_seconds(record.meta.get("task_seconds"), reply.seconds)
+            times.append(reported_seconds(record.meta.get("task_seconds"), reply.seconds))
             if calibrating:
                 held.append((reply.site, record, norm))
                 if len(held) >= want:
@@ -392,8 +395,9 @@ class ServerLoop:
         payload = serde.encode_parts(EvalIns(round=rnd, arrays=self.global_arrays))
         sites = self.transport.sites()
         out: dict[str, Mapping[str, float]] = {}
+        times = tally.time.exchange()
         for reply in self.transport.exchange(dict.fromkeys(sites, payload), self.config.deadline_s):
-            tally.site_seconds += reply.seconds
+            times.append(reply.seconds)
             if reply.payload is None:
                 continue
             try:

@@ -78,6 +78,7 @@ from confide.privacy.secagg_wire import (
 from confide.records import Arrays, Control, Failure, TrainIns, TrainRes
 from confide.sanitize import one_line
 from confide.server.checks import check_update, reported_seconds
+from confide.server.site_time import SiteTime
 from confide.strategies.aggregate import apply_delta, model_size, unflatten, weighted_metrics
 from confide.strategies.base import Aggregate, Strategy
 from confide.transport.base import Transport
@@ -121,7 +122,7 @@ class SecureSettings:
 
 
 class SecureRound:
-    """One secure round over ``transport``; ``failures`` and ``site_seconds`` are filled as it goes."""
+    """One secure round over ``transport``; ``failures`` and ``time`` are filled as it goes."""
 
     def __init__(
         self,
@@ -132,6 +133,7 @@ class SecureRound:
         min_sites: int = 1,
         max_norm: float | None = None,
         on_site: Callable[[str, bool, str], None] | None = None,
+        time: SiteTime | None = None,
     ) -> None:
         self.transport = transport
         self.settings = settings
@@ -141,7 +143,7 @@ class SecureRound:
         self.max_norm = max_norm
         self.on_site = on_site or (lambda site, ok, detail: None)
         self.failures: dict[str, str] = {}
-        self.site_seconds = 0.0
+        self.time = time or SiteTime(concurrent=transport.concurrent)  # the sites' own work, step by step
         self._certificates: dict[str, x509.Certificate] = {}  # each site's, from its signed advertisement
 
     def run(self, rnd: int, global_arrays: Arrays, instructions: Mapping[str, TrainIns]) -> Aggregate:
@@ -173,8 +175,9 @@ class SecureRound:
         message = serde.encode_parts(pack(rnd, setup))
         ads: dict[str, Advertisement] = {}
         seen: set[bytes] = set()
+        times = self.time.exchange()
         for site, control, seconds in self._step(rnd, "advertise", dict.fromkeys(sites, message)):
-            self.site_seconds += seconds
+            times.append(seconds)
             with self._left_out(rnd, "advertise", site):
                 ad = unpack(control, Advertisement)
                 self._check_sender(site, ad.sender, ad.aggregation_id, setup.aggregation_id)
@@ -194,8 +197,9 @@ class SecureRound:
         message = serde.encode_parts(pack(rnd, roster))
         bundles: list[EncryptedShare] = []
         shared = 0
+        times = self.time.exchange()
         for site, control, seconds in self._step(rnd, "share", dict.fromkeys(roster.names, message)):
-            self.site_seconds += seconds
+            times.append(seconds)
             with self._left_out(rnd, "share", site):
                 bundle_id, bundle = unpack_shares(control)
                 for share in bundle:
@@ -224,6 +228,7 @@ class SecureRound:
         }
         examples: dict[str, int] = {}
         metrics: dict[str, Mapping[str, float]] = {}
+        times = self.time.exchange()
         for site, control, seconds in self._step(rnd, "train", messages):
             with self._left_out(rnd, "train", site):
                 res = unpack(control, MaskedTrainRes)
@@ -233,7 +238,7 @@ class SecureRound:
                 took = reported_seconds(res.meta.get("task_seconds"), seconds)  # read before the sum takes it
                 server.collect([res.masked])  # checked whole, then added to the running sum
                 examples[site], metrics[site] = res.num_examples, res.metrics
-                self.site_seconds += took
+                times.append(took)
                 self.on_site(site, True, f"masked update, loss {res.metrics.get('loss', float('nan')):.4f}")
         self._need(rnd, len(examples), "sent masked updates")
         return examples, metrics
@@ -244,8 +249,9 @@ class SecureRound:
         agg, survivors, dropped = server.aggregation_id, request.survivors, request.dropped
         message = serde.encode_parts(pack(rnd, SurvivorCheck(agg, survivors, dropped)))
         signatures: dict[str, bytes] = {}
+        times = self.time.exchange()
         for site, control, seconds in self._step(rnd, "confirm", dict.fromkeys(survivors, message)):
-            self.site_seconds += seconds
+            times.append(seconds)
             with self._left_out(rnd, "confirm", site):
                 signed = unpack(control, SurvivorSignature)
                 self._check_sender(site, signed.sender, signed.aggregation_id, agg)
@@ -271,8 +277,9 @@ class SecureRound:
         message = serde.encode_parts(pack(rnd, request))
         responses: list[UnmaskResponse] = []
         signers = [site for site, _ in request.signatures]
+        times = self.time.exchange()
         for site, control, seconds in self._step(rnd, "unmask", dict.fromkeys(signers, message)):
-            self.site_seconds += seconds
+            times.append(seconds)
             with self._left_out(rnd, "unmask", site):
                 response = unpack(control, UnmaskResponse)
                 self._check_sender(site, response.sender, response.aggregation_id, server.aggregation_id)

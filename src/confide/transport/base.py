@@ -22,6 +22,10 @@ class Reply:
 class Transport(Protocol):
     """Server side of a federation's transport. Sites dial out; the server only answers."""
 
+    concurrent: bool
+    """True when the sites of one exchange work at the same time (a deployment), False when they take turns (the
+    in-memory simulator): the round's coordination time is its time less the slowest site's work, or less the sum."""
+
     def sites(self) -> list[str]:
         """Names of the sites connected now."""
         ...

@@ -79,6 +79,8 @@ class _Site:
 class FederationService:
     """Sites' mailboxes and replies; the server loop sees it through the Transport interface."""
 
+    concurrent = True  # every site of an exchange trains at once
+
     def __init__(self, ca_pem: bytes, config: ServiceConfig) -> None:
         self.ca_pem = ca_pem
         self.config = config

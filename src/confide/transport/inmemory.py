@@ -22,6 +22,8 @@ class Endpoint(Protocol):
 
 
 class InMemoryTransport:
+    concurrent = False  # sites take turns
+
     def __init__(self, endpoints: Mapping[str, Endpoint]) -> None:
         self._endpoints = dict(endpoints)
         self._down: set[str] = set()
