@@ -35,7 +35,13 @@ from confide.site.runner import SiteRunner
 from confide.strategies import Strategy
 from confide.tasks.python_config import PythonTaskConfig
 from confide.transport.grpc_client import SiteClient
-from confide.transport.grpc_server import FederationService, ServiceConfig, read_kit_file, start_server
+from confide.transport.grpc_server import (
+    HEADER_ALLOWANCE,
+    FederationService,
+    ServiceConfig,
+    read_kit_file,
+    start_server,
+)
 from confide.transport.inmemory import Endpoint
 from confide.validation import read_yaml
 
@@ -148,11 +154,9 @@ def _serve(
             ),
             roster=roster,
             workers=max(64, 16 + 2 * sites),  # each site's long poll holds a thread; Join and Heartbeat keep 16
+            max_bytes=HEADER_ALLOWANCE,  # no upload is due before the first instruction: none larger until then
         ),
     )
-    model = initial(job)
-    # a site's upload may be at most twice the model's size (sparse indices, secure aggregation's uint32 words)
-    service.limit_transfers(serde.encode_arrays_parts(model).size)
     listen = str(host or cfg.get("host") or "127.0.0.1")
     server, bound = start_server(
         service,
@@ -165,6 +169,10 @@ def _serve(
     if on_listen is not None:
         on_listen(bound)
     try:
+        # the model is built (torch imported, for most jobs) while the sites dial in, not before the server listens
+        model = initial(job)
+        # a site's upload may be at most twice the model's size (sparse indices, secure aggregation's uint32 words)
+        service.limit_transfers(serde.encode_arrays_parts(model).size)
         need = job.federation.min_sites
         start = max(need, job.federation.start_sites or need)
         present = service.wait_for_sites(start, wait_s)

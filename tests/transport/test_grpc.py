@@ -568,3 +568,56 @@ def test_a_deployed_rounds_coordination_is_its_time_less_the_slowest_site_not_th
     assert only["site_seconds"] < only["seconds"]  # ... once: the three trained at the same time
     assert only["coordination_seconds"] == pytest.approx(only["seconds"] - only["site_seconds"])
     assert only["coordination_seconds"] > 0
+
+
+def test_the_server_listens_while_it_builds_its_model_so_sites_join_meanwhile(tmp_path: Path) -> None:
+    """Building the initial model (importing torch, for most jobs) takes seconds: the server listens first, and the
+    sites join while it builds. Here the model is only ready once a site has joined."""
+    from confide import serde
+
+    kits = _federation(tmp_path / "kits")
+    job = _job(tmp_path, rounds=1)
+    port: dict[str, int] = {}
+    listening = threading.Event()
+    answers: dict[str, object] = {}
+
+    def on_listen(bound: int) -> None:
+        port["port"] = bound
+        listening.set()
+
+    def initial(_: JobConfig) -> Arrays:
+        if not listening.wait(30):
+            raise AssertionError("the server builds its model before it listens")
+        site = _site(kits, "site-1", port["port"], answers)
+        deadline = time.monotonic() + 60
+        while "site-1" not in (log_text := _trail(tmp_path)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "site site-1 joined" in log_text
+        site.join(0)  # still running: it waits for its instruction
+        return arrays(w=[0.0, 0.0])
+
+    result: dict[str, object] = {}
+
+    def target() -> None:
+        try:
+            result["final"] = serve(kits / "server", job, initial=initial, port=0, wait_s=60, on_listen=on_listen)
+        except BaseException as exc:  # reported to the test
+            result["error"] = exc
+
+    server = threading.Thread(target=target, daemon=True)
+    server.start()
+    assert listening.wait(30)
+    others = [_site(kits, name, port["port"], answers) for name in SITES[1:]]
+    server.join(120)
+    for t in others:
+        t.join(30)
+
+    assert "error" not in result, result.get("error")
+    final = serde.decode_arrays(Path(str(result["final"])).read_bytes())
+    assert final["w"].shape == (2,)
+    assert sorted(json.loads((tmp_path / "report" / "rounds.json").read_text())[0]["sites"]) == SITES
+
+
+def _trail(tmp_path: Path) -> str:
+    log = tmp_path / "report" / "server.log"
+    return log.read_text() if log.exists() else ""
