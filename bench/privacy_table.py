@@ -16,8 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from confide.kinds.tables.table import heart_disease
-from confide.kinds.tables.tabular import TabularTask, table_initial
+from confide.config import DataConfig
+from confide.kinds.tables.config import TableTaskConfig
+from confide.kinds.tables.table import HEART_CATEGORICAL, HEART_FEATURES
 from confide.privacy.build import site_chain, site_ledger
 from confide.privacy.config import DpSgdSpec, PrivacyConfig
 from confide.privacy.ledger import noise_multiplier_for
@@ -25,8 +26,15 @@ from confide.records import Arrays, Config, EvalRes, TrainRes
 from confide.server.loop import LoopConfig
 from confide.sim import simulate
 from confide.strategies import make_strategy
+from confide.workloads.base import SiteSplit
+from confide.workloads.kind import KindWorkload, TorchSiteTask
+from confide.workloads.registry import make_workload
 
 ROUNDS, STEPS, BATCH = 30, 5, 8
+HEART = TableTaskConfig(  # the UCI table as kinds/tables/table.py's heart_disease reads it, a linear model
+    site_column="dataset", target="num", positive_above=0, features=HEART_FEATURES, categorical=HEART_CATEGORICAL
+)
+TEST_FRACTION = 1.0 - 2 / 3  # two thirds of each hospital train
 DP_FAMILIES = ("svt", "client-dp", "dp-sgd")
 NOMINAL = 10.0
 """Above this epsilon a configuration is flagged: nominal DP, no meaningful protection."""
@@ -63,7 +71,7 @@ def table_configurations() -> list[tuple[str, str, dict[str, Any]]]:
 class EqualWeight:
     """A site that reports one example, as a site under DP does: FedAvg then weighs every hospital the same."""
 
-    def __init__(self, task: TabularTask) -> None:
+    def __init__(self, task: TorchSiteTask) -> None:
         self.task = task
 
     def train(self, arrays: Arrays, config: Config, round: int) -> TrainRes:
@@ -80,10 +88,17 @@ def site_dp_sgd(epsilon: float, rows: int) -> DpSgdSpec:
     return DpSgdSpec(noise_multiplier=round(sigma + 5e-5, 4), clip=1.0)
 
 
+def heart_sites(path: Path, seed: int) -> tuple[KindWorkload, list[SiteSplit]]:
+    """The table task's workload and its four hospitals, split by ``seed``, as a job reads them."""
+    workload = make_workload(HEART)
+    assert isinstance(workload, KindWorkload)
+    return workload, workload.load_sites(DataConfig(root=path, test_fraction=TEST_FRACTION), seed, lambda _: None)
+
+
 def run_table(path: Path, seeds: int, only: str = "") -> list[dict[str, Any]]:
-    first = heart_disease(path, seed=0)
+    _, first = heart_sites(path, 0)
     rows = []
-    print(f"\nheart disease ({', '.join(first)}), logistic model, {seeds} seeds")
+    print(f"\nheart disease ({', '.join(s.name for s in first)}), logistic model, {seeds} seeds")
     print(f"{'configuration':<32} {'accuracy (mean of 4)':>21} {'spread':>7} {'epsilon':>9}  protection")
     for label, family, section in table_configurations():
         if only and only not in label and family not in ("none", "equal"):
@@ -94,33 +109,32 @@ def run_table(path: Path, seeds: int, only: str = "") -> list[dict[str, Any]]:
         )
         accuracies, epsilons = [], []
         for seed in range(seeds):
-            splits = heart_disease(path, seed=seed)
+            workload, splits = heart_sites(path, seed)
+            tests = {s.name: s.test for s in splits}
             tasks = {
-                site: TabularTask(
-                    s.x_train,
-                    s.y_train,
-                    s.x_test,
-                    s.y_test,
-                    site=site,
+                s.name: workload.task(
+                    s.train,
+                    s.test,
+                    site=s.name,
                     seed=seed,
-                    dp_sgd=site_dp_sgd(plan, len(s.y_train)) if plan else None,
+                    dp_sgd=site_dp_sgd(plan, len(s.train)) if plan else None,
                 )
-                for site, s in splits.items()
+                for s in splits
             }
             ledgers = {site: site_ledger(privacy, site, None) for site in tasks}
-            features = next(iter(splits.values())).x_train.shape[1]
             sites: dict[str, Any] = {s: EqualWeight(t) for s, t in tasks.items()} if family == "equal" else tasks
             result = simulate(
                 make_strategy(
                     "fedavg", {"local_steps": STEPS, "lr": 0.05, "batch_size": BATCH}, privacy=privacy, seed=seed
                 ),
                 sites,
-                table_initial(features, "logistic", seed),
+                workload.initial(seed),
                 LoopConfig(rounds=ROUNDS, min_sites=len(tasks)),
                 chains={site: site_chain(privacy, len(tasks)) for site in tasks},
                 ledgers=ledgers,
             )
-            accuracies.append(float(np.mean([task.accuracy(result.arrays) for task in tasks.values()])))
+            scores = [task.score(result.arrays, tests[site])["accuracy"] for site, task in tasks.items()]
+            accuracies.append(float(np.mean(scores)))
             epsilons.append(max((ledger.epsilon for ledger in ledgers.values() if ledger is not None), default=0.0))
         row = {
             "label": label,

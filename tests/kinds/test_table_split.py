@@ -115,10 +115,10 @@ def test_the_task_config_keeps_the_split_column_out_of_the_features() -> None:
 
 def test_the_report_notes_say_how_many_val_rows_were_set_aside(tmp_path: Path) -> None:
     from confide.kinds.tables.config import TableTaskConfig
-    from confide.kinds.tables.workload import TableWorkload
+    from confide.workloads.registry import make_workload
 
     path = _table(tmp_path, _rows("A", 24) + [f"A,{50 + i},val,{i % 2}" for i in range(5)])
-    workload = TableWorkload(TableTaskConfig(target="y", site_column="hospital"))
+    workload = make_workload(TableTaskConfig(target="y", site_column="hospital"))
 
     (site,) = workload.load_sites(parse_job({"data": {"root": str(path)}}).data, 0, lambda _: None)
 

@@ -2,30 +2,39 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
+from torch.utils.data import TensorDataset
 
 from confide.config import parse_job
 from confide.errors import ConfideError, ConfigError, TaskError
-from confide.kinds.tables.tabular import TabularTask, table_initial
+from confide.kinds.tables.config import TableTaskConfig
 from confide.privacy.config import DpSgdSpec
 from confide.records import Arrays, TrainRes
 from confide.strategies import make_strategy
 from confide.strategies.base import StrategyState
 from confide.strategies.fedavg import FedAvg
 from confide.strategies.fedprox import FedProx
-from tests.helpers import arrays
+from confide.workloads.kind import TorchSiteTask
+from confide.workloads.registry import make_workload
+from tests.helpers import arrays, site_task_of
 
 TRAIN = {"local_steps": 40, "batch_size": 16, "lr": 0.05}
+TABLE = TableTaskConfig(target="y", features=("x0", "x1", "x2", "x3", "x4"))  # a linear model on five columns
 
 
 def _res(update: Arrays, n: int) -> TrainRes:
     return TrainRes(round=1, update=update, num_examples=n, metrics={"loss": 1.0})
 
 
-def _table(dp_sgd: DpSgdSpec | None = None) -> TabularTask:
+def _table(dp_sgd: DpSgdSpec | None = None) -> TorchSiteTask:
     rng = np.random.default_rng(0)
-    x = rng.normal(size=(200, 5)).astype(np.float32)
-    y = (x[:, 0] - x[:, 2] > 0).astype(np.float32)
-    return TabularTask(x, y, x[:20], y[:20], site="s", seed=3, dp_sgd=dp_sgd)
+    x = torch.from_numpy(rng.normal(size=(200, 5)).astype(np.float32))
+    y = (x[:, 0] - x[:, 2] > 0).float()
+    return site_task_of(TABLE, TensorDataset(x, y), TensorDataset(x[:20], y[:20]), site="s", seed=3, dp_sgd=dp_sgd)
+
+
+def _start() -> Arrays:
+    return make_workload(TABLE).initial(0)
 
 
 def _update_norm(res: TrainRes) -> float:
@@ -74,7 +83,7 @@ def test_a_large_mu_holds_the_site_near_the_received_weights() -> None:
     # Adam moves each weight by about lr per step when the data's gradient dominates; the pull mu*(w - w0) with
     # mu = 100 outweighs the data's gradient (at most about 1 per weight) once w is 0.01 from w0, so the update
     # stays a small fraction of the free one
-    start = table_initial(5, "logistic", 0)
+    start = _start()
 
     free = _table().train(start, TRAIN, round=1)
     held = _table().train(start, {**TRAIN, "proximal_mu": 100.0}, round=1)
@@ -83,7 +92,7 @@ def test_a_large_mu_holds_the_site_near_the_received_weights() -> None:
 
 
 def test_mu_zero_trains_exactly_as_without_fedprox() -> None:
-    start = table_initial(5, "logistic", 0)
+    start = _start()
 
     plain = _table().train(start, TRAIN, round=1)
     zero = _table().train(start, {**TRAIN, "proximal_mu": 0.0}, round=1)
@@ -94,7 +103,7 @@ def test_mu_zero_trains_exactly_as_without_fedprox() -> None:
 
 def test_dp_sgd_honours_mu_after_the_noise() -> None:
     # the noised private gradient is the same for both runs (same seed, same Poisson samples); only the pull differs
-    start = table_initial(5, "logistic", 0)
+    start = _start()
     spec = DpSgdSpec(noise_multiplier=1.0, clip=1.0)
 
     free = _table(spec).train(start, TRAIN, round=1)
@@ -105,7 +114,7 @@ def test_dp_sgd_honours_mu_after_the_noise() -> None:
 
 def test_a_site_refuses_a_negative_mu() -> None:
     with pytest.raises(TaskError, match="proximal_mu"):
-        _table().train(table_initial(5, "logistic", 0), {**TRAIN, "proximal_mu": -1.0}, round=1)
+        _table().train(_start(), {**TRAIN, "proximal_mu": -1.0}, round=1)
 
 
 def test_config_refuses_a_negative_proximal_mu_naming_the_field() -> None:

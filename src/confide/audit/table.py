@@ -16,14 +16,15 @@ import math
 import time
 
 import numpy as np
+import torch
+from torch.utils.data import TensorDataset
 
 from confide.audit.data import SiteRows
 from confide.audit.result import AuditProgress, AuditResult, AuditRow
 from confide.audit.settings import AuditSettings
 from confide.audit.site import AuditConfig, audit_configs, release_once
 from confide.audit.threads import one_thread
-from confide.kinds.tables.table import TableRows
-from confide.kinds.tables.tabular import build_table_model
+from confide.kinds.tables.model import build_table_model
 from confide.privacy.audit_bounds import Guesses, auc, best_one_run_epsilon
 from confide.privacy.audit_membership import (
     added,
@@ -52,7 +53,8 @@ def _table_audit(settings: AuditSettings, site: SiteRows, progress: AuditProgres
     began = time.perf_counter()
     s = settings.table
     workload, base = site.workload, site.rows
-    features = int(base.x.shape[1])
+    x, y = base.tensors
+    features = int(x.shape[1])
     initial = workload.initial(settings.seed)
     model = build_table_model(features, s.model, s.hidden)  # the attacker's copy
     instruction = {"local_steps": s.steps, "lr": s.lr, "batch_size": s.batch}
@@ -70,8 +72,9 @@ def _table_audit(settings: AuditSettings, site: SiteRows, progress: AuditProgres
         scores: list[np.ndarray] = []
         ledger_eps = record_eps = math.inf
         for number, included in enumerate(draws):
-            train = TableRows(
-                np.concatenate([base.x, canaries[included]]), np.concatenate([base.y, labels[included]]), base.kind
+            train = TensorDataset(
+                torch.cat([x, torch.from_numpy(canaries[included]).to(x.dtype)]),
+                torch.cat([y, torch.from_numpy(labels[included]).to(y.dtype)]),
             )
             released = release_once(
                 workload,

@@ -1,12 +1,20 @@
-"""The clinical-table task's section of a job file (``task: {name: table, ...}``)."""
+"""The clinical-table task's section of a job file (``task: {name: table, ...}``).
+
+The model's input size is the number of encoded feature columns (and, for multiclass, of classes). The job fixes
+it when it lists ``features`` and the levels of every categorical column (and ``classes``); otherwise a simulation
+learns it from the table (:meth:`TableTaskConfig.with_layout`) before building the model. A deployed server or site
+reads no table before building it, so there the job must declare it.
+"""
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
-from confide.kinds.tables.table import TableSpec
+from confide.errors import TaskError
+from confide.kinds.tables.table import TableSpec, declared_layout
+from confide.tasks.python_config import Device
 
 
 class TableTaskConfig(BaseModel):
@@ -63,6 +71,14 @@ class TableTaskConfig(BaseModel):
     )
     lr: float = Field(default=0.05, gt=0, le=1)
     batch_size: int = Field(default=32, ge=1, le=65_536)
+    optimizer: Literal["adam", "sgd"] = "adam"
+    device: Device = Field(
+        default="cpu",
+        description="cpu (default: a table's small model trains fastest there, and results match on every "
+        "machine), auto (CUDA when present), cuda or cuda:N",
+    )
+    _features: tuple[str, ...] | None = PrivateAttr(default=None)  # encoded columns learnt from the table
+    _classes: tuple[str, ...] | None = PrivateAttr(default=None)  # multiclass: the classes learnt from the table
 
     @model_validator(mode="after")
     def _consistent(self) -> TableTaskConfig:
@@ -116,3 +132,42 @@ class TableTaskConfig(BaseModel):
             categories=dict(self.categories),
             missing=self.missing,
         )
+
+    def with_layout(self, features: tuple[str, ...], classes: tuple[str, ...] = ()) -> TableTaskConfig:
+        """The config with the encoded feature columns (and multiclass classes) learnt from a simulation's table."""
+        out = self.model_copy()
+        out._features = tuple(features)
+        out._classes = tuple(classes) if self.kind == "multiclass" else None
+        return out
+
+    def encoded_features(self) -> tuple[str, ...] | None:
+        """The model's encoded input columns: learnt from the table, or as the job declares them, else None."""
+        if self._features is not None:
+            return self._features
+        declared = declared_layout(self.spec())
+        return None if declared is None else declared.features()
+
+    def model_classes(self) -> tuple[str, ...] | None:
+        """Multiclass: the classes of the model's outputs, as declared or learnt from the table, else None."""
+        return self.classes or self._classes
+
+    def require_layout(self) -> tuple[tuple[str, ...], int]:
+        """The encoded feature columns and the model's number of classes (1 unless multiclass); a TaskError naming
+        what to declare when neither the job nor a simulation's table gave them (a deployed server or site builds
+        the model before it reads any table)."""
+        features = self.encoded_features()
+        if features is None:
+            raise TaskError(
+                "the table model's size depends on the table's encoded columns, which a deployed server or site must "
+                "know before it reads any table: list features and the categories of every categorical column in "
+                "the task (a simulation learns them from the table)"
+            )
+        if self.kind != "multiclass":
+            return features, 1
+        classes = self.model_classes()
+        if not classes:
+            raise TaskError(
+                "the multiclass model's size depends on the classes, which a deployed server or site must know "
+                "before it reads any table: list classes in the task (a simulation learns them from the table)"
+            )
+        return features, len(classes)

@@ -1,5 +1,9 @@
 """Metrics and the survival loss of the clinical-table task, as pure functions.
 
+- :func:`table_scores`: every metric of :data:`METRIC_KEYS` for a kind, from the model's outputs: binary accuracy,
+  balanced accuracy and ROC AUC (a logit above 0 is positive); multiclass accuracy, balanced accuracy and Cohen's
+  kappa (the largest logit); survival Harrell's C-index and the Cox loss of the rows.
+
 - :func:`c_index`: Harrell's concordance. A pair (i, j) is comparable when ``time_i < time_j`` and ``i`` had the
   event (pairs with equal times are not comparable, nor those whose earlier time is censored). It is concordant when
   the earlier one has the higher risk score; a tie in risk counts 1/2. NaN when no pair is comparable.
@@ -13,7 +17,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from confide.tasks.class_metrics import confusion_matrix
+from confide.tasks.class_metrics import accuracy, balanced_accuracy, binary_auc, confusion_matrix
+
+METRIC_KEYS: dict[str, tuple[str, ...]] = {
+    "binary": ("accuracy", "balanced_accuracy", "auc"),
+    "multiclass": ("accuracy", "balanced_accuracy", "cohen_kappa"),
+    "survival": ("c_index", "cox_loss"),
+}
 
 
 def c_index(time: np.ndarray, event: np.ndarray, risk: np.ndarray) -> float:
@@ -58,3 +68,29 @@ def cox_loss(risk: torch.Tensor, time: torch.Tensor, event: torch.Tensor) -> tor
     if float(events) == 0.0:
         return (r * 0.0).sum()
     return ((cumulative[last_tied] - r) * e).sum() / events
+
+
+def table_scores(kind: str, outputs: torch.Tensor, y: np.ndarray, classes: int = 2) -> dict[str, float]:
+    """Every metric of ``METRIC_KEYS[kind]`` for the model's ``outputs`` (n, k) on rows whose targets are ``y``
+    (binary (n,) 0/1, multiclass (n,) class indices, survival (n, 2) time and event)."""
+    if kind == "survival":
+        times, target = np.asarray(y, dtype=np.float64), torch.from_numpy(np.asarray(y, dtype=np.float32))
+        loss = float(cox_loss(outputs, target[:, 0], target[:, 1]))
+        return {"c_index": c_index(times[:, 0], times[:, 1], outputs[:, 0].numpy()), "cox_loss": loss}
+    truth = np.asarray(y).astype(np.int64)
+    if kind == "binary":
+        logit = outputs[:, 0].numpy()
+        pred = (logit > 0).astype(np.int64)
+        return {
+            "accuracy": accuracy(truth, pred, 2),
+            "balanced_accuracy": balanced_accuracy(truth, pred, 2),
+            "auc": binary_auc(truth, logit),
+        }
+    if kind != "multiclass":
+        raise ValueError(f"a table task is binary, multiclass or survival, not {kind!r}")
+    pred = outputs.argmax(dim=1).numpy().astype(np.int64)
+    return {
+        "accuracy": accuracy(truth, pred, classes),
+        "balanced_accuracy": balanced_accuracy(truth, pred, classes),
+        "cohen_kappa": cohen_kappa(truth, pred, classes),
+    }

@@ -152,23 +152,13 @@ def load_table(
     if not 0 < test_fraction < 1:
         raise DataError(f"test_fraction must lie between 0 and 1, got {test_fraction}")
     table = read_table(path)
-    split = spec.split_column if spec.split_column in table.header else None
-    columns = _feature_columns(table, spec, split)
-    outcome = [spec.site_column, spec.target, *([spec.event] if spec.event else [])]
-    table.require([*outcome, *columns, *spec.drop, *spec.categorical, *spec.categories])
-    for name in (*spec.categorical, *spec.categories):
-        if name not in columns:
-            raise DataError(f"table {path}: column {name!r} is declared categorical but is not a feature")
-    needed = outcome + (list(columns) if spec.missing == "drop" else [])
-    at = [table.index(c) for c in needed]
-    kept = [i for i, row in enumerate(table.rows) if not any(is_missing(row[j]) for j in at)]
-    layout = Layout(tuple(_column(table, spec, name, kept) for name in columns), spec.missing)
-    classes = _classes(table, spec, kept) if spec.kind == "multiclass" else ()
+    schema = _schema(table, spec)
+    split, needed, kept, layout, classes = schema.split, schema.needed, schema.kept, schema.layout, schema.classes
     by_site: dict[str, list[int]] = {}
     for i in kept:
         by_site.setdefault(table.rows[i][table.index(spec.site_column)], []).append(i)
     dropped = _dropped(table, needed, spec.site_column, set(kept))
-    named = sorted({v for v in table.values(spec.site_column) if not is_missing(v)})
+    named = site_values(table, spec)
     wanted = list(sites) if sites else named
     unknown = [s for s in wanted if s not in named]
     if unknown:
@@ -179,6 +169,50 @@ def load_table(
         share = 1.0 - test_fraction
         out[site] = _site_split(table, spec, layout, classes, site, rows, lost, seed, share, max_rows, split)
     return out
+
+
+@dataclass(frozen=True)
+class TableSchema:
+    """What the whole file fixes (never a statistic): the encoded columns and, for multiclass, the classes."""
+
+    split: str | None  # the split column, where the table has it
+    needed: list[str]  # the columns a row must have a value in to be kept
+    kept: list[int]  # the rows kept
+    layout: Layout
+    classes: tuple[str, ...]
+
+
+def _schema(table: RawTable, spec: TableSpec) -> TableSchema:
+    split = spec.split_column if spec.split_column in table.header else None
+    columns = _feature_columns(table, spec, split)
+    outcome = [spec.site_column, spec.target, *([spec.event] if spec.event else [])]
+    table.require([*outcome, *columns, *spec.drop, *spec.categorical, *spec.categories])
+    for name in (*spec.categorical, *spec.categories):
+        if name not in columns:
+            raise DataError(f"table {table.path}: column {name!r} is declared categorical but is not a feature")
+    needed = outcome + (list(columns) if spec.missing == "drop" else [])
+    at = [table.index(c) for c in needed]
+    kept = [i for i, row in enumerate(table.rows) if not any(is_missing(row[j]) for j in at)]
+    layout = Layout(tuple(_column(table, spec, name, kept) for name in columns), spec.missing)
+    classes = _classes(table, spec, kept) if spec.kind == "multiclass" else ()
+    return TableSchema(split, needed, kept, layout, classes)
+
+
+def table_schema(path: Path, spec: TableSpec) -> TableSchema:
+    """The layout and classes every site of the table at ``path`` is encoded with (as :func:`load_table` does)."""
+    return _schema(read_table(path), spec)
+
+
+def site_values(table: RawTable, spec: TableSpec) -> list[str]:
+    """The sites the table's site column names, sorted."""
+    return sorted({v for v in table.values(spec.site_column) if not is_missing(v)})
+
+
+def table_sites(path: Path, spec: TableSpec) -> list[str]:
+    """The sites the table at ``path`` holds rows of (its site column's values, sorted)."""
+    table = read_table(path)
+    table.require([spec.site_column])
+    return site_values(table, spec)
 
 
 def declared_layout(spec: TableSpec) -> Layout | None:
