@@ -73,14 +73,20 @@ def heart_job(seed: int, data: Path, out: Path) -> dict[str, Any]:
 
 
 def mias_job(seed: int, data: Path, out: Path) -> dict[str, Any]:
-    task = {
-        "name": "mammo_density",
-        "target": "density",
+    task = {  # as jobs/mias_density.yaml (the mammo_density preset with width 8, norm group, lr 0.002)
+        "name": "image_classification",
+        "classes": ["F", "G", "D"],
+        "ordinal": True,
         "image_size": 64,
         "width": 8,
+        "blocks": 4,
         "norm": "group",
+        "intensity": "raw",
+        "augmentation": "flip_batch_shift",
+        "class_weighted": True,
+        "storage": "float32",
         "lr": 0.002,
-        "split_sites": 3,
+        "mias": {"sites": 3},
     }
     images = {"root": str(data / "mias"), "test_fraction": 0.25}
     return _job(

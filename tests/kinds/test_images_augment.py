@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from confide.kinds.images.augment import augment_batch, augment_spec
+from confide.kinds.images.augment import augment_batch, augment_spec, flip_and_shift_batch
 
 
 def _batch(n: int = 6, channels: int = 3, side: int = 28) -> torch.Tensor:
@@ -73,3 +73,19 @@ def test_an_empty_batch_passes_through() -> None:
     x = torch.zeros(0, 1, 32, 32)
 
     assert augment_batch(x, augment_spec(32), torch.Generator()).shape == (0, 1, 32, 32)
+
+
+def test_flip_and_shift_batch_flips_images_and_shifts_the_batch_by_whole_pixels() -> None:
+    x = torch.zeros(8, 1, 32, 32)
+    x[:, 0, 10:14, 4:8] = 1.0  # a square left of centre in every image
+
+    out = flip_and_shift_batch(x, torch.Generator().manual_seed(3))
+    again = flip_and_shift_batch(x, torch.Generator().manual_seed(3))
+
+    assert torch.equal(out, again) and out.shape == x.shape
+    assert set(out.unique().tolist()) <= {0.0, 1.0}  # whole pixels: nothing interpolated
+    columns = [int(torch.nonzero(image[0].sum(0)).min()) for image in out]
+    rows = {int(torch.nonzero(image[0].sum(1)).min()) for image in out}
+    assert len(rows) == 1 and abs(rows.pop() - 10) <= 2  # one shift for the batch, at most 32 / 16 pixels
+    assert {c < 16 for c in columns} == {True, False}  # some images flipped, some not
+    assert flip_and_shift_batch(x[:0], torch.Generator()).shape == (0, 1, 32, 32)

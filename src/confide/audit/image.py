@@ -1,4 +1,4 @@
-"""The image audit: what one site's mammography update gives away about the image it trained on.
+"""The image audit: what one site's update of the image task gives away about the mammogram it trained on.
 
 Each trial draws ``candidates`` images from the pool, picks one of them at random (the seeded experiment's choice)
 and runs a fresh site that holds only that image, one round, under the configuration audited; the attacker reads
@@ -26,7 +26,7 @@ from confide.audit.result import AuditProgress, AuditResult, AuditRow, Pictures
 from confide.audit.settings import AuditSettings
 from confide.audit.site import AuditConfig, audit_configs, release_once
 from confide.audit.threads import one_thread
-from confide.kinds.mammography.density import ImageData, build_classifier
+from confide.kinds.images.dataset import ImageSet
 from confide.privacy.audit_bounds import identification_epsilon
 from confide.privacy.audit_inversion import (
     Recipe,
@@ -49,21 +49,21 @@ def _trials(settings: AuditSettings, pool_size: int) -> list[tuple[np.ndarray, i
     return out
 
 
-def _one(images: ImageData, index: int) -> ImageData:
-    return ImageData(images.images[index : index + 1], images.labels[index : index + 1], (images.ids[index],))
+def _one(images: ImageSet, index: int) -> ImageSet:
+    return ImageSet(images.images[index : index + 1], images.labels[index : index + 1], (images.files[index],))
 
 
 def public_images(pool: ImagePool, index: int) -> np.ndarray:
     """The attacker's public images when image ``index`` is the true one: every image of another patient."""
     others = np.array([patient != pool.patients[index] for patient in pool.patients])
-    return pool.images.images[others]
+    return pool.pixels[others]
 
 
 def baselines(pool: ImagePool, truths: list[int]) -> dict[str, float]:
     """PSNR and SSIM that need no update: the mean public image, and a public image at random (averaged)."""
     out: dict[str, list[float]] = {"mean_psnr": [], "mean_ssim": [], "random_psnr": [], "random_ssim": []}
     for index in truths:
-        truth = pool.images.images[index, 0]
+        truth = pool.pixels[index, 0]
         public = public_images(pool, index)[:, 0]
         mean = public.mean(axis=0)
         out["mean_psnr"].append(psnr(mean, truth))
@@ -82,9 +82,9 @@ def run_image_audit(settings: AuditSettings, pool: ImagePool, progress: AuditPro
 def _image_audit(settings: AuditSettings, pool: ImagePool, progress: AuditProgress) -> AuditResult:
     began = time.perf_counter()
     s = settings.image
-    workload, images = pool.workload, pool.images
+    workload, images, pixels = pool.workload, pool.images, pool.pixels
     initial = workload.initial(settings.seed)
-    model = build_classifier(workload.config)  # the attacker's copy of the architecture
+    model = workload.network()  # the attacker's copy of the architecture
     model.train()
     start = start_parameters(model, initial.to_dict())
     names = tuple(start)
@@ -118,15 +118,15 @@ def _image_audit(settings: AuditSettings, pool: ImagePool, progress: AuditProgre
             ledger_eps, record_eps = released.ledger_epsilon, released.record_epsilon
             observed = observed_update(released.update, names)
             label = infer_label(released.update, names[-1])
-            labels_right += int(label == int(images.labels[index]))
+            labels_right += int(label == int(pool.labels[index]))
             losses = matching_losses(
-                model, start, images.images[chosen], label, loss_fn, recipe, observed, s.inversion.tau_end
+                model, start, pixels[chosen], label, loss_fn, recipe, observed, s.inversion.tau_end
             )
             found += int(np.argmin(losses) == secret)
             if number < s.inversions:
                 public = public_images(pool, index)
                 made = invert(model, start, observed, label, loss_fn, recipe, public, s.inversion)
-                truth = images.images[index, 0]
+                truth = pixels[index, 0]
                 scores.append((psnr(made.image, truth), ssim(made.image, truth)))
                 if number == 0:
                     pictures[audit.name] = made.image
@@ -143,7 +143,7 @@ def _image_audit(settings: AuditSettings, pool: ImagePool, progress: AuditProgre
         f"inversion: {s.inversions} trial(s), informed start from the best {s.inversion.top} public images, then "
         f"{s.inversion.iterations} steps of gradient matching with a total-variation prior",
     )
-    truth0 = images.images[truths[0], 0] if truths else images.images[0, 0]
+    truth0 = pixels[truths[0], 0] if truths else pixels[0, 0]
     return AuditResult(
         task="image",
         description=workload.describe(),

@@ -43,8 +43,8 @@ class DpSgd:
             reason = str(problems[0]).split(". ")[0]
             raise TaskError(
                 f"DP-SGD cannot train this model: {reason}. Use normalisation that works on one case at a time, "
-                "not BatchNorm (brain_tumor: model segresnet; image_classification and mammo_density: norm group; "
-                "table: norm none; mil: norm layer; your own network: GroupNorm or LayerNorm)"
+                "not BatchNorm (brain_tumor: model segresnet; image_classification and its mammo_density preset: "
+                "norm group; table: norm none; mil: norm layer; your own network: GroupNorm or LayerNorm)"
             )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -12,6 +12,10 @@ standardises each image undoes those, so they are not drawn. How far each goes f
 - from 48 pixels: shifts up to 4 % of the side, rotations up to 10 degrees and zoom within 5 %, growing to these
   bounds by 96 pixels.
 
+``augmentation: flip_batch_shift`` is simpler (:func:`flip_and_shift_batch`): each image flipped left-right with
+probability 1/2, then the whole batch shifted by one draw of whole pixels, up to a 16th of the side in each
+direction, the edge filled with black: the mammography preset's augmentation.
+
 The draws come from the generator passed in (through :attr:`confide.api.TaskKind.augment`, Confide's training
 generator, seeded from the job, the site and the round), so a job reproduces bit for bit; each image's transform
 depends on its own draws only, so the loss stays a mean of per-image terms, as DP-SGD needs.
@@ -111,3 +115,18 @@ def augment_batch(x: torch.Tensor, spec: AugmentSpec, gen: torch.Generator) -> t
         gains = 1 + torch.stack([_within(n, spec.colour, gen, device) for _ in range(channels)], dim=1)
         out = out * gains.view(n, channels, 1, 1)
     return out.clamp(0.0, 1.0)
+
+
+def flip_and_shift_batch(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """The batch ``x`` (N, C, S, S) with each image flipped left-right at random (probability 1/2) and the whole
+    batch shifted by one draw of up to S / 16 whole pixels (at least one) in each direction, zero padded; drawn
+    from ``gen`` (a CPU generator), shape, dtype and device kept."""
+    if x.shape[0] == 0:
+        return x
+    flips = (torch.rand(x.shape[0], generator=gen) < 0.5).to(x.device)
+    x = torch.where(flips[:, None, None, None], torch.flip(x, dims=(3,)), x)
+    reach = max(1, x.shape[-1] // 16)
+    dy, dx = (int(v) for v in torch.randint(-reach, reach + 1, (2,), generator=gen))
+    padded = torch.nn.functional.pad(x, (reach, reach, reach, reach))
+    side = x.shape[-1]
+    return padded[..., reach + dy : reach + dy + side, reach + dx : reach + dx + side]

@@ -14,6 +14,7 @@ from confide.tasks.python_config import Device
 Network = Literal["small_cnn", "resnet18", "resnet34", "densenet121"]
 DEFAULT_WIDTH: dict[str, int] = {"small_cnn": 16, "resnet18": 64, "resnet34": 64, "densenet121": 64}
 SYNTHETIC_CLASSES = ("0", "1", "2", "3", "4")  # the generated grades, in order
+Augmentation = Literal["scaled", "flip_batch_shift"]
 
 
 class SyntheticGradesSpec(BaseModel):
@@ -28,6 +29,19 @@ class SyntheticGradesSpec(BaseModel):
     test_fraction: float = Field(default=0.25, gt=0, lt=1, description="share of patients in the given test split")
     format: Literal["png", "jpeg", "mixed"] = "png"
     seed: int = Field(default=0, ge=0, description="the generator's seed (the same seed writes the same images)")
+
+
+class MiasSplit(BaseModel):
+    """How a ``data.root`` holding the mini-MIAS films (``Info.txt``, ``images/mdbNNN.png``) becomes sites: its
+    patients dealt to ``sites`` simulated sites (``mias-1``, ...), each with its own simulated acquisition when
+    ``site_shift`` is on (see :mod:`confide.kinds.images.mias`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    sites: int = Field(default=3, ge=1, le=16, description="sites the 161 MIAS patients are dealt to")
+    site_shift: bool = Field(
+        default=True, description="give each site its own simulated acquisition (gamma, contrast, blur, noise, matrix)"
+    )
 
 
 class ImageTaskConfig(BaseModel):
@@ -69,12 +83,33 @@ class ImageTaskConfig(BaseModel):
     augment: bool = Field(
         default=True, description="flips, small shifts and intensity jitter while training, milder on small images"
     )
+    augmentation: Augmentation = Field(
+        default="scaled",
+        description="scaled: per image a flip, a shift, above 48 px a small rotation and zoom, and (intensity raw) "
+        "brightness and contrast jitter, scaled to the image size; flip_batch_shift: per image a left-right flip, "
+        "and one whole-pixel shift of the batch (up to a 16th of the side, zero padded)",
+    )
+    class_weighted: bool = Field(
+        default=False,
+        description="weight the cross-entropy by the inverse class frequency of the site's training images (refused "
+        "under DP-SGD: the weights are a statistic of the site's data outside the privacy accounting)",
+    )
+    storage: Literal["float16", "float32"] = Field(
+        default="float16",
+        description="how a site holds its images in memory: float16 (half the memory, pixels to about 1e-4) or "
+        "float32 (the pixels exactly as read and resized)",
+    )
     lr: float = Field(default=1e-3, gt=0, le=10, allow_inf_nan=False, description="local learning rate")
     batch_size: int = Field(default=32, ge=1, le=100_000)
     optimizer: Literal["adam", "sgd"] = "adam"
     device: Device = "auto"
     synthetic: SyntheticGradesSpec | None = Field(
         default=None, description="generate colour images with five ordinal grades into data.root when it is absent"
+    )
+    mias: MiasSplit = Field(
+        default_factory=MiasSplit,
+        description="when data.root is the mini-MIAS folder (it holds Info.txt): the sites its patients are dealt "
+        "to; its classes are [F, G, D] (background tissue) or [normal, abnormal]",
     )
     _read_from_data: bool = PrivateAttr(default=False)  # classes completed by prepare, for the report's notes
 

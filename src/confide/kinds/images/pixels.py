@@ -6,7 +6,8 @@
   JPEG's EXIF orientation is applied.
 - DICOM (pydicom; ``.dcm``, ``.dicom`` or no suffix): greyscale values go through the modality LUT (rescale), then
   the file's window (its first Window Center/Width, DICOM's linear function) or VOI LUT, each scaled by its own output
-  range; without either, by the range the stored bits can take. MONOCHROME1 is inverted. Colour (RGB, YBR: pydicom
+  range (a LUT's: the lowest to the highest value of its table, which often spans less than its bits allow);
+  without either, by the range the stored bits can take. MONOCHROME1 is inverted. Colour (RGB, YBR: pydicom
   gives RGB) is divided by the stored range, palette colour goes through its lookup table.
 
 A file that cannot be used (not an image, truncated, several frames, an unsupported mode or transfer syntax) is a
@@ -99,9 +100,12 @@ def _grey_dicom(ds: Any, stored: np.ndarray) -> np.ndarray:
         low = centre - 0.5 - (width - 1) / 2
         out = (values - low) / max(width - 1, 1e-9)
     elif ds.get("VOILUTSequence"):
-        lut = ds.VOILUTSequence[0]
-        bits = int(lut.LUTDescriptor[2])
-        out = np.asarray(apply_voi_lut(values, ds), dtype=np.float64) / float(2**bits - 1)
+        descriptor = ds.VOILUTSequence[0].LUTDescriptor
+        entries, first = int(descriptor[0]) or 2**16, int(descriptor[1])  # 0 entries means 65536
+        table = np.asarray(apply_voi_lut(np.arange(first, first + entries, dtype=np.int64), ds), dtype=np.float64)
+        low, high = float(table.min()), float(table.max())
+        mapped = np.asarray(apply_voi_lut(np.rint(values).astype(np.int64), ds), dtype=np.float64)  # indexes the table
+        out = (mapped - low) / (high - low) if high > low else np.zeros_like(mapped)
     else:
         bits = int(ds.BitsStored)
         signed = int(ds.get("PixelRepresentation", 0)) == 1

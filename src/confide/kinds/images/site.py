@@ -7,11 +7,16 @@ be used (missing, unreadable, outside the site folder) and an image file that ``
 returned in ``SiteData.skipped`` with the reason (or, under ``data.on_bad_case: stop``, stop the job naming it); a
 site left with no readable image is an error naming the folder and the first reasons. ``data.max_cases_per_site``
 reads only the first images listed (train and test; val rows are never read).
+
+A folder holding ``Info.txt`` is the mini-MIAS set instead, its patients dealt to simulated sites
+(:mod:`confide.kinds.images.mias`). Either way, under ``class_weighted`` each training image carries the inverse
+frequency of its class among the site's training images as its loss weight.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -19,8 +24,9 @@ import numpy as np
 from confide.api import Place, SiteData, split_indices
 from confide.errors import ConfigError, DataError
 from confide.kinds.images.config import ImageTaskConfig
-from confide.kinds.images.dataset import ImageSet
+from confide.kinds.images.dataset import ImageSet, inverse_frequency
 from confide.kinds.images.labels import LABELS_FILE, LabelRow, class_indices, read_labels
+from confide.kinds.images.mias import is_mias, read_mias_site, site_names
 from confide.kinds.images.pixels import DICOM_SUFFIXES, RASTER_SUFFIXES, load_image
 from confide.tasks.loop import seed_of
 
@@ -118,9 +124,38 @@ def _counts(labels: np.ndarray, classes: tuple[str, ...]) -> str:
     return ", ".join(f"{name} {int(c)}" for name, c in zip(classes, counts, strict=True))
 
 
+def sites(config: ImageTaskConfig, root: Path) -> list[str]:
+    """The sites of a simulation's ``data.root``: MIAS's simulated sites, else its sub-folders."""
+    root = Path(root)
+    if is_mias(root):
+        return site_names(config.mias.sites)
+    if not root.is_dir():
+        raise DataError(f"data.root {root} is not a folder (it should hold one folder per site with {LABELS_FILE})")
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
 def read_site(config: ImageTaskConfig, place: Place) -> SiteData:
-    """One site's images split into train and test (see the module docstring)."""
+    """One site's images split into train and test, its training images weighted under ``class_weighted`` (see the
+    module docstring)."""
     classes = require_classes(config, f"site {place.site}")
+    data = read_mias_site(config, classes, place) if is_mias(place.folder) else _read_folder(config, classes, place)
+    if not config.class_weighted:
+        return data
+    train = data.train
+    if not isinstance(train, ImageSet):
+        raise DataError(f"site {place.site}: training images of type {type(train).__name__}, not an ImageSet")
+    per_class = inverse_frequency(train.labels.numpy(), len(classes))
+    counts = train.counts(len(classes))
+    shown = ", ".join(f"{name} {w:.3g}" for name, w, n in zip(classes, per_class, counts, strict=True) if n)
+    return replace(
+        data,
+        train=train.with_class_weights(len(classes)),
+        notes=(*data.notes, f"training loss weighted by inverse class frequency: {shown}"),
+    )
+
+
+def _read_folder(config: ImageTaskConfig, classes: tuple[str, ...], place: Place) -> SiteData:
+    """A site folder's labels.csv and images, split as given or by patient."""
     folder = Path(place.folder)
     if not folder.is_dir():
         raise DataError(f"site {place.site}: {folder} is not a folder (it should hold {LABELS_FILE} and the images)")
@@ -144,7 +179,9 @@ def read_site(config: ImageTaskConfig, place: Place) -> SiteData:
     train, test, how = _split(rows, labels, table.has_split, place)
 
     def subset(idx: np.ndarray) -> ImageSet:
-        return ImageSet.from_arrays([images[i] for i in idx], labels[idx].tolist(), [rows[i].file for i in idx])
+        return ImageSet.from_arrays(
+            [images[i] for i in idx], labels[idx].tolist(), [rows[i].file for i in idx], config.storage
+        )
 
     notes = [
         f"split {how}",

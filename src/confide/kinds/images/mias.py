@@ -1,46 +1,46 @@
 """The mini-MIAS mammograms (``Info.txt`` and ``images/mdbNNN.png``) dealt to simulated sites.
 
 MIAS is one centre. To study a federation on it, its 161 patients (each a pair of films: mdb001 + mdb002, ...; odd
-numbers are right breasts, even numbers left) are dealt to ``n_sites`` sites: patients are ordered by background
+numbers are right breasts, even numbers left) are dealt to ``sites`` sites: patients are ordered by background
 tissue (then at random, seeded) and dealt in turn, so each site gets about the same number of patients and the same
-tissue mix. Within a site, patients are split into training and test, stratified by the target's labels. A
-patient's two films are always on one site and on one side of the split. The partition is computed from ``Info.txt``
-alone, so a site in a deployment re-derives exactly the simulation's partition from the seed and reads only its
-own images.
+tissue mix. Within a site, patients are split into training and test, stratified by their labels. A patient's two
+films are always on one site and on one side of the split. The partition is computed from ``Info.txt`` alone, so a
+site in a deployment re-derives exactly the simulation's partition from the job's seed and reads only its own films.
 
-Acquisition differences (``shift=True``) stand in for different vendors and scanners. They are fixed per site index
-(not per job seed), applied to the 256-pixel films in this order (:meth:`SiteShift.apply`):
-
-1. resolution: the matrix resized by ``scale`` (pixel spacing 0.8 mm / ``scale``);
-2. blur: a Gaussian of ``blur_sigma`` pixels (the detector's modulation transfer);
-3. noise: additive Gaussian of standard deviation ``noise_std``, seeded per site and image (quantum noise);
-4. the vendor's display curve: ``gamma`` (x ** gamma), then ``contrast`` about mid-grey, then ``brightness``;
-   clipped to [0, 1].
-
-The table :data:`SHIFTS` gives sites 1-3 (site 1 is the film as digitised); further sites draw theirs from a
-generator seeded by their index. At a 64-pixel input, the display curve is by far the strongest of the four.
+A film's class is its background tissue when the job's classes are F, G and D (fatty, fatty-glandular,
+dense-glandular), or whether it shows an abnormality when they are normal and abnormal. Each site's films go through
+its simulated acquisition (:mod:`confide.kinds.images.mias_shift`) when ``site_shift`` is on, then are padded square
+and resized to the job's image size like any other image (:func:`confide.kinds.images.pixels.fit_square`).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Hashable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from PIL import Image
 
+from confide.api import Place, SiteData
 from confide.errors import DataError
-from confide.kinds.mammography.reading import MammoCase, MammoImage, read_raster
-from confide.records import Skipped
+from confide.kinds.images.config import ImageTaskConfig
+from confide.kinds.images.dataset import ImageSet
+from confide.kinds.images.mias_shift import SHIFT_SEED, SiteShift, site_shift
+from confide.kinds.images.pixels import fit_square, read_pixels, to_channels
 
+INFO = "Info.txt"
 TISSUES = ("F", "G", "D")
+ABNORMALITY = ("normal", "abnormal")
 ABNORMALITIES = frozenset({"CALC", "CIRC", "SPIC", "MISC", "ARCH", "ASYM", "NORM"})
 MIAS_SPACING_MM = 0.8  # 200 micrometre films reduced from 1024 to 256 pixels
 _REF = re.compile(r"^mdb(\d{3})$")
-_SHIFT_SEED = 20_240_611
+
+
+def is_mias(root: Path) -> bool:
+    """Whether ``root`` is the mini-MIAS folder (it holds ``Info.txt``)."""
+    return (Path(root) / INFO).is_file()
 
 
 @dataclass(frozen=True)
@@ -105,91 +105,18 @@ def parse_info(path: Path) -> dict[str, MiasRecord]:
     return records
 
 
-def mias_label(record: MiasRecord, target: str) -> int:
-    """The class index of a film for ``target`` ("density": F/G/D, "abnormal": normal/abnormal)."""
-    if target == "density":
-        return TISSUES.index(record.tissue)
-    if target == "abnormal":
-        return int(record.abnormal)
-    raise DataError(f"MIAS has labels for targets 'density' and 'abnormal', not {target!r}")
-
-
-@dataclass(frozen=True)
-class SiteShift:
-    """A site's simulated acquisition (see the module docstring for the order of the steps)."""
-
-    gamma: float = 1.0
-    contrast: float = 1.0
-    brightness: float = 0.0
-    blur_sigma: float = 0.0
-    noise_std: float = 0.0
-    scale: float = 1.0
-
-    def describe(self) -> str:
-        if self == SiteShift():
-            return "acquisition: as digitised (reference site, no simulated shift)"
-        return (
-            f"acquisition (simulated): gamma {self.gamma:.2f}, contrast {self.contrast:.2f}, "
-            f"brightness {self.brightness:+.2f}, blur {self.blur_sigma:.1f} px, noise sd {self.noise_std:.3f}, "
-            f"matrix x{self.scale:.2f}"
-        )
-
-    def apply(self, image: MammoImage, rng: np.random.Generator) -> MammoImage:
-        x = image.pixels.astype(np.float32, copy=True)
-        spacing = image.spacing_mm
-        if self.scale != 1.0:
-            h, w = x.shape
-            size = (max(1, round(w * self.scale)), max(1, round(h * self.scale)))
-            x = np.asarray(Image.fromarray(x).resize(size, Image.Resampling.BILINEAR), dtype=np.float32)
-            if spacing is not None:
-                spacing = (spacing[0] * h / size[1], spacing[1] * w / size[0])
-        if self.blur_sigma > 0:
-            x = gaussian_blur(x, self.blur_sigma)
-        if self.noise_std > 0:
-            x = x + rng.normal(0.0, self.noise_std, size=x.shape).astype(np.float32)
-        x = np.clip(x, 0.0, 1.0) ** self.gamma
-        x = (x - 0.5) * self.contrast + 0.5 + self.brightness
-        return replace(image, pixels=np.clip(x, 0.0, 1.0).astype(np.float32), spacing_mm=spacing)
-
-
-SHIFTS: tuple[SiteShift, ...] = (
-    SiteShift(),  # the film as digitised
-    SiteShift(gamma=0.7, contrast=0.85, brightness=0.08, blur_sigma=1.5, noise_std=0.0, scale=0.75),  # soft, bright
-    SiteShift(gamma=1.4, contrast=1.2, brightness=-0.05, blur_sigma=0.0, noise_std=0.04, scale=1.0),  # hard, noisy
-)
-
-
-def site_shift(index: int) -> SiteShift:
-    """The acquisition of site ``index`` (0-based): :data:`SHIFTS`, then drawn from a generator seeded by the index."""
-    if index < len(SHIFTS):
-        return SHIFTS[index]
-    rng = np.random.default_rng([_SHIFT_SEED, index])
-    return SiteShift(
-        gamma=float(np.exp(rng.uniform(-0.4, 0.4))),
-        contrast=float(rng.uniform(0.8, 1.25)),
-        brightness=float(rng.uniform(-0.06, 0.08)),
-        blur_sigma=float(rng.choice([0.0, 1.0, 1.5])),
-        noise_std=float(rng.choice([0.0, 0.02, 0.04])),
-        scale=float(rng.choice([0.75, 1.0])),
+def labelling(classes: Sequence[str]) -> Callable[[MiasRecord], int]:
+    """A film's class index in ``classes``: by background tissue for classes F, G, D, by abnormality for classes
+    normal, abnormal (any order, any case); other classes are refused, naming the two that MIAS labels."""
+    index = {name.casefold(): i for i, name in enumerate(classes)}
+    if set(index) == {t.casefold() for t in TISSUES}:
+        return lambda record: index[record.tissue.casefold()]
+    if set(index) == set(ABNORMALITY):
+        return lambda record: index[ABNORMALITY[int(record.abnormal)]]
+    raise DataError(
+        f"MIAS labels its films by background tissue (task.classes [F, G, D]) or as normal vs abnormal "
+        f"(task.classes [normal, abnormal]); the job's classes are {list(classes)}"
     )
-
-
-def gaussian_blur(x: np.ndarray, sigma: float) -> np.ndarray:
-    """Separable Gaussian blur with edge padding."""
-    radius = max(1, int(np.ceil(3 * sigma)))
-    taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
-    taps /= taps.sum()
-    out = x.astype(np.float32)
-    for axis in (0, 1):
-        pad = [(0, 0), (0, 0)]
-        pad[axis] = (radius, radius)
-        padded = np.pad(out, pad, mode="edge")
-        n = out.shape[axis]
-        out = sum(
-            (float(t) * np.take(padded, np.arange(k, k + n), axis=axis) for k, t in enumerate(taps)),
-            start=np.zeros_like(out),
-        )
-    return out.astype(np.float32)
 
 
 def site_names(n_sites: int) -> list[str]:
@@ -242,30 +169,53 @@ def stratified_patient_split(
     return set(order) - test, test
 
 
+@dataclass(frozen=True, eq=False)
+class Film:
+    """One film as its site acquired it: pixels (H, W) float32 in [0, 1], its spacing, class index and patient."""
+
+    pixels: np.ndarray
+    spacing_mm: tuple[float, float]
+    label: int
+    patient: str
+    ref: str
+
+
 @dataclass(frozen=True)
 class MiasSite:
     name: str
     shift: SiteShift | None
-    train: tuple[MammoCase, ...]
-    test: tuple[MammoCase, ...]
-    skipped: tuple[Skipped, ...] = ()
+    train: tuple[Film, ...]
+    test: tuple[Film, ...]
+    skipped: tuple[tuple[str, str], ...] = ()  # (film, reason)
+
+
+def _capped(mine: list[MiasRecord], max_images: int, seed: int, name: str) -> list[MiasRecord]:
+    """Whole patients, in seeded order, while their films stay within ``max_images``."""
+    keys = _keys(sorted({r.patient for r in mine}), seed, f"{name}/cap")
+    kept: set[str] = set()
+    for patient in sorted(keys, key=keys.__getitem__):
+        if sum(1 for r in mine if r.patient in kept | {patient}) > max_images:
+            break
+        kept.add(patient)
+    return [r for r in mine if r.patient in kept]
 
 
 def mias_sites(
     root: Path,
     *,
-    target: str,
+    classes: Sequence[str],
     n_sites: int = 3,
     seed: int = 0,
     test_fraction: float = 0.25,
     shift: bool = True,
     only: Sequence[str] = (),
     max_images: int | None = None,
-    on_bad_case: Literal["skip", "stop"] = "skip",
+    on_bad_case: str = "skip",
 ) -> list[MiasSite]:
     """The MIAS films at ``root`` dealt to ``n_sites`` sites (only the named ones are read), each split into training
-    and test patients stratified by the target's labels. ``max_images`` keeps whole patients, in seeded order."""
-    records = parse_info(root / "Info.txt")
+    and test patients stratified by their labels. ``max_images`` keeps whole patients, in seeded order."""
+    records = parse_info(root / INFO)
+    label = labelling(classes)
     names = site_names(n_sites)
     unknown = sorted(set(only) - set(names))
     if unknown:
@@ -277,43 +227,88 @@ def mias_sites(
             continue
         mine = sorted((r for r in records.values() if sites[r.patient] == index), key=lambda r: r.number)
         if max_images is not None:
-            keys = _keys(sorted({r.patient for r in mine}), seed, f"{name}/cap")
-            kept: set[str] = set()
-            for patient in sorted(keys, key=keys.__getitem__):
-                count = sum(1 for r in mine if r.patient in kept | {patient})
-                if count > max_images:
-                    break
-                kept.add(patient)
-            mine = [r for r in mine if r.patient in kept]
-        site_shift_ = site_shift(index) if shift else None
-        cases: list[MammoCase] = []
-        skipped: list[Skipped] = []
+            mine = _capped(mine, max_images, seed, name)
+        acquisition = site_shift(index) if shift else None
+        films: list[Film] = []
+        skipped: list[tuple[str, str]] = []
         for record in mine:
             path = root / "images" / f"{record.ref}.png"
             try:
-                image = read_raster(path)
+                pixels = to_channels(read_pixels(path), 1)[0]
             except DataError as exc:
                 if on_bad_case == "stop":
-                    raise
-                skipped.append(Skipped(record.ref, str(exc).removeprefix(f"{path}: ")))
+                    raise DataError(f"{path}: {exc} (data.on_bad_case is stop)") from None
+                skipped.append((record.ref, str(exc)))
                 continue
-            image = replace(image, spacing_mm=(MIAS_SPACING_MM, MIAS_SPACING_MM), laterality=record.laterality)
-            if site_shift_ is not None:
-                image = site_shift_.apply(image, np.random.default_rng([_SHIFT_SEED, index, record.number]))
-            cases.append(MammoCase(image, mias_label(record, target), record.patient, record.ref))
+            spacing = (MIAS_SPACING_MM, MIAS_SPACING_MM)
+            if acquisition is not None:
+                rng = np.random.default_rng([SHIFT_SEED, index, record.number])
+                pixels, spacing = acquisition.apply(pixels, spacing, rng)
+            films.append(Film(pixels, spacing, label(record), record.patient, record.ref))
         strata: dict[str, set[int]] = {}
         for record in mine:  # from Info.txt, so the split does not depend on which files could be read
-            strata.setdefault(record.patient, set()).add(mias_label(record, target))
+            strata.setdefault(record.patient, set()).add(label(record))
         train, test = stratified_patient_split(
             {p: tuple(sorted(labels)) for p, labels in strata.items()}, test_fraction, seed, name
         )
         out.append(
             MiasSite(
                 name,
-                site_shift_,
-                tuple(c for c in cases if c.patient in train),
-                tuple(c for c in cases if c.patient in test),
+                acquisition,
+                tuple(f for f in films if f.patient in train),
+                tuple(f for f in films if f.patient in test),
                 tuple(skipped),
             )
         )
     return out
+
+
+def _counts(films: Sequence[Film], classes: Sequence[str]) -> str:
+    counts = np.bincount([f.label for f in films], minlength=len(classes))
+    patients = len({f.patient for f in films})
+    per_class = ", ".join(f"{name} {int(n)}" for name, n in zip(classes, counts, strict=True))
+    return f"{len(films)} images of {patients} patients ({per_class})"
+
+
+def _matrix(films: Sequence[Film]) -> str:
+    sides = sorted({max(f.pixels.shape) for f in films})
+    spacings = [f.spacing_mm[0] for f in films]
+    low, high = min(spacings), max(spacings)
+    return (
+        f"matrix {sides[0]}" + (f"-{sides[-1]}" if len(sides) > 1 else "") + " px, "
+        f"pixel spacing {low:.3g}" + (f"-{high:.3g}" if high > low else "") + " mm"
+    )
+
+
+def read_mias_site(config: ImageTaskConfig, classes: Sequence[str], place: Place) -> SiteData:
+    """Site ``place.site`` of the MIAS folder ``place.folder``, as the job's ``mias`` settings deal it."""
+    (site,) = mias_sites(
+        Path(place.folder),
+        classes=classes,
+        n_sites=config.mias.sites,
+        seed=place.seed,
+        test_fraction=place.test_fraction,
+        shift=config.mias.site_shift,
+        only=[place.site],
+        max_images=place.max_cases,
+        on_bad_case=place.on_bad_case,
+    )
+    if not site.train or not site.test:
+        raise DataError(
+            f"site {site.name}: {len(site.train)} training and {len(site.test)} test images; both need at least one"
+        )
+    side = config.image_size
+
+    def images(films: Sequence[Film]) -> ImageSet:
+        pixels = [fit_square(to_channels(f.pixels[None], config.channels), side) for f in films]
+        return ImageSet.from_arrays(pixels, [f.label for f in films], [f.ref for f in films], config.storage)
+
+    shift = site.shift.describe() if site.shift is not None else "acquisition: as digitised (site_shift off)"
+    notes = (
+        "MIAS films (one centre, split by patient)",
+        shift,
+        f"{_matrix([*site.train, *site.test])}, resized to {side} px",
+        f"train: {_counts(site.train, classes)}",
+        f"test: {_counts(site.test, classes)}",
+    )
+    return SiteData(train=images(site.train), test=images(site.test), notes=notes, skipped=site.skipped)

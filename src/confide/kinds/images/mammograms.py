@@ -4,7 +4,7 @@ Each image is a breast seen from the side: a half-ellipse against the chest wall
 lateralities occur), dark background, a smooth fibroglandular texture whose brightness fades towards the nipple,
 and one to three bright dense blobs. The label follows how much dense tissue the breast holds (F fatty, G
 fatty-glandular, D dense-glandular, by thirds of the generated distribution). :func:`write_mammo_sites` writes them
-as 8-bit PNGs in the folder layout the mammography workload reads (``<site>/labels.csv`` and the images).
+as 8-bit PNGs in the folder layout the image task reads (``<site>/labels.csv`` and the images; classes F, G, D).
 """
 
 from __future__ import annotations

@@ -1,1 +1,0 @@
-"""Mammography (task.name mammo_density): breast density and abnormality from DICOM, PNG and PGM films."""
