@@ -7,8 +7,8 @@ if you need them, a loss, a list of sites and a pooling rule. A job names it by 
 
 ``entry`` is ``module:attribute``: the module is a file beside the job file (or, at a deployed site, in the folder
 the site's operator gives with ``--code``; the server never sends code). Fields other than Confide's own (``name``,
-``entry``, ``code``, ``lr``, ``batch_size``, ``optimizer``, ``device``) are validated by your task's ``fields``
-model, so a wrong field is named like any other.
+``entry``, ``code``, ``lr``, ``batch_size``, ``optimizer``, ``device``, ``precision``) are validated by your task's
+``fields`` model, so a wrong field is named like any other.
 
 Confide owns the training loop: each round it loads the global model into your network, draws batches from your
 training data, computes your loss and steps the optimiser, with whatever the job asks of local training
@@ -103,7 +103,8 @@ class TaskKind(Generic[F]):
     - ``prepare(fields, root) -> fields`` (optional): in a simulation, before any site is read, the fields
       completed from the data (for example the label vocabulary read from every site's files). A deployed server
       reads no data: there the job must give those fields.
-    - ``describe``: one line for the report.
+    - ``describe``: one line for the report, or ``describe(fields) -> line`` for a line that tells what ``prepare``
+      completed (the fields as the job runs them).
     """
 
     read_site: Callable[[F, Place], SiteData]
@@ -118,7 +119,7 @@ class TaskKind(Generic[F]):
     augment: Callable[[F, Any, Any], Any] | None = None
     prepare: Callable[[F, Path], F] | None = None
     dp_sgd_refusal: Callable[[F], str | None] | None = None
-    describe: str = ""
+    describe: str | Callable[[F], str] = ""
 
     def __post_init__(self) -> None:
         if not self.metrics or any(not isinstance(m, str) or not m for m in self.metrics):

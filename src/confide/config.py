@@ -10,11 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from confide.kinds.brain_tumor.config import BrainTumorTaskConfig
 from confide.kinds.images.config import ImageTaskConfig
-from confide.kinds.mammography.config import MammoTaskConfig
+from confide.kinds.images.presets import MammoDensityPreset
 from confide.kinds.mil.config import MilTaskConfig
 from confide.kinds.tables.config import TableTaskConfig
 from confide.privacy.config import PrivacyConfig
@@ -134,7 +134,7 @@ class ReportConfig(_Strict):
 
 
 TaskConfig = Annotated[
-    BrainTumorTaskConfig | MammoTaskConfig | TableTaskConfig | MilTaskConfig | PythonTaskConfig | ImageTaskConfig,
+    BrainTumorTaskConfig | MammoDensityPreset | TableTaskConfig | MilTaskConfig | PythonTaskConfig | ImageTaskConfig,
     Field(discriminator="name"),
 ]
 TASK_NAMES = ("brain_tumor", "mammo_density", "table", "mil", "python", "image_classification")
@@ -180,6 +180,12 @@ class JobConfig(_Strict):
             rest = {k: v for k, v in data.items() if k != "phantoms"}
             document = {**document, "data": rest, "task": {**task, "phantoms": phantoms}}
         return document
+
+    @field_validator("task", mode="after")
+    @classmethod
+    def _preset(cls, task: Any) -> Any:
+        """A preset (task.name mammo_density) is read as the image_classification configuration it stands for."""
+        return task.image_task() if isinstance(task, MammoDensityPreset) else task
 
     @model_validator(mode="after")
     def _secure_strategy(self) -> JobConfig:

@@ -1,8 +1,9 @@
 """The audit's data, read through the workloads as a job reads it: generated without ``--data``, real with it.
 
-Images: without ``--data``, generated mammograms (:mod:`confide.kinds.mammography.synthetic`) written as one site folder
+Images: without ``--data``, generated mammograms (:mod:`confide.kinds.images.mammograms`) written as one site folder
 under ``OUT/data``; with it, MIAS (a folder with ``Info.txt``) or a folder of site folders (``labels.csv`` and
-images). Every site's training and test images together form the pool that trials draw from.
+images), read by the image task (classes F, G, D). Every site's training and test images together form the pool
+that trials draw from.
 
 Tables: without ``--data``, a generated table (:mod:`confide.kinds.tables.synthetic`) in ``OUT/data/table.csv``; with
 it, the UCI heart-disease CSV (columns ``dataset`` and ``num``, as ``jobs/heart_disease.yaml`` reads it) or any CSV
@@ -16,58 +17,71 @@ import csv
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+import torch
+
 from confide.audit.settings import AuditSettings
 from confide.config import DataConfig
 from confide.errors import DataError
-from confide.kinds.mammography.config import MammoTaskConfig
-from confide.kinds.mammography.density import ImageData
-from confide.kinds.mammography.mias import parse_info
-from confide.kinds.mammography.reading import LABELS_FILE
-from confide.kinds.mammography.synthetic import write_mammo_sites
-from confide.kinds.mammography.workload import MammoWorkload
+from confide.kinds.images.config import ImageTaskConfig
+from confide.kinds.images.dataset import ImageSet
+from confide.kinds.images.labels import LABELS_FILE
+from confide.kinds.images.mammograms import write_mammo_sites
+from confide.kinds.images.mias import INFO, parse_info
 from confide.kinds.tables.config import TableTaskConfig
 from confide.kinds.tables.synthetic import synthetic_binary_table
-from confide.kinds.tables.table import TableRows
-from confide.kinds.tables.workload import TableWorkload
-from confide.workloads.base import SiteSplit
+from confide.workloads.base import SiteSplit, Workload
+from confide.workloads.kind import KindWorkload
+from confide.workloads.registry import make_workload
 
 HEART_DROP = ("id", "slope", "ca", "thal")  # as jobs/heart_disease.yaml: most hospitals did not record them
 
 
-def image_task_config(settings: AuditSettings) -> MammoTaskConfig:
-    """The mammography task the audited site runs: GroupNorm (DP-SGD cannot train BatchNorm), one image per batch,
-    no augmentation and no class weights (neither would change what one image's update shows)."""
+def image_task_config(settings: AuditSettings) -> ImageTaskConfig:
+    """The image task the audited site runs on mammograms (density F, G, D; raw grey pixels): a small CNN with
+    GroupNorm (DP-SGD cannot train BatchNorm), one image per batch, no augmentation and no class weights (neither
+    would change what one image's update shows), the pixels held as float32 as the attacker holds them."""
     s = settings.image
-    return MammoTaskConfig(
+    return ImageTaskConfig(
+        classes=("F", "G", "D"),
+        ordinal=True,
+        channels=1,
         image_size=s.image_size,
+        model="small_cnn",
         width=s.width,
         blocks=s.blocks,
         norm="group",
+        intensity="raw",
         lr=s.lr,
         batch_size=1,
         augment=False,
         class_weighted=False,
+        storage="float32",
+        device="cpu",
     )
 
 
 @dataclass(frozen=True)
 class ImagePool:
-    """The images, and each one's patient: the attacker's public images never include the true image's patient
-    (MIAS holds both breasts of a patient, which look alike)."""
+    """The images (as the site holds them, and as float32 pixels (N, 1, S, S) with their class indices for the
+    attacker), and each one's patient: the attacker's public images never include the true image's patient (MIAS
+    holds both breasts of a patient, which look alike)."""
 
-    workload: MammoWorkload
-    images: ImageData
+    workload: KindWorkload
+    images: ImageSet
+    pixels: np.ndarray
+    labels: np.ndarray
     patients: tuple[str, ...]
     source: str
 
 
 def _patients(root: Path, splits: list[SiteSplit]) -> tuple[str, ...]:
-    """The patient of every image of ``splits`` (train then test, site by site), as ``ImageData.concat`` orders
+    """The patient of every image of ``splits`` (train then test, site by site), as ``ImageSet.concat`` orders
     them: from MIAS's numbering (both films of a patient), or the ``patient`` column of a site's labels.csv."""
-    if (root / "Info.txt").is_file():
-        records = parse_info(root / "Info.txt")
+    if (root / INFO).is_file():
+        records = parse_info(root / INFO)
         return tuple(
-            records[i].patient if i in records else i for s in splits for part in (s.train, s.test) for i in part.ids
+            records[i].patient if i in records else i for s in splits for part in (s.train, s.test) for i in part.files
         )
     out = []
     for split in splits:
@@ -77,13 +91,14 @@ def _patients(root: Path, splits: list[SiteSplit]) -> tuple[str, ...]:
             for row in csv.DictReader(handle):
                 file = (row.get("file") or "").strip()
                 named[file] = (row.get("patient") or "").strip() or file
-        out += [f"{split.name}/{named.get(i, i)}" for part in (split.train, split.test) for i in part.ids]
+        out += [f"{split.name}/{named.get(i, i)}" for part in (split.train, split.test) for i in part.files]
     return tuple(out)
 
 
 def image_pool(settings: AuditSettings, data: Path | None, out: Path) -> ImagePool:
     """Every image the trials draw from (true images and the attacker's public ones alike)."""
-    workload = MammoWorkload(image_task_config(settings))
+    workload = make_workload(image_task_config(settings))
+    assert isinstance(workload, KindWorkload)
     if data is None:
         root = out / "data" / "mammograms"
         write_mammo_sites(root, 1, settings.image.public, settings.image.image_size, settings.seed)
@@ -94,19 +109,20 @@ def image_pool(settings: AuditSettings, data: Path | None, out: Path) -> ImagePo
     if not root.exists():
         raise DataError(f"--data {root} does not exist")
     splits = workload.load_sites(DataConfig(root=root), settings.seed, lambda _: None)
-    images = ImageData.concat([part for split in splits for part in (split.train, split.test)])
+    images = ImageSet.concat([part for split in splits for part in (split.train, split.test)])
     patients = _patients(root, splits)
     if len(images) < settings.image.candidates + 1:
         raise DataError(
             f"{source}: {len(images)} images, the audit needs more than {settings.image.candidates} (the candidates)"
         )
-    return ImagePool(workload, images, patients, source)
+    pixels = images.images.to(torch.float32).numpy()
+    return ImagePool(workload, images, pixels, images.labels.numpy(), patients, source)
 
 
 @dataclass(frozen=True)
 class SiteRows:
-    workload: TableWorkload
-    rows: TableRows
+    workload: Workload
+    rows: torch.utils.data.TensorDataset  # the audited site's training rows (x, y), as it prepared them
     site: str
     source: str
 
@@ -147,7 +163,7 @@ def site_rows(settings: AuditSettings, data: Path | None, out: Path) -> SiteRows
         if not path.is_file():
             raise DataError(f"--data {path} is not a CSV file (the table audit reads one table)")
         source = f"the table {path}"
-    workload = TableWorkload(table_task_config(settings, _header(path)))
+    workload = make_workload(table_task_config(settings, _header(path)))
     splits = workload.load_sites(DataConfig(root=path, test_fraction=1 / 3), settings.seed, lambda _: None)
     biggest = max(splits, key=lambda split: len(split.train))
     return SiteRows(workload, biggest.train, biggest.name, source)

@@ -86,8 +86,11 @@ def train_locally(
     lr: float,
     batch_size: int,
     optimiser: Optimiser = "adam",
+    scaler: torch.amp.GradScaler | None = None,
 ) -> TrainRes:
-    """One round of local training from ``arrays``; returns the update (trained minus received) and the loss."""
+    """One round of local training from ``arrays``; returns the update (trained minus received) and the loss.
+    ``scaler``: float16 mixed precision's loss scaler (never with DP-SGD); a step whose scaled gradients overflow is
+    skipped and the scale lowered."""
     if n <= 0:
         raise TaskError(f"{where} has no training examples")
     plan = Settings.read(config, n=n, lr=lr, batch_size=batch_size)
@@ -122,8 +125,13 @@ def train_locally(
             value_t = loss(model, batch)
             if not torch.isfinite(value_t):
                 raise TaskError(f"{where}: training loss became {value_t.item()} at step {step + 1} of round {round}")
-            rules.objective(value_t).backward()
-            opt.step()
+            if scaler is None:
+                rules.objective(value_t).backward()
+                opt.step()
+            else:
+                scaler.scale(rules.objective(value_t)).backward()
+                scaler.step(opt)
+                scaler.update()
             value = float(value_t.item())
         rules.after_step()
         if np.isfinite(value):

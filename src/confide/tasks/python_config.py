@@ -25,7 +25,16 @@ def _device(value: str) -> str:
 Device = Annotated[str, AfterValidator(_device), Field(description="auto (CUDA when present), cpu, cuda or cuda:N")]
 """``task.device`` of every torch task: where it trains and evaluates."""
 
-OWN_FIELDS = ("name", "entry", "code", "lr", "batch_size", "optimizer", "device")
+Precision = Annotated[
+    Literal["float32", "bfloat16", "float16"],
+    Field(
+        description="the precision of training steps: float32; bfloat16 (mixed precision, CPU or CUDA); float16 "
+        "(mixed precision with a loss scaler, CUDA only). Evaluation runs in float32; DP-SGD trains in float32"
+    ),
+]
+"""``task.precision`` of every torch task: mixed precision for training, off by default."""
+
+OWN_FIELDS = ("name", "entry", "code", "lr", "batch_size", "optimizer", "device", "precision")
 
 
 class PythonTaskConfig(BaseModel):
@@ -44,6 +53,7 @@ class PythonTaskConfig(BaseModel):
     batch_size: int = Field(default=32, ge=1, le=100_000)
     optimizer: Literal["adam", "sgd"] = "adam"
     device: Device = "auto"
+    precision: Precision = "float32"
 
     @field_validator("entry")
     @classmethod

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 from pydantic import BaseModel
+from torch.utils.data import TensorDataset
 
 from confide.api import Place, SiteData, TaskKind
 from confide.errors import DataError, TaskError
@@ -88,6 +89,37 @@ def make_fetch(data: Any, collate: Callable[[list[Any]], Any] | None) -> Callabl
 
 
 @dataclass(frozen=True)
+class Autocast:
+    """Mixed precision for training steps: the forward pass and loss under ``torch.autocast``; float16 scales the
+    loss (a fresh scaler each round, as the optimiser is)."""
+
+    device_type: str
+    dtype: torch.dtype
+
+    def scaler(self) -> torch.amp.GradScaler | None:
+        return torch.amp.GradScaler(self.device_type) if self.dtype == torch.float16 else None
+
+
+def autocast_of(precision: str, device: torch.device, dp_sgd: bool, site: str) -> Autocast | None:
+    """The mixed precision ``task.precision`` asks for on ``device`` (None: float32), or why it cannot run."""
+    if precision == "float32":
+        return None
+    if precision not in ("bfloat16", "float16"):
+        raise TaskError(f"task.precision {precision!r}: expected float32, bfloat16 or float16")
+    if dp_sgd:
+        raise TaskError(
+            f"site {site}: task.precision {precision}: DP-SGD trains in float32 (each example's gradient is clipped "
+            "and noised at full precision); use float32 with DP-SGD"
+        )
+    if precision == "float16" and device.type != "cuda":
+        raise TaskError(
+            f"site {site}: task.precision float16 needs a CUDA device (it trains with a loss scaler there), and this "
+            f"site trains on {device}; use bfloat16 on a CPU"
+        )
+    return Autocast(device.type, torch.bfloat16 if precision == "bfloat16" else torch.float16)
+
+
+@dataclass(frozen=True)
 class Training:
     """Confide's own settings of a task written on the API: local training and where it runs."""
 
@@ -96,6 +128,13 @@ class Training:
     batch_size: int
     optimizer: Optimiser = "adam"
     device: str = "auto"
+    precision: str = "float32"  # training steps: float32, bfloat16 or float16 (mixed precision; see autocast_of)
+    # the batch generator's seed is seed_of(seed, site, round, *train_stream); the table task passes () because
+    # its published figures (README: heart disease, privacy/utility, the audit) were measured with that stream
+    train_stream: tuple[str, ...] = ("train",)
+    # EvalRes.loss, where evaluate returns no "loss": the task's loss on the whole test split (a TensorDataset) in
+    # one batch (the table task: a "loss" among evaluate's keys would join its metrics in the report)
+    test_loss: bool = False
 
 
 class TorchSiteTask:
@@ -115,6 +154,7 @@ class TorchSiteTask:
         self.train_data, self.test_data = train, test
         self.site, self.seed = site, seed
         self.device = workload.place()
+        self.autocast = autocast_of(workload.training.precision, self.device, dp_sgd is not None, site)
         self.model = workload.network().to(self.device)  # its weights come with every round's instruction
         self.dp = (
             None if dp_sgd is None else DpSgd(self.model, clip=dp_sgd.clip, noise_multiplier=dp_sgd.noise_multiplier)
@@ -145,15 +185,25 @@ class TorchSiteTask:
                 self.memory,
                 n=len(data),
                 fetch=lambda idx, gen: to_device(self._augmented(take(idx), gen), self.device),
-                loss=lambda module, batch: self._loss(self.fields, module, batch),
-                generator=torch.Generator().manual_seed(seed_of(self.seed, self.site, round, "train")),
+                loss=self._training_loss,
+                generator=torch.Generator().manual_seed(
+                    seed_of(self.seed, self.site, round, *self.w.training.train_stream)
+                ),
                 dp=self.dp,
                 round=round,
                 where=f"site {self.site}",
                 lr=self.w.training.lr,
                 batch_size=self.w.training.batch_size,
                 optimiser=self.w.training.optimizer,
+                scaler=self.autocast.scaler() if self.autocast is not None else None,
             )
+
+    def _training_loss(self, module: torch.nn.Module, batch: Any) -> torch.Tensor:
+        if self.autocast is None:
+            return self._loss(self.fields, module, batch)
+        with torch.autocast(self.autocast.device_type, dtype=self.autocast.dtype):
+            value = self._loss(self.fields, module, batch)
+        return value.float()
 
     def _augmented(self, batch: Any, generator: torch.Generator) -> Any:
         augment = self.kind.augment
@@ -183,9 +233,12 @@ class TorchSiteTask:
         if self.test_data is None or len(self.test_data) == 0:
             raise TaskError(f"site {self.site} has no test examples")
         metrics = self.score(arrays, self.test_data)
-        return EvalRes(
-            round=round, num_examples=len(self.test_data), loss=metrics.get("loss", math.nan), metrics=metrics
-        )
+        loss = metrics.get("loss", math.nan)
+        if "loss" not in metrics and self.w.training.test_loss and isinstance(self.test_data, TensorDataset):
+            with torch.no_grad():  # score left the model loaded and in eval mode
+                batch = to_device(self.test_data.tensors, self.device)
+                loss = float(self._loss(self.fields, self.model, batch))
+        return EvalRes(round=round, num_examples=len(self.test_data), loss=loss, metrics=metrics)
 
 
 class KindWorkload:
@@ -297,11 +350,14 @@ class KindWorkload:
         return self.training.lr
 
     def describe(self) -> str:
-        return self.kind.describe or f"task {self.training.label} ({type(self.network()).__name__})"
+        line = self.kind.describe(self.fields) if callable(self.kind.describe) else self.kind.describe
+        return line or f"task {self.training.label} ({type(self.network()).__name__})"
 
 
 def python_workload(config: PythonTaskConfig) -> KindWorkload:
     """The workload of a job whose task is named by entry point (``task.name: python``)."""
     kind, fields = load_task_kind(config)
-    training = Training(config.entry, config.lr, config.batch_size, config.optimizer, config.device)
+    training = Training(
+        config.entry, config.lr, config.batch_size, config.optimizer, config.device, precision=config.precision
+    )
     return KindWorkload(kind, fields, training)

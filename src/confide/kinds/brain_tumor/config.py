@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from confide.tasks.python_config import Device
+from confide.tasks.python_config import Device, Precision
 
 
 class PhantomConfig(BaseModel):
@@ -32,6 +32,7 @@ class BrainTumorTaskConfig(BaseModel):
     batch_size: int = Field(default=2, ge=1, le=64)
     augment: bool = True
     device: Device = "auto"
+    precision: Precision = "float32"
     phantoms: PhantomConfig | None = None
 
     @model_validator(mode="after")

@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
-from confide.tasks.python_config import Device
+from confide.tasks.python_config import Device, Precision
 
 Network = Literal["small_cnn", "resnet18", "resnet34", "densenet121"]
 DEFAULT_WIDTH: dict[str, int] = {"small_cnn": 16, "resnet18": 64, "resnet34": 64, "densenet121": 64}
@@ -103,6 +103,7 @@ class ImageTaskConfig(BaseModel):
     batch_size: int = Field(default=32, ge=1, le=100_000)
     optimizer: Literal["adam", "sgd"] = "adam"
     device: Device = "auto"
+    precision: Precision = "float32"
     synthetic: SyntheticGradesSpec | None = Field(
         default=None, description="generate colour images with five ordinal grades into data.root when it is absent"
     )

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from confide.tasks.python_config import Device
+from confide.tasks.python_config import Device, Precision
 
 
 class SyntheticSlidesSpec(BaseModel):
@@ -54,6 +54,7 @@ class MilTaskConfig(BaseModel):
     batch_size: int = Field(default=8, ge=1, le=1024, description="slides per step")
     max_tiles: int = Field(default=512, ge=1, le=1_000_000, description="tiles drawn per slide in a training step")
     device: Device = "auto"
+    precision: Precision = "float32"
     synthetic: SyntheticSlidesSpec | None = None
 
     @model_validator(mode="after")

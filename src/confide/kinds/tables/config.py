@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from confide.errors import TaskError
 from confide.kinds.tables.table import TableSpec, declared_layout
-from confide.tasks.python_config import Device
+from confide.tasks.python_config import Device, Precision
 
 
 class TableTaskConfig(BaseModel):
@@ -77,6 +77,7 @@ class TableTaskConfig(BaseModel):
         description="cpu (default: a table's small model trains fastest there, and results match on every "
         "machine), auto (CUDA when present), cuda or cuda:N",
     )
+    precision: Precision = "float32"
     _features: tuple[str, ...] | None = PrivateAttr(default=None)  # encoded columns learnt from the table
     _classes: tuple[str, ...] | None = PrivateAttr(default=None)  # multiclass: the classes learnt from the table
 
