@@ -32,15 +32,16 @@ from confide.tasks.local_rules import SiteMemory, norm_state_names
 from confide.tasks.loop import Optimiser, sampling_rate, seed_of, train_locally
 from confide.tasks.python_config import PythonTaskConfig
 from confide.tasks.torch_io import load_arrays, module_arrays
+from confide.tasks.torch_seed import GLOBAL_RNG
+from confide.tasks.torch_seed import seeded as seeded_with
 from confide.workloads.base import Progress, SiteSplit, Skipped
 from confide.workloads.entry import load_task_kind
 
 
 @contextmanager
 def seeded(*parts: object) -> Iterator[None]:
-    """Torch's global generator seeded from ``parts`` inside, restored after."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed_of(*parts))
+    """Torch's global generator seeded from ``parts`` inside (no other thread drawing from it), restored after."""
+    with seeded_with(seed_of(*parts)):
         yield
 
 
@@ -257,7 +258,8 @@ class KindWorkload:
         return device
 
     def network(self) -> torch.nn.Module:
-        model = self.kind.build_model(self.fields)
+        with GLOBAL_RNG:  # initialising draws from torch's generator: not while another thread's seeded block runs
+            model = self.kind.build_model(self.fields)
         if not isinstance(model, torch.nn.Module):
             raise TaskError(f"task {self.training.label}: build_model returned a {type(model).__name__}, not a module")
         return model
@@ -336,8 +338,7 @@ class KindWorkload:
 
     def initial(self, seed: int) -> Arrays:
         """The untrained global model: torch seeded with the job's seed, so the same job starts alike anywhere."""
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with seeded_with(seed):
             return module_arrays(self.network())
 
     def norm_names(self) -> frozenset[str]:

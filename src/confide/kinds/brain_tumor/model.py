@@ -22,6 +22,7 @@ from confide.kinds.brain_tumor.metrics import REGIONS
 from confide.kinds.brain_tumor.preprocess import PreparedCase
 from confide.records import Arrays
 from confide.tasks.torch_io import module_arrays
+from confide.tasks.torch_seed import seeded
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,5 @@ def build_model(config: BrainTumorTaskConfig) -> torch.nn.Module:
 
 def initial_arrays(config: BrainTumorTaskConfig, seed: int) -> Arrays:
     """The untrained global model, identical for the same config and seed (as the workload builds it)."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded(seed):
         return module_arrays(build_model(config))
