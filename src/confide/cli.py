@@ -304,7 +304,10 @@ def site(
         tasks["mine"] = site_task(job, data, own, site_privacy(kit, job), console.print)
         return private_runner(kit, name, job, tasks["mine"])
 
+    kept_final: list[bool] = []
+
     def finish(job: JobConfig, final: Arrays) -> None:
+        kept_final.append(True)
         console.print("the job is done: keeping the final model and fine-tuning it on this site's training split")
         dialled = server_address or str(read_kit_config(kit, "site.yaml", ("server",))["server"])
         kept = keep_and_adapt(tasks["mine"], job, final, models or kit / "models", server=dialled)
@@ -317,6 +320,11 @@ def site(
         )
 
     answered = run_site(kit, runner, address=server_address, on_final=finish)
+    if not kept_final:
+        console.print(
+            "the server kept the final model (the job's federation.send_final_model is false, or the server left "
+            "before this site collected it): fetch it from the server's report folder"
+        )
     console.print(f"job done: answered {answered} instruction(s)")
 
 

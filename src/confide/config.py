@@ -67,6 +67,12 @@ class FederationConfig(_Strict):
         description="federated evaluation every N rounds: each site scores the global model on its own test split and "
         "the round records the scores (rounds.json); 0: never. A site under DP refuses it (its scores are not noised)",
     )
+    send_final_model: bool = Field(
+        default=True,
+        description="deployment: send every site the final model when the job is done (each keeps it and fine-tunes "
+        "it on its own patients); false: the sites leave without it (it stays in the server's report folder), which "
+        "spares a large model's transfer to every site",
+    )
     quorum_retries: int = Field(
         default=3, ge=0, le=1000, description="deployment: times a round that misses its quorum is tried again"
     )

@@ -199,7 +199,8 @@ def _serve(
         job.report.out.mkdir(parents=True, exist_ok=True)
         final = job.report.out / "global.safetensors"
         serde.save_arrays(final, loop.global_arrays)
-        service.close(final=serde.encode_arrays_parts(loop.global_arrays))  # every site leaves with the final model
+        # every site leaves with the final model, unless the job keeps it at the server
+        service.close(final=serde.encode_arrays_parts(loop.global_arrays) if job.federation.send_final_model else None)
         rounds_file.write(history)
         log.info("job done after round %d: final model %s", history.rounds[-1].round if history.rounds else 0, final)
         return final

@@ -130,6 +130,7 @@ def test_the_guards_memory_survives_a_server_restart(tmp_path: Path) -> None:
     first = _loop(Attacker([0.5, 0.5], 10), GuardConfig(), checkpoint_dir=tmp_path)
     first.run_round(1)
     first.run_round(2)
+    first.flush_checkpoint()  # round 2's checkpoint is written while a next round would run
 
     resumed = _loop(Attacker([0.5, 0.5], 10_000), GuardConfig(), checkpoint_dir=tmp_path)
     resumed.guard.start_round(["a", "b", "c", "mallory"])

@@ -621,3 +621,61 @@ def test_the_server_listens_while_it_builds_its_model_so_sites_join_meanwhile(tm
 def _trail(tmp_path: Path) -> str:
     log = tmp_path / "report" / "server.log"
     return log.read_text() if log.exists() else ""
+
+
+def test_a_job_that_keeps_its_final_model_at_the_server_sends_it_to_no_site(tmp_path: Path) -> None:
+    """federation.send_final_model: false spares every site the final model's transfer; the server keeps it."""
+    from confide import serde
+
+    kits = _federation(tmp_path / "kits")
+    job = _job(tmp_path, rounds=1)
+    job = job.model_copy(update={"federation": job.federation.model_copy(update={"send_final_model": False})})
+    server, result, _ = _start(kits, job)
+    received: dict[str, Arrays] = {}
+
+    def site(name: str) -> None:
+        run_site(
+            kits / "sites" / name,
+            _runner,
+            address=f"localhost:{result['port']}",
+            give_up_after_s=20,
+            on_final=lambda _job, final: received.setdefault(name, final),
+        )
+
+    threads = [threading.Thread(target=site, args=(name,), daemon=True) for name in SITES]
+    for t in threads:
+        t.start()
+    server.join(60)
+    for t in threads:
+        t.join(30)
+
+    assert "error" not in result, result.get("error")
+    assert not any(t.is_alive() for t in threads)  # every site left, told the job is done
+    assert received == {}  # ... and none was sent the model
+    assert serde.decode_arrays(Path(str(result["final"])).read_bytes())["w"].shape == (2,)  # the server has it
+
+
+def test_by_default_every_site_leaves_with_the_final_model(tmp_path: Path) -> None:
+    kits = _federation(tmp_path / "kits")
+    job = _job(tmp_path, rounds=1)
+    server, result, _ = _start(kits, job)
+    received: dict[str, Arrays] = {}
+
+    def site(name: str) -> None:
+        run_site(
+            kits / "sites" / name,
+            _runner,
+            address=f"localhost:{result['port']}",
+            give_up_after_s=20,
+            on_final=lambda _job, final: received.setdefault(name, final),
+        )
+
+    threads = [threading.Thread(target=site, args=(name,), daemon=True) for name in SITES]
+    for t in threads:
+        t.start()
+    server.join(60)
+    for t in threads:
+        t.join(30)
+
+    assert "error" not in result, result.get("error")
+    assert sorted(received) == SITES

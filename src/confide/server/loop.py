@@ -19,6 +19,7 @@ from confide.errors import BUDGET_REFUSAL, BudgetSpent, ConfideError, RoundFaile
 from confide.records import Arrays, EvalIns, EvalRes, Failure, TrainIns, TrainRes
 from confide.sanitize import one_line
 from confide.server import checkpoint
+from confide.server.checkpoint_writer import CheckpointWriter
 from confide.server.checks import check_update, reported_seconds
 from confide.server.guard import GuardConfig, UpdateGuard
 from confide.server.secure_round import SecureRound, SecureSettings, check_secure_strategy
@@ -139,6 +140,7 @@ class ServerLoop:
         self.guard = UpdateGuard(config.guard)
         self._capped: set[str] = set()  # sites told that their count was capped
         self.start_round = 1
+        self._writer = None if config.checkpoint_dir is None else CheckpointWriter(config.checkpoint_dir)
         if config.secure is not None:
             check_secure_strategy(strategy)
         if config.checkpoint_dir is not None:
@@ -161,15 +163,33 @@ class ServerLoop:
 
     def run(self) -> History:
         """Every round in turn. A round that misses its quorum because sites' privacy budgets are spent ends
-        training there (``history.stopped`` says why); the model of the last completed round stands."""
-        for rnd in range(self.start_round, self.config.rounds + 1):
-            try:
-                self._run_with_retries(rnd)
-            except BudgetSpent as exc:
-                self.history.stopped = str(exc)
-                log.warning("training stops before round %d of %d: %s", rnd, self.config.rounds, exc)
-                break
+        training there (``history.stopped`` says why); the model of the last completed round stands. Returns once
+        the last round's checkpoint is written."""
+        try:
+            for rnd in range(self.start_round, self.config.rounds + 1):
+                try:
+                    self._run_with_retries(rnd)
+                except BudgetSpent as exc:
+                    self.history.stopped = str(exc)
+                    log.warning("training stops before round %d of %d: %s", rnd, self.config.rounds, exc)
+                    break
+        except BaseException:
+            self.flush_checkpoint(quietly=True)
+            raise
+        self.flush_checkpoint()
         return self.history
+
+    def flush_checkpoint(self, *, quietly: bool = False) -> None:
+        """Return once the last round's checkpoint is written (run() does this before it returns; a caller of
+        run_round() that needs the checkpoint on disk calls it). ``quietly`` while another error is on its way: a
+        failed write is then only logged."""
+        if self._writer is None:
+            return
+        try:
+            self._writer.wait()
+        except ConfideError:
+            if not quietly:
+                raise
 
     def _run_with_retries(self, rnd: int) -> RoundResult:
         """A round that misses its quorum is retried after waiting for sites; the model is kept meanwhile."""
@@ -242,10 +262,10 @@ class ServerLoop:
             site_seconds=tally.time.seconds,
         )
         self.history.rounds.append(result)
-        if self.config.checkpoint_dir is not None:
+        if self._writer is not None:  # written while the next round runs
             history = [r.to_dict() for r in self.history.rounds]
             state = {"history": history, "strategy_name": self.strategy.name, "guard": self.guard.state()}
-            checkpoint.save(self.config.checkpoint_dir, rnd, self.global_arrays, state, self.strategy.state())
+            self._writer.submit(rnd, self.global_arrays, state, self.strategy.state())
         log.info(
             "round %d closed in %.2f s (sites' own work %.2f s): accepted %s; left out: %s",
             rnd,
@@ -265,9 +285,18 @@ class ServerLoop:
             encoded[site] = cache.setdefault(id(ins), serde.encode_parts(ins))
         del instructions, cache
         try:
-            return self.strategy.aggregate(rnd, self.global_arrays, self._accepted(rnd, encoded, tally))
+            return self.strategy.aggregate(
+                rnd, self.global_arrays, self._checkpoint_first(self._accepted(rnd, encoded, tally))
+            )
         except RoundFailed as exc:
             raise RoundFailed(f"{exc}; failures: {tally.failures}" if tally.failures else str(exc)) from None
+
+    def _checkpoint_first(self, accepted: Iterator[tuple[str, TrainRes]]) -> Iterator[tuple[str, TrainRes]]:
+        """The round's updates; once they are all in, and before the strategy folds them into its state (which the
+        previous round's checkpoint may still be writing), that write is waited for."""
+        yield from accepted
+        if self._writer is not None:
+            self._writer.wait()
 
     def _secure(
         self, rnd: int, instructions: dict[str, TrainIns], settings: SecureSettings, tally: _Tally
