@@ -679,3 +679,30 @@ def test_by_default_every_site_leaves_with_the_final_model(tmp_path: Path) -> No
 
     assert "error" not in result, result.get("error")
     assert sorted(received) == SITES
+
+
+@pytest.mark.parametrize(
+    ("details", "permanent"),
+    [
+        (
+            "failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:36639: Tls handshake failed "
+            "(TSI_PROTOCOL_FAILURE): SSL_ERROR_SSL: error:1000007d:SSL routines:OPENSSL_internal:"
+            "CERTIFICATE_VERIFY_FAILED: unable to get local issuer certificate: OK",
+            True,
+        ),
+        ("Peer name localhost is not in peer certificate", True),
+        ("SSL_ERROR_SSL: error:10000418:SSL routines:OPENSSL_internal:TLSV1_ALERT_UNKNOWN_CA", True),
+        (
+            "failed to connect to all addresses; last error: UNAVAILABLE: ipv4:127.0.0.1:32785: Handshake read "
+            "failed (Socket closed)",
+            False,
+        ),
+        ("UNAVAILABLE: ipv4:127.0.0.1:42057: Handshake read failed (Endpoint closing)", False),
+        ("failed to connect to all addresses; last error: UNAVAILABLE: ipv4:127.0.0.1:1: Connection refused", False),
+    ],
+)
+def test_only_a_handshake_refused_over_a_certificate_stops_a_site_retrying(details: str, permanent: bool) -> None:
+    """A handshake the network cut short (a partition, a reset) is tried again: the site once gave up on one."""
+    from confide.transport.grpc_client import _tls_failure
+
+    assert _tls_failure(details) is permanent

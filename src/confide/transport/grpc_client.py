@@ -38,10 +38,11 @@ _RETRYABLE = {
 # gRPC's channel waits 1 s, then longer, before it dials a server that refused it again, and a call made while it
 # waits fails at once without dialling: a site started before its server would join a second or more late. The
 # site dials again after 0.1 s, and never waits more than 2 s between tries (a refused dial costs next to nothing).
+# Not grpc.min_reconnect_backoff_ms: gRPC also takes it as the time a connection attempt may take, and at 100 ms
+# no TLS handshake over a link of 100 ms latency ever finished (tests/network/test_bad_network.py).
 CLIENT_OPTIONS = [
     *GRPC_OPTIONS,
     ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 2_000),
 ]
 FIRST_RETRY_S = 0.1  # the first wait of _call's own retries, doubled each time up to MAX_RETRY_S
@@ -227,13 +228,27 @@ class _ServerLeft(Exception):
     """The server said the job is over, then stayed unreachable for ``after_done_s``."""
 
 
-_TLS_MARKS = ("handshake", "certificate", "ssl", "tls", "alert")
+# A handshake refused over a certificate (an unknown CA, a name that does not match, the server's alert about this
+# site's certificate) fails again however often it is tried. A handshake cut short by the network (a reset, a
+# closed socket, a partition) is like any broken connection: tried again.
+_TLS_MARKS = ("ssl_error", "certificate", "alert", "tsi_protocol_failure", "peer name")
+_CUT_SHORT = (
+    "socket closed",
+    "endpoint closing",
+    "connection reset",
+    "broken pipe",
+    "handshake read failed",
+    "handshake write failed",
+)
 
 
 def _tls_failure(details: str) -> bool:
-    """Whether gRPC's reason for an unavailable server is a failed TLS handshake (a wrong CA, a certificate that
-    does not match), which no retry cures, rather than a server that is down or unreachable."""
+    """Whether gRPC's reason for an unavailable server is a TLS handshake refused over a certificate (a wrong CA,
+    a certificate that does not match), which no retry cures, rather than a server that is down or unreachable or a
+    handshake the network cut short."""
     lowered = details.lower()
+    if any(mark in lowered for mark in _CUT_SHORT):
+        return False
     return any(mark in lowered for mark in _TLS_MARKS)
 
 
