@@ -245,7 +245,8 @@ def server(
     final = serve(
         kit,
         job,
-        initial=lambda j: initial_global(j, make_workload(j.task)),
+        # a job that gives its initial model needs no workload (and no torch) at the server
+        initial=lambda j: initial_global(j, None if j.initial_model is not None else make_workload(j.task)),
         resume=resume,
         port=port,
         host=host,
@@ -253,6 +254,28 @@ def server(
         on_listen=lambda p: console.print(f"listening on port {p}; waiting for {job.federation.min_sites} site(s)"),
     )
     console.print(f"done: final global model {final}")
+
+
+@app.command()
+@_clean_errors
+def init(
+    job_file: Annotated[Path, typer.Argument(help="job file (YAML)")],
+    out: Annotated[
+        Path | None, typer.Option(help="where to write the model (default: initial.safetensors beside the job file)")
+    ] = None,
+) -> None:
+    """Write the job's untrained model (its task's, for the job's seed) as a safetensors file, for the job's
+    initial_model: a server given it starts without building the model, so without torch."""
+    from confide.serde_container import save_arrays
+    from confide.workloads.registry import make_workload
+
+    job = load_job(job_file)
+    target = out if out is not None else Path(job_file).resolve().parent / "initial.safetensors"
+    model = make_workload(job.task).initial(job.seed)
+    save_arrays(target, model)
+    size = sum(value.nbytes for _, value in model.items())
+    console.print(f"wrote {target} ({len(model)} arrays, {size / 1e6:.1f} MB)")
+    console.print(f"next: add `initial_model: {target.name}` to {job_file} (a path relative to the job file)")
 
 
 @app.command()

@@ -160,6 +160,12 @@ class JobConfig(_Strict):
     privacy: PrivacyConfig = PrivacyConfig()
     finetune: FinetuneConfig = FinetuneConfig()
     report: ReportConfig = ReportConfig()
+    initial_model: Path | None = Field(
+        default=None,
+        description="the model to start from: a Confide safetensors file (a previous job's global.safetensors, or "
+        "`confide init`'s), relative to the job file; every run of the job (federated and baselines) starts from it. "
+        "Default: the task's untrained model for the job's seed. A server given one needs no torch to start",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -230,6 +236,8 @@ def load_job(path: Path) -> JobConfig:
     """Read and validate a job file. A task named by entry point (``task.name: python``) is looked for beside the
     job file unless ``task.code`` says where (relative to the job file's folder)."""
     job = parse_job(read_yaml(path, "job"), source=f"job file {path}")
+    if job.initial_model is not None and not job.initial_model.is_absolute():
+        job = job.model_copy(update={"initial_model": (Path(path).resolve().parent / job.initial_model).resolve()})
     if isinstance(job.task, PythonTaskConfig):
         folder = Path(path).resolve().parent
         code = folder if job.task.code is None else folder / job.task.code

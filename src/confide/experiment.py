@@ -173,7 +173,7 @@ def _train_run(
     recorder = _Recorder(run, display, evaluator, every, personal)
     secure = SecureSettings() if privacy.secure_aggregation else None  # the simulator adds its CA's revocation list
     loop = job_plan.loop_settings(job, sites=len(tasks), secure=secure, deployed=False)
-    start = job_plan.initial_global(job, workload) if run.kind == "federated" else workload.initial(job.seed)
+    start = job_plan.initial_global(job, workload) if run.kind == "federated" else job_plan.start_model(job, workload)
     result = simulate(strategy, tasks, start, loop, events=recorder, chains=chains, ledgers=ledgers, job=job.name)
     run.ledgers = {site: ledger for site, ledger in ledgers.items() if ledger is not None}
     run.stopped = result.history.stopped

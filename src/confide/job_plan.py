@@ -19,8 +19,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from confide import serde
 from confide.config import JobConfig
-from confide.errors import ConfigError
+from confide.errors import ConfideError, ConfigError
 from confide.privacy.config import PrivacyConfig, job_as_policy, stricter
 from confide.records import Arrays
 from confide.server.guard import guard_config
@@ -66,10 +69,31 @@ def build_strategy(
     )
 
 
+def start_model(job: JobConfig, workload: Any) -> Arrays:
+    """The model every run of the job starts from: the job's ``initial_model`` file when it gives one (read
+    without torch; ``workload`` may then be None), else the workload's untrained model for the job's seed."""
+    if job.initial_model is None:
+        model: Arrays = workload.initial(job.seed)
+        return model
+    path = Path(job.initial_model)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"initial_model {path} cannot be read: {exc.strerror or exc}") from None
+    try:
+        arrays = serde.decode_arrays(data)
+    except ConfideError as exc:
+        raise ConfigError(f"initial_model {path} is not a Confide safetensors model: {exc}") from None
+    bad = [name for name, value in arrays.items() if not np.isfinite(value).all()]
+    if bad:
+        raise ConfigError(f"initial_model {path} holds NaN or infinite values in {bad[:3]}")
+    return arrays
+
+
 def initial_global(job: JobConfig, workload: Any) -> Arrays:
-    """The job's first global model: the workload's untrained model for the job's seed (with SCAFFOLD's zero control
-    variate when the strategy needs one)."""
-    model: Arrays = workload.initial(job.seed)
+    """The job's first global model: :func:`start_model` (with SCAFFOLD's zero control variate when the strategy
+    needs one)."""
+    model = start_model(job, workload)
     return with_controls(model) if job.federation.strategy == "scaffold" else model
 
 
