@@ -198,16 +198,22 @@ def test_nan_and_wrong_shape_updates_are_rejected_while_the_rest_aggregate(
     job = job.model_copy(update={"federation": job.federation.model_copy(update={"min_sites": 1, "start_sites": 3})})
     server, result, _ = _start(kits, job)
     answers: dict[str, object] = {}
-    for name in SITES:
+    threads = [
         threading.Thread(
             target=lambda n=name: answers.setdefault(
                 n, run_site(kits / "sites" / n, runner, address=f"localhost:{result['port']}", give_up_after_s=20)
             ),
             daemon=True,
-        ).start()
+        )
+        for name in SITES
+    ]
+    for t in threads:
+        t.start()
     server.join(60)
-    time.sleep(0.5)
+    for t in threads:  # the sites leave once told the job is done: waited for, not slept on
+        t.join(60)
 
+    assert not server.is_alive() and not any(t.is_alive() for t in threads)
     rounds = json.loads((tmp_path / "report" / "rounds.json").read_text())
     assert rounds[0]["sites"] == ["site-1"]
     assert "NaN" in rounds[0]["failures"]["site-2"]
