@@ -15,13 +15,10 @@ import pytest
 
 from confide import serde
 from confide.config import JobConfig
-from confide.server.loop import LoopConfig
-from confide.sim import simulate
 from confide.site.runner import SiteRunner
-from confide.strategies import FedAvg
-from tests.helpers import QuadraticTask, arrays
+from tests.helpers import QuadraticTask
 from tests.network.proxy import Faults, proxies
-from tests.transport.test_grpc import SITES, TARGETS, _federation, _job, _site, _SlowTask, _start
+from tests.transport.test_grpc import SITES, TARGETS, _federation, _job, _site, _SlowTask, _start, simulated
 
 pytestmark = pytest.mark.slow
 
@@ -66,13 +63,7 @@ def test_100_ms_each_way_and_10_mb_per_s_give_the_simulators_model(tmp_path: Pat
 
     assert "error" not in result, result.get("error")
     final = serde.decode_arrays(Path(str(result["final"])).read_bytes())
-    expected = simulate(
-        FedAvg({"local_steps": 1, "lr": 0.5}),
-        {n: QuadraticTask(t, examples=10) for n, t in TARGETS.items()},
-        arrays(w=[0.0, 0.0]),
-        LoopConfig(rounds=3),
-    ).arrays
-    np.testing.assert_allclose(final["w"], expected["w"], rtol=1e-6)
+    np.testing.assert_allclose(final["w"], simulated(rounds=3)["w"], rtol=1e-6)
     assert answers == dict.fromkeys(SITES, 3)
     assert all(r["seconds"] >= 0.2 for r in rounds)  # every round crossed the delay both ways
 

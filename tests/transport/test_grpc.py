@@ -27,6 +27,16 @@ TARGETS = {"site-1": arrays(w=[2.0, 0.0]), "site-2": arrays(w=[0.0, 2.0]), "site
 SITES = list(TARGETS)
 
 
+def simulated(rounds: int) -> Arrays:
+    """The model the simulator reaches with the three sites' quadratic tasks: what a deployment must reach too."""
+    return simulate(
+        FedAvg({"local_steps": 1, "lr": 0.5}),
+        {n: QuadraticTask(t, examples=10) for n, t in TARGETS.items()},
+        arrays(w=[0.0, 0.0]),
+        LoopConfig(rounds=rounds),
+    ).arrays
+
+
 def _federation(out: Path, name: str = "fed") -> Path:
     spec = parse_federation({"name": name, "server": {"host": "127.0.0.1", "port": 8443}, "sites": SITES})
     provision(spec, out)
@@ -107,13 +117,7 @@ def test_three_sites_over_mutual_tls_reach_the_simulators_model(tmp_path: Path) 
 
     assert "error" not in result, result.get("error")
     final = serde.decode_arrays(Path(str(result["final"])).read_bytes())
-    expected = simulate(
-        FedAvg({"local_steps": 1, "lr": 0.5}),
-        {n: QuadraticTask(t, examples=10) for n, t in TARGETS.items()},
-        arrays(w=[0.0, 0.0]),
-        LoopConfig(rounds=3),
-    ).arrays
-    np.testing.assert_allclose(final["w"], expected["w"], rtol=1e-6)
+    np.testing.assert_allclose(final["w"], simulated(rounds=3)["w"], rtol=1e-6)
     assert answers == dict.fromkeys(SITES, 3)
 
 
@@ -269,13 +273,7 @@ def test_a_transfer_broken_on_the_way_is_sent_again_not_the_round(
     rounds = json.loads((tmp_path / "report" / "rounds.json").read_text())
     assert [sorted(r["sites"]) for r in rounds] == [SITES, SITES]  # no round lost a site to the broken transfers
     final = serde.decode_arrays(Path(str(result["final"])).read_bytes())
-    expected = simulate(
-        FedAvg({"local_steps": 1, "lr": 0.5}),
-        {n: QuadraticTask(t, examples=10) for n, t in TARGETS.items()},
-        arrays(w=[0.0, 0.0]),
-        LoopConfig(rounds=2),
-    ).arrays
-    np.testing.assert_allclose(final["w"], expected["w"], rtol=1e-6)
+    np.testing.assert_allclose(final["w"], simulated(rounds=2)["w"], rtol=1e-6)
     logged = " ".join(r.getMessage() for r in caplog.records)
     assert logged.count("instruction transfer broken") == 2 and logged.count("transfer refused") == 2
 
@@ -629,13 +627,12 @@ def _trail(tmp_path: Path) -> str:
     return log.read_text() if log.exists() else ""
 
 
-def test_a_job_that_keeps_its_final_model_at_the_server_sends_it_to_no_site(tmp_path: Path) -> None:
-    """federation.send_final_model: false spares every site the final model's transfer; the server keeps it."""
-    from confide import serde
-
+def _final_models(tmp_path: Path, *, send: bool) -> tuple[dict[str, object], dict[str, Arrays], bool]:
+    """A one-round job with federation.send_final_model ``send``: the server's result, the final model each site
+    received, and whether every site thread left."""
     kits = _federation(tmp_path / "kits")
     job = _job(tmp_path, rounds=1)
-    job = job.model_copy(update={"federation": job.federation.model_copy(update={"send_final_model": False})})
+    job = job.model_copy(update={"federation": job.federation.model_copy(update={"send_final_model": send})})
     server, result, _ = _start(kits, job)
     received: dict[str, Arrays] = {}
 
@@ -654,37 +651,26 @@ def test_a_job_that_keeps_its_final_model_at_the_server_sends_it_to_no_site(tmp_
     server.join(60)
     for t in threads:
         t.join(30)
+    return result, received, not any(t.is_alive() for t in threads)
+
+
+def test_a_job_that_keeps_its_final_model_at_the_server_sends_it_to_no_site(tmp_path: Path) -> None:
+    """federation.send_final_model: false spares every site the final model's transfer; the server keeps it."""
+    from confide import serde
+
+    result, received, all_left = _final_models(tmp_path, send=False)
 
     assert "error" not in result, result.get("error")
-    assert not any(t.is_alive() for t in threads)  # every site left, told the job is done
+    assert all_left  # every site left, told the job is done
     assert received == {}  # ... and none was sent the model
     assert serde.decode_arrays(Path(str(result["final"])).read_bytes())["w"].shape == (2,)  # the server has it
 
 
 def test_by_default_every_site_leaves_with_the_final_model(tmp_path: Path) -> None:
-    kits = _federation(tmp_path / "kits")
-    job = _job(tmp_path, rounds=1)
-    server, result, _ = _start(kits, job)
-    received: dict[str, Arrays] = {}
-
-    def site(name: str) -> None:
-        run_site(
-            kits / "sites" / name,
-            _runner,
-            address=f"localhost:{result['port']}",
-            give_up_after_s=20,
-            on_final=lambda _job, final: received.setdefault(name, final),
-        )
-
-    threads = [threading.Thread(target=site, args=(name,), daemon=True) for name in SITES]
-    for t in threads:
-        t.start()
-    server.join(60)
-    for t in threads:
-        t.join(30)
+    result, received, all_left = _final_models(tmp_path, send=True)
 
     assert "error" not in result, result.get("error")
-    assert sorted(received) == SITES
+    assert all_left and sorted(received) == SITES
 
 
 @pytest.mark.parametrize(
