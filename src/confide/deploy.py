@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -61,15 +62,22 @@ def read_kit_config(kit: Path, name: str, required: tuple[str, ...]) -> dict[str
 
 
 class _Watched(Generic[T]):
-    """A kit file the server re-reads when it changes (the revocation list, the roster)."""
+    """A kit file the server re-reads when it changes (the revocation list, the roster): looked at once a second
+    at most (every call of every site asks), so a change takes effect within a second."""
 
-    def __init__(self, path: Path, load: Callable[[Path], T], missing: T) -> None:
+    def __init__(self, path: Path, load: Callable[[Path], T], missing: T, every_s: float = 1.0) -> None:
         self.path = path
         self.load = load
+        self.every_s = every_s
         self._mtime = -1.0
         self._value = missing
+        self._looked = -float("inf")
 
     def __call__(self) -> T:
+        now = time.monotonic()
+        if now - self._looked < self.every_s:
+            return self._value
+        self._looked = now
         try:
             mtime = self.path.stat().st_mtime
         except FileNotFoundError:
@@ -153,7 +161,7 @@ def _serve(
                 kit / str(cfg.get("revocation_list", "revoked.json")), load_revoked, frozenset()
             ),
             roster=roster,
-            workers=max(64, 16 + 2 * sites),  # each site's long poll holds a thread; Join and Heartbeat keep 16
+            max_transfers=max(1024, 4 * sites),  # each site's long poll holds one transfer; a push may be open too
             max_bytes=HEADER_ALLOWANCE,  # no upload is due before the first instruction: none larger until then
         ),
     )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import threading
 
 import pytest
@@ -16,56 +18,89 @@ from tests.transport.hostile import wait_until
 
 
 def test_a_buffer_wait_is_bounded() -> None:
-    pool = BufferPool(1)
-    held = pool.acquire(1.0)
+    async def scenario() -> tuple[bool, bool, bool]:
+        pool = BufferPool(1)
+        held = await pool.acquire(1.0)
+        second = await pool.acquire(0.2)
+        assert held is not None
+        held.release()
+        return held is not None, second is None, await pool.acquire(0.2) is not None
 
-    second = pool.acquire(0.2)
-
-    assert held is not None and second is None
-    held.release()
-    assert pool.acquire(0.2) is not None
+    assert asyncio.run(scenario()) == (True, True, True)
 
 
-def test_buffers_are_lent_in_the_order_they_were_asked_for() -> None:
-    pool = BufferPool(1)
-    first = pool.acquire(1.0)
-    assert first is not None
+def test_buffers_are_lent_in_the_order_they_were_asked_for_and_given_back_from_another_thread() -> None:
+    """The server loop gives a buffer back from its own thread; the upload waiting longest on the event loop
+    has it next."""
     order: list[str] = []
 
-    def ask(name: str) -> None:
-        lease = pool.acquire(60.0)
-        order.append(name)
-        assert lease is not None
-        lease.release()
+    async def scenario() -> None:
+        pool = BufferPool(1)
+        first = await pool.acquire(1.0)
+        assert first is not None
 
-    early = threading.Thread(target=ask, args=("early",))
-    early.start()
-    assert wait_until(lambda: len(pool._waiting) == 1)
-    late = threading.Thread(target=ask, args=("late",))
-    late.start()
-    assert wait_until(lambda: len(pool._waiting) == 2)
+        async def ask(name: str) -> None:
+            lease = await pool.acquire(60.0)
+            order.append(name)
+            assert lease is not None
+            await asyncio.sleep(0)
+            lease.release()
 
-    first.release()
-    early.join(60)
-    late.join(60)
+        early = asyncio.create_task(ask("early"))
+        while pool.waiting < 1:
+            await asyncio.sleep(0.01)
+        late = asyncio.create_task(ask("late"))
+        while pool.waiting < 2:
+            await asyncio.sleep(0.01)
+        releaser = threading.Thread(target=first.release)
+        releaser.start()
+        await asyncio.wait_for(asyncio.gather(early, late), 60)
+        releaser.join(60)
+        assert pool.in_use == 0
 
+    asyncio.run(scenario())
     assert order == ["early", "late"]
 
 
+def test_a_wait_given_up_passes_its_buffer_to_the_next_in_line() -> None:
+    """An upload cancelled while it waits (its call cut) must not keep the buffer it was about to be granted."""
+
+    async def scenario() -> tuple[int, bool]:
+        pool = BufferPool(1)
+        first = await pool.acquire(1.0)
+        assert first is not None
+        doomed = asyncio.create_task(pool.acquire(60.0))
+        patient = asyncio.create_task(pool.acquire(60.0))
+        while pool.waiting < 2:
+            await asyncio.sleep(0.01)
+        doomed.cancel()
+        first.release()
+        lease = await asyncio.wait_for(patient, 60)
+        with contextlib.suppress(asyncio.CancelledError):
+            await doomed
+        in_use = pool.in_use
+        assert lease is not None
+        lease.release()
+        return in_use, pool.in_use == 0
+
+    assert asyncio.run(scenario()) == (1, True)
+
+
 def test_a_buffer_grown_past_the_model_is_let_go_and_one_within_it_kept() -> None:
-    pool = BufferPool(1, keep_bytes=1000)
-    lease = pool.acquire(1.0)
-    assert lease is not None
-    lease.buffer(900)
-    lease.release()
-    kept = pool.held_bytes()
-    lease = pool.acquire(1.0)
-    assert lease is not None
-    lease.buffer(5000)
+    async def scenario() -> tuple[int, int, int]:
+        pool = BufferPool(1, keep_bytes=1000)
+        lease = await pool.acquire(1.0)
+        assert lease is not None
+        lease.buffer(900)
+        lease.release()
+        kept = pool.held_bytes()
+        lease = await pool.acquire(1.0)
+        assert lease is not None
+        lease.buffer(5000)
+        lease.release()
+        return kept, pool.held_bytes(), pool.in_use
 
-    lease.release()
-
-    assert kept == 900 and pool.held_bytes() == 0 and pool.in_use == 0
+    assert asyncio.run(scenario()) == (900, 0, 0)
 
 
 def test_a_transfer_too_large_is_refused_before_it_is_allocated() -> None:
@@ -158,12 +193,23 @@ def test_the_transfer_limit_follows_the_model() -> None:
 
     assert limit == service.config.max_bytes == 2 * (100 << 20) + HEADER_ALLOWANCE
     assert service._guards.buffers.keep_bytes == (100 << 20) + HEADER_ALLOWANCE
+    assert service._guards.buffers.count == 1  # a large model: one update received at a time (3 model copies)
     with pytest.raises(ConfigError, match="model_bytes"):
         service.limit_transfers(0)
+
+
+def test_a_small_models_updates_are_received_several_at_once_within_the_receive_budget() -> None:
+    service = FederationService(b"", ServiceConfig(job={}, receive_budget=16 << 20))
+
+    service.limit_transfers(400_000)
+
+    buffers = service._guards.buffers.count
+    assert buffers == (16 << 20) // (400_000 + HEADER_ALLOWANCE) == 11
+    assert buffers * (400_000 + HEADER_ALLOWANCE) <= 16 << 20  # what they may hold stays within the budget
 
 
 def test_settings_that_cannot_work_are_refused_by_name() -> None:
     with pytest.raises(ConfigError, match="idle_s"):
         ServiceConfig(job={}, idle_s=0)
-    with pytest.raises(ConfigError, match="call_workers"):
-        ServiceConfig(job={}, workers=8, call_workers=8)
+    with pytest.raises(ConfigError, match="max_transfers"):
+        ServiceConfig(job={}, max_transfers=0)

@@ -34,11 +34,29 @@ class Transfer:
     payload: memoryview
 
 
-def _chunks(payload: bytes | Encoded) -> Iterator[memoryview]:
+def _chunks(payload: bytes | Encoded) -> Iterator[memoryview | bytes]:
+    """The payload in chunks of CHUNK_BYTES (the last one shorter). An encoded payload comes in parts, one per
+    array; small ones are packed together, for each gRPC message costs the same whatever its size (a model of
+    many small arrays sent part by part took a message per array)."""
     parts = payload.parts if isinstance(payload, Encoded) else (memoryview(payload),)
-    for part in parts:
-        for start in range(0, part.nbytes, CHUNK_BYTES):
+    pending = bytearray()
+    for whole in parts:
+        part = memoryview(whole).cast("B") if not isinstance(whole, memoryview) or whole.format != "B" else whole
+        start = 0
+        if pending:
+            start = min(part.nbytes, CHUNK_BYTES - len(pending))
+            pending += part[:start]
+            if len(pending) < CHUNK_BYTES:
+                continue
+            yield bytes(pending)
+            pending = bytearray()
+        while part.nbytes - start >= CHUNK_BYTES:
             yield part[start : start + CHUNK_BYTES]
+            start += CHUNK_BYTES
+        if start < part.nbytes:
+            pending += part[start:]
+    if pending:
+        yield bytes(pending)
 
 
 def frames(payload: bytes | Encoded, **header: Any) -> Iterator[bytes]:
@@ -88,35 +106,51 @@ def announced_size(header: dict[str, Any], max_bytes: int) -> int:
     return size
 
 
-def receive_after(header: dict[str, Any], rest: Iterator[bytes], *, max_bytes: int, allocate: Allocate) -> Transfer:
-    """Receive the data and trailer frames of a transfer whose header frame has been read."""
-    size = announced_size(header, max_bytes)
-    buffer = allocate(size)
-    hasher = new_digest()
-    filled = 0
-    digest: bytes | None = None
-    for frame in rest:
-        if digest is not None:
+class Receiver:
+    """The data and trailer frames of one transfer, fed one at a time (by a blocking or an asynchronous reader),
+    written straight into one buffer of the announced size."""
+
+    def __init__(self, header: dict[str, Any], *, max_bytes: int, allocate: Allocate) -> None:
+        self.header = header
+        self.size = announced_size(header, max_bytes)
+        self.buffer = allocate(self.size)
+        self._hasher = new_digest()
+        self.filled = 0
+        self._digest: bytes | None = None
+
+    def feed(self, frame: bytes) -> None:
+        if self._digest is not None:
             raise PayloadError("frames follow the transfer's trailer")
         kind, body = frame[:1], memoryview(frame)[1:]
         if kind == TRAILER:
-            digest = bytes(body)
-            continue
+            self._digest = bytes(body)
+            return
         if kind != DATA:
             raise PayloadError("unexpected frame inside a transfer")
-        end = filled + body.nbytes
-        if end > size:
-            raise PayloadError(f"transfer carries more than the {size} bytes its header announced")
-        buffer[filled:end] = body
-        hasher.update(body)
-        filled = end
-    if filled != size:
-        raise PayloadError(f"transfer is incomplete: {filled} of {size} bytes arrived")
-    if digest is None:
-        raise PayloadError("transfer ended without its digest")
-    if hasher.hexdigest().encode() != digest:
-        raise PayloadError("transfer digest does not match: the payload was corrupted on the way")
-    return Transfer(header=header, payload=buffer[:size])
+        end = self.filled + body.nbytes
+        if end > self.size:
+            raise PayloadError(f"transfer carries more than the {self.size} bytes its header announced")
+        self.buffer[self.filled : end] = body
+        self._hasher.update(body)
+        self.filled = end
+
+    def finish(self) -> Transfer:
+        """The whole transfer, once the stream has ended: every byte and a matching digest, or PayloadError."""
+        if self.filled != self.size:
+            raise PayloadError(f"transfer is incomplete: {self.filled} of {self.size} bytes arrived")
+        if self._digest is None:
+            raise PayloadError("transfer ended without its digest")
+        if self._hasher.hexdigest().encode() != self._digest:
+            raise PayloadError("transfer digest does not match: the payload was corrupted on the way")
+        return Transfer(header=self.header, payload=self.buffer[: self.size])
+
+
+def receive_after(header: dict[str, Any], rest: Iterator[bytes], *, max_bytes: int, allocate: Allocate) -> Transfer:
+    """Receive the data and trailer frames of a transfer whose header frame has been read."""
+    receiver = Receiver(header, max_bytes=max_bytes, allocate=allocate)
+    for frame in rest:
+        receiver.feed(frame)
+    return receiver.finish()
 
 
 def receive(stream: Iterable[bytes], *, max_bytes: int, allocate: Allocate = new_buffer) -> Transfer:

@@ -10,26 +10,32 @@ No protobuf: the service passes raw bytes (Confide's own serde payloads, framed 
 
 A site's identity is the common name of its verified client certificate, never a name in a message.
 
+The service runs on grpc.aio: every call is a task on one event loop, in a thread of its own ("confide-grpc"), so a
+site's long poll or a stalled stream costs no thread and the server holds hundreds of sites on one core. The server
+loop (another thread) sees it through the Transport interface: it posts instructions and draws replies; every
+crossing between the two goes through a lock and ``call_soon_threadsafe``.
+
 No site can stall the others (:mod:`confide.transport.guards`): a stream that moves no frame for ``idle_s`` is
-dropped, a transfer must keep a minimum pace, a site holds at most a few pushes and pulls at once, and transfers
-never take the worker threads kept for Join and Heartbeat. No handler reads its request before it has checked the
-caller (Join, Heartbeat and Pull never read theirs: the body is empty), so a call whose request never comes holds
-no thread. The trail: joins and rejoins, and every refused call, are logged with the peer's address and the
-serial of its certificate.
+dropped, a transfer must keep a minimum pace, a site holds at most a few pushes and pulls at once, and all sites
+together at most ``max_transfers``. No handler reads its request before it has checked the caller (Join,
+Heartbeat and Pull never read theirs: the body is empty). The trail: joins and rejoins, and every refused call,
+are logged with the peer's address and the serial of its certificate.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import queue
 import threading
 import time
 import uuid
-from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
-from concurrent import futures
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeAlias
 
 import grpc
 
@@ -40,11 +46,11 @@ from confide.serde import Encoded
 from confide.transport import framing
 from confide.transport.base import Reply
 from confide.transport.buffers import Lease
-from confide.transport.peers import Caller, Throttle, cert_serial, peer_text
+from confide.transport.peers import Caller, IdentityCache, Throttle, cert_serial, peer_text
 from confide.transport.service_config import HEADER_ALLOWANCE, ServiceConfig
 from confide.transport.streams import StreamGuards, answer
 
-__all__ = ["HEADER_ALLOWANCE", "FederationService", "ServiceConfig", "read_kit_file", "start_server"]
+__all__ = ["HEADER_ALLOWANCE", "FederationService", "RunningServer", "ServiceConfig", "read_kit_file", "start_server"]
 
 log = logging.getLogger(__name__)
 
@@ -67,11 +73,14 @@ SERVER_OPTIONS = [
 ]
 
 
+Context: TypeAlias = grpc.aio.ServicerContext[bytes, bytes]
+
+
 @dataclass
 class _Site:
     name: str
     last_seen: float
-    wake: threading.Condition  # wakes this site's long poll only (shares the service's lock)
+    wake: asyncio.Event  # wakes this site's long poll only (set on the event loop)
     task: tuple[str, bytes | Encoded] | None = None
     notices: list[str] = field(default_factory=list)
 
@@ -89,12 +98,24 @@ class FederationService:
         self._lock = threading.Condition(self._mutex)  # wakes wait_for_sites when a site joins
         self._replies: queue.Queue[tuple[str, str, memoryview, Lease]] = queue.Queue()
         self._throttle = Throttle()
+        self._identities = IdentityCache()
         self._guards = StreamGuards(config, self._throttle)
         self._expected: dict[str, str] = {}
         self._done = False
         self._failed: str | None = None
         self._final: bytes | Encoded | None = None
         self._told_done: set[str] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None  # the event loop the handlers run on (start_server)
+
+    def _wake(self, states: Iterable[_Site]) -> None:
+        """Wake these sites' long polls (from any thread; the caller holds the lock)."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        events = [state.wake for state in states]
+        if events:
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: no poll is left to wake
+                loop.call_soon_threadsafe(_set_all, events)
 
     def limit_transfers(self, model_bytes: int) -> int:
         """Size the transfer limit from the model: twice ``model_bytes`` (the encoded model's size) plus
@@ -104,7 +125,14 @@ class FederationService:
             raise ConfigError(f"model_bytes must be the encoded model's size in bytes (> 0), got {model_bytes!r}")
         self.config.max_bytes = 2 * model_bytes + HEADER_ALLOWANCE
         self.config.keep_bytes = self._guards.buffers.keep_bytes = model_bytes + HEADER_ALLOWANCE
-        log.info("transfers limited to %d bytes (a model of %d bytes)", self.config.max_bytes, model_bytes)
+        self.config.max_inflight = max(1, min(64, self.config.receive_budget // (model_bytes + HEADER_ALLOWANCE)))
+        self._guards.buffers.resize(self.config.max_inflight)
+        log.info(
+            "transfers limited to %d bytes (a model of %d bytes); %d update(s) received at once",
+            self.config.max_bytes,
+            model_bytes,
+            self.config.max_inflight,
+        )
         return self.config.max_bytes
 
     # -- Transport -----------------------------------------------------------------------------
@@ -158,10 +186,10 @@ class FederationService:
                     continue
                 task_id = f"{batch}-{site}"
                 self._sites[site].task = (task_id, message)
-                self._sites[site].wake.notify_all()
                 self._expected[task_id] = site
                 pending[task_id] = site
                 sent_at[task_id] = time.monotonic()
+            self._wake(self._sites[site] for site in pending.values())
         for site in messages:
             if site not in connected:
                 yield Reply(site=site, payload=None, error="site is not connected")
@@ -212,7 +240,7 @@ class FederationService:
             state = self._sites.get(site)
             if state is not None:
                 state.notices.append(message)
-                state.wake.notify_all()
+                self._wake([state])
 
     def close(self, final: bytes | Encoded | None = None, *, failed: str | None = None) -> None:
         """The job is over: every site's next pull answers "done", with the final model (``final``: encoded
@@ -224,29 +252,29 @@ class FederationService:
                 self._final = final
             if failed is not None and self._failed is None:
                 self._failed = one_line(failed, 500)
-            for state in self._sites.values():
-                state.wake.notify_all()
+            self._wake(self._sites.values())
 
     def _farewell(self, name: str) -> None:
         with self._lock:
             self._told_done.add(name)
             self._lock.notify_all()
 
-    # -- gRPC handlers -------------------------------------------------------------------------
-    def _identify(self, context: grpc.ServicerContext) -> Caller:
+    # -- gRPC handlers (coroutines on the service's event loop) ------------------------------------
+    async def _identify(self, context: Context) -> Caller:
         certs = context.auth_context().get("x509_pem_cert") or []
         peer = peer_text(context.peer())
         if not certs:
             self._refused(peer, "none", "no client certificate")
-            context.abort(grpc.StatusCode.UNAUTHENTICATED, "no client certificate")
-            raise AssertionError("unreachable")
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "no client certificate")
         serial = cert_serial(certs[0])
+        revoked, roster = self.config.revoked(), self.config.roster()
         try:
-            name = site_identity(certs[0], self.ca_pem, revoked=self.config.revoked(), roster=self.config.roster())
+            name = self._identities.name(
+                certs[0], revoked, roster, lambda: site_identity(certs[0], self.ca_pem, revoked=revoked, roster=roster)
+            )
         except IdentityError as exc:
             self._refused(peer, serial, one_line(exc))
-            context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
-            raise AssertionError("unreachable") from None
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
         return Caller(name=name, peer=peer, serial=serial)
 
     def _refused(self, peer: str, serial: str, reason: str) -> None:
@@ -260,8 +288,7 @@ class FederationService:
             now = time.monotonic()
             state = self._sites.get(caller.name)
             if state is None:
-                wake = threading.Condition(self._mutex)
-                state = self._sites[caller.name] = _Site(name=caller.name, last_seen=now, wake=wake)
+                state = self._sites[caller.name] = _Site(name=caller.name, last_seen=now, wake=asyncio.Event())
                 log.info("site %s joined from %s (certificate %s)", caller.name, caller.peer, caller.serial)
                 self._lock.notify_all()
             elif join or now - state.last_seen > self.config.site_timeout_s:
@@ -271,70 +298,79 @@ class FederationService:
             state.last_seen = now
             return state
 
-    # Join, Heartbeat and Pull never read their request (an empty body): a call whose request never comes
-    # holds no thread waiting for it.
-    def join(self, request_iterator: Iterable[bytes], context: grpc.ServicerContext) -> bytes:
-        caller = self._identify(context)
+    # Join, Heartbeat and Pull never read their request (an empty body).
+    async def join(self, request_iterator: AsyncIterator[bytes], context: Context) -> bytes:
+        caller = await self._identify(context)
         self._seen(caller, join=True)
         return json.dumps(
             {"site": caller.name, "job": self.config.job, "heartbeat_s": self.config.heartbeat_s}
         ).encode()
 
-    def heartbeat(self, request_iterator: Iterable[bytes], context: grpc.ServicerContext) -> bytes:
+    async def heartbeat(self, request_iterator: AsyncIterator[bytes], context: Context) -> bytes:
         """Liveness; once the job is over the reply says so, for a site still training to learn it without
         waiting for its next pull (and to stop retrying should the server then be gone)."""
-        self._seen(self._identify(context))
+        self._seen(await self._identify(context))
         with self._lock:
             if not self._done:
                 return b"{}"
             return json.dumps({"done": True, **({"failed": self._failed} if self._failed else {})}).encode()
 
-    def pull(self, request_iterator: Iterable[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
-        caller = self._identify(context)
+    async def pull(self, request_iterator: AsyncIterator[bytes], context: Context) -> None:
+        caller = await self._identify(context)
         state = self._seen(caller)
-        with self._guards.slot(caller, "pull", context):
+        with await self._guards.slot(caller, "pull", context):
             end = time.monotonic() + self.config.poll_s
+            while True:
+                with self._lock:
+                    if state.task is not None or state.notices or self._done:
+                        break
+                    state.wake.clear()  # a wake posted from now on is set after this, on this loop
+                left = end - time.monotonic()
+                if left <= 0:
+                    break
+                try:
+                    await asyncio.wait_for(state.wake.wait(), left)
+                except TimeoutError:
+                    break
             with self._lock:
-                while state.task is None and not state.notices and not self._done and time.monotonic() < end:
-                    state.wake.wait(timeout=max(0.0, end - time.monotonic()))
                 task, done, failed = state.task, self._done, self._failed
                 notice = state.notices.pop(0) if state.notices else None
             state.last_seen = time.monotonic()
             if notice is not None:
-                yield framing.control(notice=notice)
+                await context.write(framing.control(notice=notice))
             elif task is not None:
-                yield from self._send(caller, context, "instruction", task[1], task=task[0])
+                await self._send(caller, context, "instruction", task[1], task=task[0])
             elif done and failed is not None:
-                yield framing.control(done=True, failed=failed)
+                await context.write(framing.control(done=True, failed=failed))
                 self._farewell(caller.name)
             elif done and self._final is not None:
-                if (yield from self._send(caller, context, "final model", self._final, done=True)):
+                if await self._send(caller, context, "final model", self._final, done=True):
                     self._farewell(caller.name)
             elif done:
-                yield framing.control(done=True)
+                await context.write(framing.control(done=True))
                 self._farewell(caller.name)
             else:
-                yield framing.control(wait=True)
+                await context.write(framing.control(wait=True))
 
-    def _send(
-        self, caller: Caller, context: grpc.ServicerContext, what: str, payload: bytes | Encoded, **header: object
-    ) -> Generator[bytes, None, bool]:
+    async def _send(
+        self, caller: Caller, context: Context, what: str, payload: bytes | Encoded, **header: object
+    ) -> bool:
         size = payload.size if isinstance(payload, Encoded) else len(payload)
-        return (yield from self._guards.send(caller, context, what, framing.frames(payload, **header), size))
+        return await self._guards.send(caller, context, what, framing.frames(payload, **header), size)
 
-    def push(self, request_iterator: Iterable[bytes], context: grpc.ServicerContext) -> bytes:
-        caller = self._identify(context)
+    async def push(self, request_iterator: AsyncIterator[bytes], context: Context) -> bytes:
+        caller = await self._identify(context)
         self._seen(caller)
-        with self._guards.slot(caller, "push", context):
-            frames = iter(request_iterator)
-            header = self._guards.header(caller, frames, context)
+        with await self._guards.slot(caller, "push", context):
+            frames = aiter(request_iterator)
+            header = await self._guards.header(caller, frames, context)
             if isinstance(header, bytes):
                 return header  # refused
             task_id = one_line(header.get("task", ""), 100)
             refusal = self._check_task(caller, task_id)
             if refusal is not None:
                 return refusal
-            received = self._guards.receive(caller, header, frames, context)
+            received = await self._guards.receive(caller, header, frames, context)
             if isinstance(received, bytes):
                 return received  # refused
             payload, lease = received
@@ -362,32 +398,104 @@ class FederationService:
         return None
 
 
+def _set_all(events: list[asyncio.Event]) -> None:
+    for event in events:
+        event.set()
+
+
+class RunningServer:
+    """A started service: its gRPC server on an event loop in a thread of its own. ``stop(grace)`` ends both and
+    returns an event set once they have ended (as grpc.Server's does)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, server: grpc.aio.Server, thread: threading.Thread) -> None:
+        self._loop = loop
+        self._server = server
+        self._thread = thread
+        self._stopped = threading.Event()
+        self._stopping = False
+        self._guard = threading.Lock()
+
+    def stop(self, grace: float | None) -> threading.Event:
+        with self._guard:
+            if self._stopping:
+                return self._stopped
+            self._stopping = True
+
+        async def stop() -> None:
+            await self._server.stop(grace)
+
+        def finished(_: object) -> None:
+            if not self._loop.is_closed():
+                self._loop.call_soon_threadsafe(self._loop.stop)
+
+        try:
+            asyncio.run_coroutine_threadsafe(stop(), self._loop).add_done_callback(finished)
+        except RuntimeError:  # the loop has ended already
+            self._stopped.set()
+        threading.Thread(target=self._wait_ended, name="confide-grpc-stop", daemon=True).start()
+        return self._stopped
+
+    def _wait_ended(self) -> None:
+        self._thread.join()
+        self._stopped.set()
+
+
 def start_server(
     service: FederationService, *, port: int, key_pem: bytes, cert_pem: bytes, host: str = "[::]"
-) -> tuple[grpc.Server, int]:
-    """Start serving on ``host:port`` with mutual TLS (client certificates required)."""
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=service.config.workers), options=SERVER_OPTIONS)
-    # Every method takes a request stream, so that its handler runs (and checks the caller) before any request
-    # is read; the sites' unary calls are the same on the wire.
-    handlers = {
-        "Join": grpc.stream_unary_rpc_method_handler(service.join),
-        "Heartbeat": grpc.stream_unary_rpc_method_handler(service.heartbeat),
-        "Pull": grpc.stream_stream_rpc_method_handler(service.pull),
-        "Push": grpc.stream_unary_rpc_method_handler(service.push),
-    }
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
-    credentials = grpc.ssl_server_credentials(
-        [(key_pem, cert_pem)], root_certificates=service.ca_pem, require_client_auth=True
-    )
+) -> tuple[RunningServer, int]:
+    """Start serving on ``host:port`` with mutual TLS (client certificates required), on an event loop in a
+    thread of its own."""
     address = f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
-    try:
-        bound = server.add_secure_port(address, credentials)
-    except RuntimeError as exc:  # grpcio raises where older versions returned 0
-        raise ConfideError(f"cannot listen on {address}: {exc} (is another server using the port?)") from None
-    if bound == 0:
-        raise ConfideError(f"cannot listen on {address} (port in use, or an address this machine does not have)")
-    server.start()
-    return server, bound
+    loop = asyncio.new_event_loop()
+    started: queue.Queue[tuple[grpc.aio.Server, int] | BaseException] = queue.Queue()
+
+    async def begin() -> tuple[grpc.aio.Server, int]:
+        server = grpc.aio.server(options=SERVER_OPTIONS)
+        # Every method takes a request stream, so that its handler runs (and checks the caller) before any request
+        # is read; the sites' unary calls are the same on the wire.
+        handlers = {
+            "Join": grpc.stream_unary_rpc_method_handler(service.join),
+            "Heartbeat": grpc.stream_unary_rpc_method_handler(service.heartbeat),
+            "Pull": grpc.stream_stream_rpc_method_handler(service.pull),
+            "Push": grpc.stream_unary_rpc_method_handler(service.push),
+        }
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+        credentials = grpc.ssl_server_credentials(
+            [(key_pem, cert_pem)], root_certificates=service.ca_pem, require_client_auth=True
+        )
+        try:
+            bound = server.add_secure_port(address, credentials)
+        except RuntimeError as exc:  # grpcio raises where older versions returned 0
+            raise ConfideError(f"cannot listen on {address}: {exc} (is another server using the port?)") from None
+        if bound == 0:
+            raise ConfideError(f"cannot listen on {address} (port in use, or an address this machine does not have)")
+        await server.start()
+        return server, bound
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        try:
+            started.put(loop.run_until_complete(begin()))
+        except BaseException as exc:
+            started.put(exc)
+            loop.close()
+            return
+        try:
+            loop.run_forever()
+        finally:
+            service._loop = None
+            loop.close()
+
+    service._loop = loop
+    thread = threading.Thread(target=run, name="confide-grpc", daemon=True)
+    thread.start()
+    outcome = started.get()
+    if isinstance(outcome, BaseException):
+        service._loop = None
+        thread.join()
+        raise outcome
+    server, bound = outcome
+    return RunningServer(loop, server, thread), bound
 
 
 def read_kit_file(kit: Path, name: str) -> bytes:

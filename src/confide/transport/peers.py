@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -64,3 +65,29 @@ class Throttle:
                 self._last.clear()
             self._last[key] = (now, 0)
             return skipped
+
+
+class IdentityCache:
+    """Each certificate's proven site name, checked once per ``ttl_s`` (a full check parses the certificate and
+    verifies the CA's signature, about a millisecond, on every call of every site otherwise) and again at once
+    when the revocation list or the roster changes (they are compared by identity: the kit's watched files give
+    the same object while the file is unchanged). A certificate that fails its check is never cached."""
+
+    def __init__(self, ttl_s: float = 10.0, entries: int = 4096) -> None:
+        self.ttl_s = ttl_s
+        self.entries = entries
+        self._known: dict[bytes, tuple[str, float, object, object]] = {}
+        self._lock = threading.Lock()
+
+    def name(self, cert_pem: bytes, revoked: object, roster: object, check: Callable[[], str]) -> str:
+        now = time.monotonic()
+        with self._lock:
+            known = self._known.get(cert_pem)
+        if known is not None and now - known[1] < self.ttl_s and known[2] is revoked and known[3] is roster:
+            return known[0]
+        name = check()  # raises for a certificate without an identity: nothing is cached for it
+        with self._lock:
+            if len(self._known) >= self.entries:
+                self._known.clear()
+            self._known[cert_pem] = (name, now, revoked, roster)
+        return name

@@ -24,8 +24,10 @@ class ServiceConfig:
     # A receive buffer grown past this (by a transfer larger than the model) is let go once used; None: kept.
     keep_bytes: int | None = None
     # Updates received and held at once. Each needs one buffer of the update's size, so the server's memory is
-    # the global model, the aggregate and this many updates, whatever the number of sites.
+    # the global model, the aggregate and this many updates, whatever the number of sites. A deployment sets it
+    # from its model (FederationService.limit_transfers): as many as fit in receive_budget, one for a large model.
     max_inflight: int = 1
+    receive_budget: int = 32 << 20  # bytes of receive buffers a small model's updates may hold at once
     max_sending: int = 2  # instructions streamed at once; the network is shared, so more would not be faster
     # The longest an upload waits for a receive buffer (or an instruction for a sending slot); then the site is
     # told to send again (or to pull again), instead of waiting behind a stalled site forever.
@@ -37,10 +39,10 @@ class ServiceConfig:
     transfer_min_rate: float = 256 * 1024  # 2 Mbit/s: a 100 MB update may take 60 + 380 s
     pushes_per_site: int = 2  # streams one site (one certificate) may hold at once; more are refused at once
     pulls_per_site: int = 2
-    workers: int = 64  # the server's worker threads
-    # Worker threads transfers (pushes, pulls) never take, kept for Join and Heartbeat. Raise ``workers`` for a
-    # federation of more than workers - call_workers sites: each site's long poll holds one thread.
-    call_workers: int = 16
+    # Transfers (pushes and pulls) open at once across every site: each costs a little memory (its stream's
+    # flow-control window), none a thread (the service runs on one event loop). Raise it for a federation of more
+    # than max_transfers / 2 sites: each site's long poll holds one.
+    max_transfers: int = 1024
     revoked: Callable[[], Collection[int]] = field(default=lambda: frozenset())
     roster: Callable[[], Mapping[str, int] | None] = field(default=lambda: None)
 
@@ -54,13 +56,9 @@ class ServiceConfig:
             "pulls_per_site": self.pulls_per_site,
             "max_inflight": self.max_inflight,
             "max_sending": self.max_sending,
-            "call_workers": self.call_workers,
+            "max_transfers": self.max_transfers,
+            "receive_budget": self.receive_budget,
         }
         for name, value in positive.items():
             if not value > 0:
                 raise ConfigError(f"ServiceConfig.{name} must be positive, got {value!r}")
-        if self.workers <= self.call_workers:
-            raise ConfigError(
-                f"ServiceConfig.workers ({self.workers}) must exceed call_workers ({self.call_workers}): transfers "
-                "need threads of their own"
-            )
