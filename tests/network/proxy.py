@@ -35,11 +35,12 @@ class Faults:
 
 
 class FaultyProxy:
-    """Listens on 127.0.0.1 (a free port, :attr:`port`) and forwards to ``target`` through :attr:`faults`."""
+    """Listens on ``host`` (a free port, :attr:`port`) and forwards to ``target`` through :attr:`faults`."""
 
-    def __init__(self, target: tuple[str, int], faults: Faults | None = None) -> None:
+    def __init__(self, target: tuple[str, int], faults: Faults | None = None, host: str = "127.0.0.1") -> None:
         self.target = target
         self.faults = faults or Faults()
+        self.host = host
         self.port = 0
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
@@ -64,7 +65,7 @@ class FaultyProxy:
         self._loop.close()
 
     async def _main(self) -> None:
-        server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        server = await asyncio.start_server(self._accept, self.host, 0)
         self.port = server.sockets[0].getsockname()[1]
         chaos = asyncio.ensure_future(self._chaos())
         self._ready.set()
@@ -154,13 +155,15 @@ class FaultyProxy:
 
 
 @contextmanager
-def proxies(target: tuple[str, int], names: list[str], faults: Faults) -> Iterator[dict[str, FaultyProxy]]:
-    """One proxy per site, each with its own copy of ``faults`` (so that one site can be cut alone)."""
+def proxies(
+    target: tuple[str, int], names: list[str], faults: Faults, host: str = "127.0.0.1"
+) -> Iterator[dict[str, FaultyProxy]]:
+    """One proxy per site on ``host``, each with its own copy of ``faults`` (so that one site can be cut alone)."""
     opened: dict[str, FaultyProxy] = {}
     try:
         for i, name in enumerate(names):
             own = Faults(faults.delay_s, faults.rate, faults.reset_every_s, faults.cut, faults.seed + i)
-            opened[name] = FaultyProxy(target, own).__enter__()
+            opened[name] = FaultyProxy(target, own, host).__enter__()
         yield opened
     finally:
         for proxy in opened.values():
