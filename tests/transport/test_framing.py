@@ -48,3 +48,32 @@ def test_a_packed_chunk_altered_on_the_way_is_refused_by_its_digest() -> None:
 
     with pytest.raises(PayloadError, match="digest does not match"):
         framing.receive(iter(frames), max_bytes=1 << 20)
+
+
+def test_a_payload_that_fits_a_chunk_travels_as_one_frame_and_a_larger_one_in_chunks() -> None:
+    small = serde.encode_parts(TrainRes(round=1, update=_model([100] * 20), num_examples=3))
+    large = serde.encode_parts(TrainRes(round=1, update=_model([framing.CHUNK_BYTES // 3] * 2), num_examples=3))
+
+    one = list(framing.message(small, task="t1"))
+    many = list(framing.message(large, task="t2"))
+
+    assert len(one) == 1 and one[0][:1] == framing.SINGLE
+    assert many[0][:1] == framing.HEADER and len(many) == 2 + -(-large.size // framing.CHUNK_BYTES)
+    for frames, encoded, task in ((one, small, "t1"), (many, large, "t2")):
+        received = framing.receive(iter(frames), max_bytes=1 << 20)
+        assert bytes(received.payload) == encoded.tobytes() and received.header == {"task": task, "size": encoded.size}
+
+
+def test_a_single_frame_altered_extended_or_misannounced_is_refused() -> None:
+    (frame,) = framing.message(b"x" * 1000, task="t1")
+
+    with pytest.raises(PayloadError, match="digest does not match"):
+        framing.receive(iter([frame[:-1] + b"y"]), max_bytes=1 << 20)
+    with pytest.raises(PayloadError, match="follow"):
+        framing.receive(iter([frame, framing.DATA + b"more"]), max_bytes=1 << 20)
+    with pytest.raises(PayloadError, match="more than the 999 bytes"):
+        framing.receive(iter([frame.replace(b'"size": 1000', b'"size": 999', 1)]), max_bytes=1 << 20)
+    with pytest.raises(PayloadError, match="without its digest"):
+        framing.receive(iter([framing.SINGLE + b'{"size": 3}\nabc']), max_bytes=1 << 20)
+    with pytest.raises(PayloadError, match="end of its header"):
+        framing.receive(iter([framing.SINGLE + b'{"size": 3}']), max_bytes=1 << 20)

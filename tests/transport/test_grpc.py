@@ -238,17 +238,17 @@ def _corrupting(module: object, times: int) -> object:
     left = [times]
     lock = threading.Lock()
 
-    def frames(payload, **header):  # type: ignore[no-untyped-def]
+    def message(payload, **header):  # type: ignore[no-untyped-def]
         with lock:
             corrupt = left[0] > 0
             left[0] -= corrupt
-        for frame in framing.frames(payload, **header):
-            if corrupt and frame[:1] == framing.DATA:
+        for frame in framing.message(payload, **header):
+            if corrupt and frame[:1] in (framing.DATA, framing.SINGLE):  # a payload byte, not the digest
                 frame = frame[:-1] + bytes([frame[-1] ^ 1])
                 corrupt = False
             yield frame
 
-    return types.SimpleNamespace(**{**vars(framing), "frames": frames})
+    return types.SimpleNamespace(**{**vars(framing), "message": message})
 
 
 def test_a_transfer_broken_on_the_way_is_sent_again_not_the_round(

@@ -2,10 +2,12 @@
 
 A transfer is a header frame (``H`` + JSON: transfer id, size), data frames (``D`` + bytes, each at most
 :data:`CHUNK_BYTES`), then a trailer frame (``T`` + the payload's digest in hex, see
-:func:`confide.serde.new_digest`). The sender hashes each chunk as it sends it and the receiver as it arrives, so
-neither reads the payload an extra time. Reception writes the chunks straight into one buffer of the announced size
-and refuses a transfer that exceeds the receiver's limit, carries more or fewer bytes than announced, or whose
-digest does not match, before anything decodes it.
+:func:`confide.serde.new_digest`). A payload that fits in one chunk may instead travel as one frame (``S`` + the
+header's JSON, a newline, the digest, a newline, the bytes): every gRPC message costs the server the same whatever
+its size, so a small model's exchange takes two messages instead of six. The sender hashes each chunk as it sends
+it and the receiver as it arrives, so neither reads the payload an extra time. Reception writes the chunks straight
+into one buffer of the announced size and refuses a transfer that exceeds the receiver's limit, carries more or
+fewer bytes than announced, or whose digest does not match, before anything decodes it.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ CHUNK_BYTES = 1 << 18
 HEADER = b"H"
 DATA = b"D"
 TRAILER = b"T"
+SINGLE = b"S"
+_SINGLE_HEADER_BYTES = 2048  # a header longer than this (it never is) sends the transfer in frames
 
 Allocate = Callable[[int], memoryview]
 
@@ -72,16 +76,41 @@ def frames(payload: bytes | Encoded, **header: Any) -> Iterator[bytes]:
     yield TRAILER + (known or hasher.hexdigest()).encode()
 
 
+def message(payload: bytes | Encoded, **header: Any) -> Iterator[bytes]:
+    """The transfer in as few frames as it fits: one ``S`` frame when the payload fits in a chunk, else
+    :func:`frames`."""
+    size = payload.size if isinstance(payload, Encoded) else len(payload)
+    head = json.dumps({**header, "size": size}).encode()
+    if size > CHUNK_BYTES or len(head) > _SINGLE_HEADER_BYTES:
+        yield from frames(payload, **header)
+        return
+    body = payload.tobytes() if isinstance(payload, Encoded) else bytes(payload)
+    known = payload.known_digest if isinstance(payload, Encoded) else None
+    if known is None:
+        hasher = new_digest()
+        hasher.update(body)
+        known = hasher.hexdigest()
+    yield b"".join((SINGLE, head, b"\n", known.encode(), b"\n", body))
+
+
 def control(**fields: Any) -> bytes:
     """A header frame alone, for messages that carry no payload (waits, acknowledgements)."""
     return HEADER + json.dumps(fields).encode()
 
 
 def parse_header(frame: bytes) -> dict[str, Any]:
-    if not frame.startswith(HEADER):
+    """A transfer's header, from its header frame or its single frame."""
+    if frame.startswith(SINGLE):
+        end = frame.find(b"\n", 1, 2 + _SINGLE_HEADER_BYTES)
+        if end < 0:
+            raise PayloadError("single frame without the end of its header")
+        text = frame[1:end]
+    elif frame.startswith(HEADER):
+        text = frame[1:]
+    else:
         raise PayloadError("stream does not start with a header frame")
     try:
-        header = json.loads(frame[1:])
+        header = json.loads(text)
     except ValueError as exc:
         raise PayloadError(f"header frame is not JSON: {exc}") from exc
     if not isinstance(header, dict):
@@ -118,6 +147,17 @@ class Receiver:
         self.filled = 0
         self._digest: bytes | None = None
 
+    def first(self, frame: bytes) -> None:
+        """The transfer's first frame: nothing more for a header frame; the whole transfer for a single frame."""
+        if not frame.startswith(SINGLE):
+            return
+        start = frame.find(b"\n", 1, 2 + _SINGLE_HEADER_BYTES) + 1
+        end = frame.find(b"\n", start, start + 256)
+        if start <= 0 or end < 0:
+            raise PayloadError("single frame without its digest")
+        self._data(memoryview(frame)[end + 1 :])
+        self._digest = bytes(frame[start:end])
+
     def feed(self, frame: bytes) -> None:
         if self._digest is not None:
             raise PayloadError("frames follow the transfer's trailer")
@@ -127,6 +167,9 @@ class Receiver:
             return
         if kind != DATA:
             raise PayloadError("unexpected frame inside a transfer")
+        self._data(body)
+
+    def _data(self, body: memoryview) -> None:
         end = self.filled + body.nbytes
         if end > self.size:
             raise PayloadError(f"transfer carries more than the {self.size} bytes its header announced")
@@ -145,9 +188,14 @@ class Receiver:
         return Transfer(header=self.header, payload=self.buffer[: self.size])
 
 
-def receive_after(header: dict[str, Any], rest: Iterator[bytes], *, max_bytes: int, allocate: Allocate) -> Transfer:
-    """Receive the data and trailer frames of a transfer whose header frame has been read."""
+def receive_after(
+    header: dict[str, Any], rest: Iterator[bytes], *, max_bytes: int, allocate: Allocate, first: bytes | None = None
+) -> Transfer:
+    """Receive the data and trailer frames of a transfer whose header frame (``first``, when it may be a single
+    frame holding the whole transfer) has been read."""
     receiver = Receiver(header, max_bytes=max_bytes, allocate=allocate)
+    if first is not None:
+        receiver.first(first)
     for frame in rest:
         receiver.feed(frame)
     return receiver.finish()
@@ -160,4 +208,4 @@ def receive(stream: Iterable[bytes], *, max_bytes: int, allocate: Allocate = new
         first = next(iterator)
     except StopIteration:
         raise PayloadError("empty stream: no header frame") from None
-    return receive_after(parse_header(first), iterator, max_bytes=max_bytes, allocate=allocate)
+    return receive_after(parse_header(first), iterator, max_bytes=max_bytes, allocate=allocate, first=first)

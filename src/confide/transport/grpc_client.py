@@ -200,17 +200,21 @@ class SiteClient:
         """One long poll: a control message, or an instruction streamed into its own buffer."""
         stream = self._pull(b"{}", timeout=self.pull_timeout_s)
         try:
-            header = framing.parse_header(next(stream))
+            first = next(stream)
         except StopIteration:
             return {"wait": True}, None
+        header = framing.parse_header(first)
         if "task" not in header and not (header.get("done") and "size" in header):
             return header, None  # a control message (the final model, when the job is done, is a transfer)
-        return header, framing.receive_after(header, stream, max_bytes=DEFAULT_MAX_BYTES, allocate=framing.new_buffer)
+        received = framing.receive_after(
+            header, stream, max_bytes=DEFAULT_MAX_BYTES, allocate=framing.new_buffer, first=first
+        )
+        return header, received
 
     def _deliver(self, task_id: str, answer: bytes | Encoded) -> None:
         for attempt in range(1, self.push_attempts + 1):
             reply = json.loads(
-                self._call("push", lambda: self._push(framing.frames(answer, task=task_id), timeout=600))
+                self._call("push", lambda: self._push(framing.message(answer, task=task_id), timeout=600))
             )
             if reply.get("ok"):
                 self.answered += 1

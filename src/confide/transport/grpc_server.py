@@ -356,21 +356,22 @@ class FederationService:
         self, caller: Caller, context: Context, what: str, payload: bytes | Encoded, **header: object
     ) -> bool:
         size = payload.size if isinstance(payload, Encoded) else len(payload)
-        return await self._guards.send(caller, context, what, framing.frames(payload, **header), size)
+        return await self._guards.send(caller, context, what, framing.message(payload, **header), size)
 
     async def push(self, request_iterator: AsyncIterator[bytes], context: Context) -> bytes:
         caller = await self._identify(context)
         self._seen(caller)
         with await self._guards.slot(caller, "push", context):
             frames = aiter(request_iterator)
-            header = await self._guards.header(caller, frames, context)
-            if isinstance(header, bytes):
-                return header  # refused
+            opened = await self._guards.header(caller, frames, context)
+            if isinstance(opened, bytes):
+                return opened  # refused
+            header, first = opened
             task_id = one_line(header.get("task", ""), 100)
             refusal = self._check_task(caller, task_id)
             if refusal is not None:
                 return refusal
-            received = await self._guards.receive(caller, header, frames, context)
+            received = await self._guards.receive(caller, header, first, frames, context)
             if isinstance(received, bytes):
                 return received  # refused
             payload, lease = received

@@ -149,14 +149,15 @@ class StreamGuards:
 
     async def header(
         self, caller: Caller, frames: AsyncIterator[bytes], context: grpc.aio.ServicerContext[Any, Any]
-    ) -> dict[str, Any] | bytes:
-        """An upload's header frame, its size within the limit (checked before any buffer is lent or allocated);
-        or the refusal to answer."""
+    ) -> tuple[dict[str, Any], bytes] | bytes:
+        """An upload's header and its first frame (a single frame holds the whole upload), its size within the
+        limit (checked before any buffer is lent or allocated); or the refusal to answer."""
         with self.watchdog.watch(f"site {caller}: upload", canceller()) as watched:
             try:
-                header = framing.parse_header(await anext(frames))
+                first = await anext(frames)
+                header = framing.parse_header(first)
                 framing.announced_size(header, self.config.max_bytes)
-                return header
+                return header, first
             except StopAsyncIteration:
                 return answer(False, retry=True, reason="transfer refused: empty stream")
             except ConfideError as exc:
@@ -170,6 +171,7 @@ class StreamGuards:
         self,
         caller: Caller,
         header: dict[str, Any],
+        first: bytes,
         frames: AsyncIterator[bytes],
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> tuple[memoryview, Lease] | bytes:
@@ -187,6 +189,7 @@ class StreamGuards:
             pace = self._pace(int(header["size"]))
             with self.watchdog.watch(f"site {caller}: upload", canceller()) as watched:
                 receiver = framing.Receiver(header, max_bytes=self.config.max_bytes, allocate=lease.buffer)
+                receiver.first(first)
                 try:
                     async for frame in frames:
                         watched.last = now = time.monotonic()
