@@ -52,3 +52,23 @@ def test_a_site_slower_than_the_deadline_is_late_whatever_its_turn() -> None:
 
     assert "deadline" in (replies["slow"].error or "") and replies["slow"].payload is None
     assert replies["fast"].payload == b"2"
+
+
+def test_a_message_shared_by_every_site_is_joined_once() -> None:
+    from confide import serde
+    from confide.records import TrainIns
+    from tests.helpers import arrays
+
+    joins: list[int] = []
+
+    class Counted(serde.Encoded):
+        def tobytes(self) -> bytes:
+            joins.append(1)
+            return super().tobytes()
+
+    shared = Counted(list(serde.encode_parts(TrainIns(round=1, arrays=arrays(w=[1.0, 2.0]))).parts))
+    transport = InMemoryTransport({name: Echo() for name in "abcd"})
+
+    replies = list(transport.exchange(dict.fromkeys("abcd", shared)))
+
+    assert len(replies) == 4 and len(joins) == 1

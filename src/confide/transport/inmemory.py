@@ -43,7 +43,12 @@ class InMemoryTransport:
         deadline applies to each site's own time: a site that took longer is late, as it would be deployed."""
         joined: dict[int, bytes] = {}
         for site, message in messages.items():
-            payload = message if isinstance(message, bytes) else joined.setdefault(id(message), message.tobytes())
+            if isinstance(message, bytes):
+                payload = message
+            else:  # joined once per distinct message, not once per site (setdefault would join it every time)
+                if id(message) not in joined:
+                    joined[id(message)] = message.tobytes()
+                payload = joined[id(message)]
             endpoint = self._endpoints.get(site)
             if endpoint is None or site in self._down:
                 yield Reply(site=site, payload=None, error="site is not connected")
