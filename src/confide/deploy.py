@@ -202,6 +202,7 @@ def _serve(
             ),
             rounds_file,
         )
+        del model  # the loop holds the model now: once round 1 replaces it, nothing keeps this copy alive
         rounds_file.history = loop.history
         history = loop.run()
         job.report.out.mkdir(parents=True, exist_ok=True)
