@@ -4,9 +4,9 @@
 2. a small model's round at 4, 16 and 64 sites (bench/transport.py --params 100000, sites as threads of 4
    processes);
 3. a 100 MB model's round against its floor, with the server's memory in model copies (bench/transport.py);
-4. rounds over a bad network against loopback (bench/network.py).
-
-The Ray engine (many-site simulation) is not built yet, so its rows are missing.
+4. rounds over a bad network against loopback (bench/network.py);
+5. many-site simulation on the Ray engine (bench/ray_sim.py): 100 sites all training, and 1,000 sites with a
+   tenth of them (100) training each round; wall time per round and peak memory over every process.
 
     .venv/bin/python bench/scale.py [--quick]
 """
@@ -55,7 +55,15 @@ def main() -> None:
     )
     section("100 MB model against its floor", "transport.py", "--sites", "4", "16", "--rounds", "3")
     section("a bad network", "network.py", "--rounds", "8" if args.quick else "20")
-    print("\n## many-site simulation on Ray\n\nnot built yet (issue 13, item 4)")
+    section(
+        "many-site simulation on Ray (100 sites; 1,000 sites, fraction 0.1)",
+        "ray_sim.py",
+        "--runs",
+        "100:1",
+        "1000:0.1",
+        "--rounds",
+        rounds,
+    )
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "finetune",
         "features",
     ),
-    ("job_plan", "sim", "sim_identities", "new_task", "report"),
+    ("job_plan", "sim", "sim_identities", "sim_ray", "sim_ray_host", "new_task", "report"),
     ("experiment", "deploy", "audit"),
     ("cli", "cli_audit", "cli_features"),
 )

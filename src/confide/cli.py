@@ -16,7 +16,7 @@ from rich.console import Console
 from confide.cli_audit import audit as privacy_audit
 from confide.cli_features import features_app
 from confide.config import JobConfig, load_job, parse_job
-from confide.errors import ConfideError
+from confide.errors import ConfideError, ConfigError
 
 P = ParamSpec("P")
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Confide: federated learning for hospitals.")
@@ -45,10 +45,14 @@ def _clean_errors(command: Callable[P, None]) -> Callable[P, None]:
     return run
 
 
+WIDEST_TABLE = 12
+"""Sites whose columns the terminal's result tables show; above it, each model's mean over the sites."""
+
+
 def _run_job(job: JobConfig) -> None:
     from confide.experiment import run_job
     from confide.report.progress import ProgressDisplay
-    from confide.report.tables import rich_gains, rich_table
+    from confide.report.tables import mean_text, rich_gains, rich_table
     from confide.report.writer import write_report
 
     start = time.perf_counter()
@@ -57,17 +61,27 @@ def _run_job(job: JobConfig) -> None:
     files = write_report(result, job.report.out)
     console.print()
     label = result.metric.replace("_", " ")
-    console.print(
-        rich_table(result.cross, result.metric, title=f"{label} on every site's held-out test split ({job.name})")
-    )
-    console.print(
-        rich_gains(
-            result.cross,
-            result.metric,
-            result.federated,
-            title=f"what federation gained each site ({label}, own test split)",
+    if len(result.sites) <= WIDEST_TABLE:
+        console.print(
+            rich_table(result.cross, result.metric, title=f"{label} on every site's held-out test split ({job.name})")
         )
-    )
+        console.print(
+            rich_gains(
+                result.cross,
+                result.metric,
+                result.federated,
+                title=f"what federation gained each site ({label}, own test split)",
+            )
+        )
+    else:  # a column per site would not fit: the mean over the sites, per model (every site in the report)
+        for name, per_site in result.cross.items():
+            every = per_site["all"]
+            console.print(
+                f"{name}: {label} {mean_text(every, result.metric, len(result.sites))} (sd "
+                f"{every.get(f'{result.metric}_sd', float('nan')):.3f}) over {len(result.sites)} sites' test splits"
+            )
+    if job.simulation.engine == "ray":  # what this engine ran, and what it left out
+        console.print(result.description, highlight=False)
     for run in result.runs:
         if run.stopped:
             console.print(f"[bold yellow]training stopped early ({run.name}):[/] {run.stopped}", highlight=False)
@@ -115,13 +129,34 @@ def simulate(
     job_file: Annotated[Path, typer.Argument(help="job file (YAML)")],
     out: Annotated[Path | None, typer.Option(help="report folder (overrides report.out)")] = None,
     data: Annotated[Path | None, typer.Option(help="the data (overrides data.root): a folder, or a CSV table")] = None,
+    engine: Annotated[
+        str | None,
+        typer.Option(
+            help="inprocess (every site in this process: small jobs, with baselines and the cross-site matrix) or "
+            "ray (sites on a pool of Ray actors: many sites, the federated model only; needs the ray extra); "
+            "overrides simulation.engine"
+        ),
+    ] = None,
+    actors: Annotated[
+        int | None, typer.Option(min=1, help="ray: the pool of actors (overrides simulation.actors)")
+    ] = None,
 ) -> None:
-    """Run a job file in the simulator: all sites and the server in this process."""
+    """Run a job file in the simulator: the server in this process, the sites in it too or on Ray actors."""
+    from confide.config import ENGINES
+
     job = load_job(job_file)
     if out is not None:
         job = job.model_copy(update={"report": job.report.model_copy(update={"out": out})})
     if data is not None:
         job = job.model_copy(update={"data": job.data.model_copy(update={"root": data})})
+    if engine is not None or actors is not None:
+        if engine is not None and engine not in ENGINES:
+            raise ConfigError(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+        simulation = job.simulation.model_dump()
+        simulation.update({k: v for k, v in (("engine", engine), ("actors", actors)) if v is not None})
+        job = parse_job({**job.model_dump(), "simulation": simulation}, source=f"{job_file} with the options given")
+        if actors is not None and job.simulation.engine != "ray":
+            raise ConfigError("--actors sets the Ray engine's pool: give it with --engine ray (or simulation.engine)")
     _run_job(job)
 
 

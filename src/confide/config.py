@@ -100,6 +100,14 @@ class FederationConfig(_Strict):
     proximal_mu: float = Field(
         default=0.01, ge=0, allow_inf_nan=False, description="fedprox: strength of the sites' proximal term (mu)"
     )
+    fraction: float = Field(
+        default=1.0,
+        gt=0,
+        le=1,
+        description="share of the connected sites that train each round (at least min_sites), drawn from the job's "
+        "seed and the round; 1: every site. Under DP each sampled site's ledger records the rate and claims no "
+        "amplification from it (the server picks and sees the sample)",
+    )
 
     @model_validator(mode="after")
     def _norm_bound(self) -> FederationConfig:
@@ -112,7 +120,33 @@ class FederationConfig(_Strict):
     def _cyclic_quorum(self) -> FederationConfig:
         if self.strategy == "cyclic" and self.min_sites != 1:
             raise ValueError(f"strategy cyclic trains one site per round: min_sites must be 1, got {self.min_sites}")
+        if self.strategy == "cyclic" and self.fraction < 1:
+            raise ValueError(
+                f"strategy cyclic already trains one site per round, in turn: fraction must be 1, got {self.fraction}"
+            )
         return self
+
+
+ENGINES = ("inprocess", "ray")
+
+
+class SimulationConfig(_Strict):
+    """How ``confide simulate`` runs the sites (a deployment ignores this section)."""
+
+    engine: Literal["inprocess", "ray"] = Field(
+        default="inprocess",
+        description="inprocess: every site in this process, in turn (small jobs; baselines, fine-tuning and the "
+        "cross-site matrix); ray: sites spread over a pool of Ray actors (many sites in bounded memory; the "
+        "federated model only, scored at every site on its own test split). Needs the ray extra",
+    )
+    actors: int | None = Field(
+        default=None, ge=1, le=4096, description="ray: the pool of actors (default: CPU cores, at most the sites)"
+    )
+    cpus_per_actor: float = Field(default=1.0, gt=0, le=1024, description="ray: CPU cores each actor reserves")
+    gpus_per_actor: float = Field(default=0.0, ge=0, le=64, description="ray: GPUs each actor reserves (0: none)")
+    object_store_mb: int = Field(
+        default=256, ge=80, le=1_000_000, description="ray: memory of Ray's shared object store, in MB"
+    )
 
 
 class FinetuneConfig(_Strict):
@@ -160,6 +194,7 @@ class JobConfig(_Strict):
     privacy: PrivacyConfig = PrivacyConfig()
     finetune: FinetuneConfig = FinetuneConfig()
     report: ReportConfig = ReportConfig()
+    simulation: SimulationConfig = SimulationConfig()
     initial_model: Path | None = Field(
         default=None,
         description="the model to start from: a Confide safetensors file (a previous job's global.safetensors, or "
@@ -210,6 +245,11 @@ class JobConfig(_Strict):
             raise ValueError(
                 "scaffold sends each site's control-variate change beside its update; the privacy filters do not "
                 "cover it: use fedavg or fedprox with privacy filters"
+            )
+        if self.privacy.secure_aggregation and self.simulation.engine == "ray":
+            raise ValueError(
+                "simulation.engine ray does not run secure aggregation (the sites' keys and certificates from the "
+                "simulator's in-memory CA are not made in the Ray actors): simulate it with engine inprocess"
             )
         if self.privacy.gaussian is not None and self.federation.strategy != "fedavg":
             raise ValueError(

@@ -30,7 +30,7 @@ from confide.finetune import adapt, finetune_config
 from confide.privacy.build import site_chain, site_ledger
 from confide.privacy.config import PrivacyConfig
 from confide.privacy.ledger import Ledger
-from confide.records import Arrays
+from confide.records import Arrays, Skipped
 from confide.report.progress import ProgressDisplay
 from confide.server.loop import RoundResult
 from confide.server.secure_round import SecureSettings
@@ -89,39 +89,42 @@ class Evaluator:
         self.size = workload.size
 
     def per_site(self, model: Callable[[str], Arrays]) -> dict[str, dict[str, float]]:
-        """Every metric of ``model(site)`` on each site's test split; "all" holds their mean over the sites (each
-        hospital counts once), ``<metric>_sd`` their spread and ``<metric>_sites`` how many sites they cover: a
-        site whose metric is undefined (NaN: an AUC with one class in its test split, a C-index without a
-        comparable pair) is left out of the mean, and the mean is NaN when no site has the metric."""
+        """Every metric of ``model(site)`` on each site's test split, and their summary over the sites ("all", see
+        :func:`with_summary`)."""
         out: dict[str, dict[str, float]] = {}
         for site, data in self.tests.items():
             out[site] = {**self.task.score(model_part(model(site)), data), "cases": float(self.size(data))}
-        every: dict[str, float] = {"cases": float(sum(v["cases"] for v in out.values()))}
-        for key in self.keys:
-            values = np.array([out[s][key] for s in self.tests], dtype=np.float64)
-            defined = values[np.isfinite(values)]
-            every[key] = float(defined.mean()) if defined.size else float("nan")
-            every[f"{key}_sd"] = float(defined.std()) if defined.size else float("nan")
-            every[f"{key}_sites"] = float(defined.size)
-        out["all"] = every
-        return out
+        return with_summary(out, self.keys)
 
     def all_sites(self, model: Callable[[str], Arrays]) -> dict[str, float]:
         return {k: v for k, v in self.per_site(model)["all"].items() if k in self.keys}
 
 
-class _Recorder:
-    """Round events -> learning curve and progress display."""
+def with_summary(per_site: Mapping[str, Mapping[str, float]], keys: Sequence[str]) -> dict[str, dict[str, float]]:
+    """Each site's metrics (with its test split's size, ``cases``) and "all": their mean over the sites (each
+    hospital counts once), ``<metric>_sd`` their spread and ``<metric>_sites`` how many sites they cover. A site
+    whose metric is undefined (NaN: an AUC with one class in its test split, a C-index without a comparable pair)
+    is left out of the mean, and the mean is NaN when no site has the metric."""
+    out = {site: dict(metrics) for site, metrics in per_site.items()}
+    every: dict[str, float] = {"cases": float(sum(v["cases"] for v in out.values()))}
+    for key in keys:
+        values = np.array([metrics[key] for metrics in out.values()], dtype=np.float64)
+        defined = values[np.isfinite(values)]
+        every[key] = float(defined.mean()) if defined.size else float("nan")
+        every[f"{key}_sd"] = float(defined.std()) if defined.size else float("nan")
+        every[f"{key}_sites"] = float(defined.size)
+    out["all"] = every
+    return out
+
+
+class Recorder:
+    """Round events -> learning curve and progress display. ``score(global_arrays)``: the model's mean metrics
+    over every site's test split, taken every ``every`` rounds."""
 
     def __init__(
-        self,
-        run: ModelRun,
-        display: ProgressDisplay,
-        evaluate: Evaluator,
-        every: int,
-        personal: Callable[[str, Arrays], Arrays],
+        self, run: ModelRun, display: ProgressDisplay, score: Callable[[Arrays], Mapping[str, float]], every: int
     ) -> None:
-        self.run, self.display, self.evaluate, self.every, self.personal = run, display, evaluate, every, personal
+        self.run, self.display, self.score, self.every = run, display, score, every
 
     def round_started(self, round: int, sites: list[str]) -> None:
         self.display.status(f"{self.run.name}: round {round}, {len(sites)} site(s) training")
@@ -132,7 +135,7 @@ class _Recorder:
     def round_finished(self, result: RoundResult, global_arrays: Arrays) -> None:
         point = {"round": float(result.round), "loss": result.train_metrics.get("loss", float("nan"))}
         if result.round % self.every == 0:
-            point.update(self.evaluate.all_sites(lambda site: self.personal(site, global_arrays)))
+            point.update(self.score(global_arrays))
         self.run.curve.append(point)
         self.run.coordination_seconds.append(result.coordination_seconds)
         self.display.advance(1, status=f"{self.run.name}: round {result.round} loss {point['loss']:.3f}")
@@ -164,13 +167,14 @@ def _train_run(
     )
     ledgers = {site: site_ledger(privacy, site, None) for site in tasks}
     chains = {site: site_chain(privacy) for site in tasks}
-    every = max(1, job.federation.rounds // 5)
 
     def personal(site: str, arrays: Arrays) -> Arrays:
         task = tasks.get(site)
         return task.personal(arrays) if task is not None else model_part(arrays)
 
-    recorder = _Recorder(run, display, evaluator, every, personal)
+    recorder = Recorder(
+        run, display, lambda arrays: evaluator.all_sites(lambda site: personal(site, arrays)), curve_every(job)
+    )
     secure = SecureSettings() if privacy.secure_aggregation else None  # the simulator adds its CA's revocation list
     loop = job_plan.loop_settings(job, sites=len(tasks), secure=secure, deployed=False)
     start = job_plan.initial_global(job, workload) if run.kind == "federated" else job_plan.start_model(job, workload)
@@ -182,6 +186,11 @@ def _train_run(
         run.personal = {site: task.personal(result.arrays) for site, task in tasks.items()}
     run.seconds = time.perf_counter() - t0
     return tasks
+
+
+def curve_every(job: JobConfig) -> int:
+    """The learning curve scores the model on every site's test split every this many rounds."""
+    return max(1, job.federation.rounds // 5)
 
 
 def finetune(
@@ -220,7 +229,9 @@ def plan_runs(job: JobConfig, site_names: Sequence[str]) -> list[ModelRun]:
 
 def run_job(job: JobConfig, display: ProgressDisplay) -> JobResult:
     """Run the job's federation and its baselines, fine-tune at each site, then evaluate every model on every
-    site."""
+    site. On the Ray engine (``simulation.engine: ray``), the federation alone: see :func:`run_many_sites`."""
+    if job.simulation.engine == "ray":
+        return run_many_sites(job, display)
     t0 = time.perf_counter()
     workload = make_workload(job.task)
     display.phase("reading data", 1)
@@ -257,4 +268,89 @@ def run_job(job: JobConfig, display: ProgressDisplay) -> JobResult:
         metric=workload.metric,
         metric_keys=tuple(workload.metric_keys),
         description=workload.describe(),
+    )
+
+
+MANY_SITES_PLOTS = 50
+"""Above this many sites the report leaves out its plots (the per-site ones draw a column per site)."""
+
+
+def run_many_sites(job: JobConfig, display: ProgressDisplay) -> JobResult:
+    """A job on the Ray engine (``simulation.engine: ray``, :mod:`confide.sim_ray`): the federated run with its
+    learning curve, then the federated model scored at every site, as the site uses it, on its own test split (the
+    model's whole row of the cross-site matrix), each site's data read and scored in its actor. Not run, and said
+    in the result's description: the baselines (local-only means a federation per site, pooled gathers every
+    site's data in one process) and fine-tuning at each site with its row of the matrix (the matrix grows with the
+    square of the sites)."""
+    from confide.sim_ray import RayFederation
+
+    t0 = time.perf_counter()
+    workload = make_workload(job.task)
+    display.phase("reading data", 1)
+    names = workload.simulated_sites(job.data, display.status)
+    keys = tuple(workload.metric_keys)
+    run = ModelRun(name=job.federation.strategy, kind="federated", sites=tuple(names))
+    with RayFederation(job, names) as federation:
+        display.advance(1, status=f"{len(names)} sites on {federation.actors} Ray actor(s)")
+        t_data = time.perf_counter() - t0
+
+        def mean_scores(arrays: Arrays) -> dict[str, float]:
+            every = with_summary(federation.scores(arrays), keys)["all"]
+            return {key: every[key] for key in keys}
+
+        display.phase("training", job.federation.rounds)
+        strategy = job_plan.build_strategy(
+            job, sites=len(names), batch=workload.batch_size(), norm_names=workload.norm_names
+        )
+        loop = job_plan.loop_settings(job, sites=len(names), secure=None, deployed=False)
+        t1 = time.perf_counter()
+        done = federation.run(
+            strategy,
+            job_plan.initial_global(job, workload),
+            loop,
+            Recorder(run, display, mean_scores, curve_every(job)),
+        )
+        run.seconds = time.perf_counter() - t1
+        run.arrays, run.stopped = model_part(done.arrays), done.history.stopped
+        display.phase("scoring the federated model at every site", 1)
+        cross = {run.name: with_summary(federation.scores(done.arrays), keys)}
+        reports = federation.reports()
+        display.advance(1)
+        actors = federation.actors
+    run.ledgers = {
+        r.name: Ledger.from_document(r.name, r.ledger, delta=float(r.ledger["delta"]), budget=r.ledger["budget"])
+        for r in reports
+        if r.ledger is not None
+    }
+    skipped = [
+        what
+        for what, asked in (
+            (f"the baselines of compare ({', '.join(job.compare)})", job.compare),
+            ("fine-tuning at each site", job.finetune.enabled),
+        )
+        if asked
+    ]
+    note = (
+        f"; simulated on Ray: {len(names)} sites on {actors} actor(s), a fraction {job.federation.fraction:g} of "
+        "them training each round; the federated model is scored at every site on its own test split"
+        + (f"; not run on this engine: {' and '.join(skipped)}" if skipped else "")
+    )
+    shown = job
+    if job.report.plots and len(names) > MANY_SITES_PLOTS:
+        shown = job.model_copy(update={"report": job.report.model_copy(update={"plots": False})})
+        note += f"; plots left out above {MANY_SITES_PLOTS} sites (report.plots off)"
+    seconds = {"data": t_data, "total": time.perf_counter() - t0, f"train:{run.name}": run.seconds}
+    return JobResult(
+        job=shown,
+        sites=tuple(
+            SiteSplit(r.name, None, None, tuple(Skipped(item, why) for item, why in r.skipped), tuple(r.notes))
+            for r in reports
+        ),
+        sizes={r.name: (r.train, r.test) for r in reports},
+        runs=(run,),
+        cross=cross,
+        seconds=seconds,
+        metric=workload.metric,
+        metric_keys=keys,
+        description=workload.describe() + note,
     )

@@ -105,8 +105,9 @@ def loop_settings(
     deployed: bool,
     checkpoint_dir: Path | None = None,
 ) -> LoopConfig:
-    """The server loop's settings for ``sites`` sites: rounds, quorum, the round deadline (each site's own time),
-    the norm bound and weight caps, federated evaluation; retries and checkpoints where ``deployed``."""
+    """The server loop's settings for ``sites`` sites: rounds, quorum, the share of sites sampled each round, the
+    round deadline (each site's own time), the norm bound and weight caps, federated evaluation; retries and
+    checkpoints where ``deployed``."""
     fed = job.federation
     return LoopConfig(
         rounds=fed.rounds,
@@ -118,6 +119,8 @@ def loop_settings(
         quorum_retries=fed.quorum_retries if deployed else 0,
         retry_wait_s=fed.retry_wait_s,
         secure=secure,
+        fraction=fed.fraction,
+        sample_seed=job.seed,
     )
 
 

@@ -1,6 +1,7 @@
 """The simulator: N site runners and the server in one process, over the in-memory transport.
 
-Everything still passes through :mod:`confide.serde`, so a job behaves here as in a real federation.
+Everything still passes through :mod:`confide.serde`, so a job behaves here as in a real federation. For many
+sites, :mod:`confide.sim_ray` runs the same server loop with the sites on a pool of Ray actors.
 """
 
 from __future__ import annotations

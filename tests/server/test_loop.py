@@ -272,3 +272,21 @@ def test_two_checkpoint_generations_are_kept(tmp_path: Path) -> None:
     (tmp_path / "previous.json").replace(tmp_path / "latest.json")  # what an operator does after a bad round
     earlier = checkpoint.load_latest(tmp_path)
     assert earlier is not None and earlier.round == 2 and float(earlier.arrays["w"][0]) == 2.0
+
+
+def test_an_instruction_shared_by_every_site_is_encoded_once_per_round(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before: the loop encoded (and the transport hashed) the global model once per site."""
+    encoded: list[str] = []
+    original = serde.encode_parts
+
+    def counting(record: object) -> serde.Encoded:
+        encoded.append(type(record).__name__)
+        return original(record)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(serde, "encode_parts", counting)
+    sites = {name: SiteRunner(name, QuadraticTask(arrays(w=[float(i), 1.0]), 10)) for i, name in enumerate("abcdef")}
+    loop = ServerLoop(FedAvg({"lr": 0.5}), InMemoryTransport(sites), arrays(w=[0.0, 0.0]), LoopConfig(rounds=1))
+
+    loop.run_round(1)
+
+    assert encoded.count("TrainIns") == 1

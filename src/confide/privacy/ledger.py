@@ -119,10 +119,9 @@ class Ledger:
         return out
 
     # -- persistence ---------------------------------------------------------------------------
-    def save(self) -> None:
-        if self.path is None:
-            return
-        document = {
+    def document(self) -> dict[str, Any]:
+        """The ledger as JSON-ready data (what :meth:`save` writes)."""
+        return {
             "site": self.site,
             "delta": self.delta,
             "budget": self.budget,
@@ -130,10 +129,34 @@ class Ledger:
             "pure_epsilon": self.pure_epsilon,
             "entries": [asdict(e) for e in self.entries],
         }
+
+    def save(self) -> None:
+        if self.path is None:
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f".{self.path.name}.tmp")
-        tmp.write_text(json.dumps(document, indent=1))
+        tmp.write_text(json.dumps(self.document(), indent=1))
         os.replace(tmp, self.path)
+
+    @classmethod
+    def from_document(
+        cls, site: str, document: Any, *, delta: float, budget: float | None, path: Path | None = None, where: str = ""
+    ) -> Ledger:
+        """The ledger a :meth:`document` describes, for ``site`` (``where`` names its source in errors): a ledger
+        read back from a file, or sent by the process that kept it (the Ray engine's actors)."""
+        source = where or f"of {site}"
+        try:
+            gaussian = [Spend(**s) for s in document["gaussian"]]
+            entries = [Entry(**e) for e in document["entries"]]
+            pure = float(document["pure_epsilon"])
+            stored_site = str(document["site"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(f"privacy ledger {source} cannot be read: {exc}") from exc
+        if stored_site != site:
+            raise ConfigError(f"privacy ledger {source} is site {stored_site!r}'s, not {site!r}'s")
+        if not math.isfinite(pure) or pure < 0:
+            raise ConfigError(f"privacy ledger {source} holds an impossible pure epsilon {pure!r}")
+        return cls(site, delta, budget, path, gaussian, pure, entries)
 
     @classmethod
     def open(cls, site: str, path: Path, *, delta: float, budget: float | None) -> Ledger:
@@ -142,17 +165,9 @@ class Ledger:
             return cls(site=site, delta=delta, budget=budget, path=path)
         try:
             document = json.loads(path.read_text())
-            gaussian = [Spend(**s) for s in document["gaussian"]]
-            entries = [Entry(**e) for e in document["entries"]]
-            pure = float(document["pure_epsilon"])
-            stored_site = str(document["site"])
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        except (OSError, ValueError) as exc:
             raise ConfigError(f"privacy ledger {path} cannot be read: {exc}") from exc
-        if stored_site != site:
-            raise ConfigError(f"privacy ledger {path} is site {stored_site!r}'s, not {site!r}'s")
-        if not math.isfinite(pure) or pure < 0:
-            raise ConfigError(f"privacy ledger {path} holds an impossible pure epsilon {pure!r}")
-        return cls(site, delta, budget, path, gaussian, pure, entries)
+        return cls.from_document(site, document, delta=delta, budget=budget, path=path, where=str(path))
 
     @classmethod
     def open_kit(cls, site: str, kit: Path, *, delta: float, budget: float | None) -> Ledger:

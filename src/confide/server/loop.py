@@ -22,8 +22,10 @@ from confide.server import checkpoint
 from confide.server.checkpoint_writer import CheckpointWriter
 from confide.server.checks import check_update, reported_seconds
 from confide.server.guard import GuardConfig, UpdateGuard
+from confide.server.sampling import RATE_KEY, check_fraction, sample_sites
 from confide.server.secure_round import SecureRound, SecureSettings, check_secure_strategy
 from confide.server.site_time import SiteTime
+from confide.server.spill import detached, evict
 from confide.strategies.base import Aggregate, Strategy
 from confide.transport.base import Transport
 
@@ -120,6 +122,8 @@ class LoopConfig:
     quorum_retries: int = 0
     retry_wait_s: float = 30.0
     secure: SecureSettings | None = None  # secure aggregation: the server learns only the sum of the updates
+    fraction: float = 1.0  # share of the connected sites that train each round (server/sampling.py)
+    sample_seed: int = 0  # the job's seed: the same job samples the same sites
 
 
 class ServerLoop:
@@ -141,6 +145,7 @@ class ServerLoop:
         self._capped: set[str] = set()  # sites told that their count was capped
         self.start_round = 1
         self._writer = None if config.checkpoint_dir is None else CheckpointWriter(config.checkpoint_dir)
+        check_fraction(config.fraction)
         if config.secure is not None:
             check_secure_strategy(strategy)
         if config.checkpoint_dir is not None:
@@ -216,12 +221,13 @@ class ServerLoop:
 
     def run_round(self, rnd: int) -> RoundResult:
         t0 = time.perf_counter()
-        sites = self.transport.sites()
-        if len(sites) < self.config.min_sites:
-            raise RoundFailed(f"round {rnd}: {len(sites)} site(s) connected, the quorum is {self.config.min_sites}")
+        connected = self.transport.sites()
+        if len(connected) < self.config.min_sites:
+            raise RoundFailed(f"round {rnd}: {len(connected)} site(s) connected, the quorum is {self.config.min_sites}")
+        sites = self._sample(rnd, connected)
         self.events.round_started(rnd, sites)
         log.info("round %d of %d: %d site(s) take part: %s", rnd, self.config.rounds, len(sites), ", ".join(sites))
-        instructions = self.strategy.configure(rnd, self.global_arrays, sites)
+        instructions = self._told_rate(self.strategy.configure(rnd, self.global_arrays, sites), len(connected))
         tally = _Tally(SiteTime(concurrent=self.transport.concurrent))
         try:
             if self.config.secure is not None:
@@ -251,7 +257,7 @@ class ServerLoop:
         self.guard.end_round()
         eval_metrics: dict[str, Mapping[str, float]] = {}
         if self.config.evaluate_every and rnd % self.config.evaluate_every == 0:
-            eval_metrics = self._evaluate(rnd, tally)
+            eval_metrics = self._evaluate(rnd, tally, sites if len(sites) < len(connected) else None)
         result = RoundResult(
             round=rnd,
             sites=accepted.sites,
@@ -277,12 +283,38 @@ class ServerLoop:
         self.events.round_finished(result, self.global_arrays)
         return result
 
+    def _sample(self, rnd: int, connected: list[str]) -> list[str]:
+        """The sites that train this round: all connected ones, or a seeded sample of ``config.fraction`` of them
+        (at least the quorum; see server/sampling.py)."""
+        if self.config.fraction == 1.0:
+            return connected
+        sites = sample_sites(
+            connected, self.config.fraction, self.config.min_sites, seed=self.config.sample_seed, round=rnd
+        )
+        log.info("round %d: %d of %d connected site(s) sampled", rnd, len(sites), len(connected))
+        return sites
+
+    def _told_rate(self, instructions: dict[str, TrainIns], connected: int) -> dict[str, TrainIns]:
+        """Under sampling, each instruction tells its site the round's sampling rate (its ledger records it and
+        claims no amplification from it: the server chose the sample). One new instruction per distinct one, so
+        that each is still encoded once however many sites share it."""
+        if self.config.fraction == 1.0:
+            return instructions
+        rate = len(instructions) / max(connected, 1)
+        told: dict[int, TrainIns] = {}
+        return {
+            site: told.setdefault(id(ins), replace(ins, config={**ins.config, RATE_KEY: rate}))
+            for site, ins in instructions.items()
+        }
+
     def _plain(self, rnd: int, instructions: dict[str, TrainIns], tally: _Tally) -> Aggregate:
         """Each update checked on arrival and folded by the strategy."""
         encoded: dict[str, serde.Encoded] = {}
         cache: dict[int, serde.Encoded] = {}
         for site, ins in instructions.items():  # one encoding per distinct instruction, not per site
-            encoded[site] = cache.setdefault(id(ins), serde.encode_parts(ins))
+            if id(ins) not in cache:
+                cache[id(ins)] = serde.encode_parts(ins)
+            encoded[site] = cache[id(ins)]
         del instructions, cache
         try:
             return self.strategy.aggregate(
@@ -325,19 +357,22 @@ class ServerLoop:
         guard = self.guard
         round_sites = list(encoded)
         guard.start_round(round_sites)
-        held: list[tuple[str, TrainRes, float]] = []
+        held: list[tuple[str, TrainRes, float, bytes | memoryview | None]] = []
         want = guard.calibration_size(len(round_sites))
         times = tally.time.exchange()
         for reply in self.transport.exchange(encoded, self.config.deadline_s):
             calibrating = guard.calibrating
-            outcome = self._reason(rnd, reply.site, reply.payload, reply.error, detach=calibrating)
+            # a held update must outlive the transport's buffer: a copy, a large one in a file (server/spill.py)
+            data = detached(reply.payload) if calibrating and reply.payload is not None else reply.payload
+            outcome = self._reason(rnd, reply.site, data, reply.error)
             if isinstance(outcome, Rejection):
                 self._reject(rnd, reply.site, outcome, tally)
                 continue
             record, norm = outcome
             times.append(reported_seconds(record.meta.get("task_seconds"), reply.seconds))
             if calibrating:
-                held.append((reply.site, record, norm))
+                evict(data)  # read for its check; out of memory until it is folded
+                held.append((reply.site, record, norm, data))
                 if len(held) >= want:
                     yield from self._release(rnd, held, round_sites, tally)
                     held = []
@@ -349,19 +384,24 @@ class ServerLoop:
             yield from self._release(rnd, held, round_sites, tally)
 
     def _release(
-        self, rnd: int, held: list[tuple[str, TrainRes, float]], round_sites: list[str], tally: _Tally
+        self,
+        rnd: int,
+        held: list[tuple[str, TrainRes, float, bytes | memoryview | None]],
+        round_sites: list[str],
+        tally: _Tally,
     ) -> Iterator[tuple[str, TrainRes]]:
         """The held updates give the round its norm bound, are weighed against each other, and go on."""
-        self.guard.calibrate(norm for _, _, norm in held)
+        self.guard.calibrate(norm for _, _, norm, _ in held)
         if self.guard.bound is not None:
             log.info("round %d: update norm bound %.4g (%d update(s) held to set it)", rnd, self.guard.bound, len(held))
-        for site, record, norm in held:
+        for site, record, norm, _ in held:
             if self.guard.over_bound(norm) is None:
                 self.guard.presume(site, record.num_examples)
-        for site, record, norm in held:
+        for site, record, norm, data in held:
             admitted = self._admit(rnd, site, record, norm, round_sites, tally)
             if admitted is not None:
                 yield site, admitted
+                evict(data)  # folded: its pages leave memory now, not when the round's held updates are let go
 
     def _admit(
         self, rnd: int, site: str, record: TrainRes, norm: float, round_sites: list[str], tally: _Tally
@@ -391,14 +431,13 @@ class ServerLoop:
         self.events.site_finished(rnd, site, False, reason)
 
     def _reason(
-        self, rnd: int, site: str, payload: bytes | memoryview | None, error: str | None, *, detach: bool = False
+        self, rnd: int, site: str, payload: bytes | memoryview | None, error: str | None
     ) -> tuple[TrainRes, float] | Rejection:
-        """The reply as a checked update and its norm, or why not. ``detach``: decode from a copy, so that the
-        update outlives the transport's buffer."""
+        """The reply as a checked update and its norm, or why not."""
         if payload is None:
             return Rejection(f"site {site}: {one_line(str(error))}", tell_site=False)
         try:
-            record = serde.decode(bytes(payload) if detach else payload)
+            record = serde.decode(payload)
         except ConfideError as exc:
             return Rejection(f"site {site}: undecodable reply: {one_line(str(exc))}")
         except Exception as exc:  # the boundary: no reply, however made, takes the server down
@@ -420,9 +459,13 @@ class ServerLoop:
             return Rejection(f"site {site}: update could not be checked ({type(exc).__name__})")
         return record, norm
 
-    def _evaluate(self, rnd: int, tally: _Tally) -> dict[str, Mapping[str, float]]:
+    def _evaluate(self, rnd: int, tally: _Tally, sampled: list[str] | None = None) -> dict[str, Mapping[str, float]]:
+        """Every connected site scores the new model on its own test split; under sampling, the round's sample."""
         payload = serde.encode_parts(EvalIns(round=rnd, arrays=self.global_arrays))
         sites = self.transport.sites()
+        if sampled is not None:
+            connected = set(sites)
+            sites = [site for site in sampled if site in connected]
         out: dict[str, Mapping[str, float]] = {}
         times = tally.time.exchange()
         for reply in self.transport.exchange(dict.fromkeys(sites, payload), self.config.deadline_s):

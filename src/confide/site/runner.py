@@ -25,6 +25,7 @@ from confide.privacy.ledger import Ledger
 from confide.privacy.secagg_identity import SiteIdentity
 from confide.privacy.spend import Spend
 from confide.records import Arrays, Control, EvalIns, Failure, Record, TrainIns, TrainRes
+from confide.server.sampling import RATE_KEY
 from confide.site.release import DP_EVALUATION_REFUSAL, release
 from confide.site.secure import SecureSite
 from confide.tasks.base import Task
@@ -119,7 +120,11 @@ class SiteRunner:
 
     def _train(self, instruction: TrainIns, contributors: int | None = None) -> TrainRes | Failure:
         """Train, filter, charge the ledger (see :meth:`spends`)."""
-        spends = self.spends(instruction, contributors)
+        told = told_sampling_rate(instruction)
+        if isinstance(told, str):
+            log.warning("site %s: refused round %d: %s", self.name, instruction.round, told)
+            return Failure(round=instruction.round, reason=f"site {self.name}: {told}", kind="refused")
+        spends = [noted_sampling(spend, told) for spend in self.spends(instruction, contributors)]
         if self.ledger is not None:
             refusal = self.ledger.refusal(spends)
             if refusal is not None:
@@ -139,3 +144,24 @@ class SiteRunner:
         """What the task's own private training (DP-SGD) will spend this round, if it does any."""
         spend = getattr(self.task, "privacy_spend", None)
         return list(spend(instruction.config)) if callable(spend) else []
+
+
+def told_sampling_rate(instruction: TrainIns) -> float | str | None:
+    """The share of sites the server says it sampled this round (None: it sampled none, every site trains), or
+    why the value cannot be one."""
+    rate = instruction.config.get(RATE_KEY)
+    if rate is None:
+        return None
+    if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 < rate <= 1:
+        return f"the instruction's {RATE_KEY} must be a number in (0, 1], got {str(rate)[:40]!r}"
+    return float(rate)
+
+
+def noted_sampling(spend: Spend, rate: float | None) -> Spend:
+    """The spend with the site-sampling rate the server told, noted for the ledger and never used by it: the
+    server chose the sample and sees who took part, so sampling sites amplifies nothing against the server, and
+    the site cannot check that the sample was drawn at all (DESIGN.md rule 7). The spend's own ``sampling_rate``
+    (DP-SGD's sampling of examples, drawn at the site) is what the accountant uses."""
+    if rate is None:
+        return spend
+    return replace(spend, params={**spend.params, RATE_KEY: rate, "site_sampling_amplification": "none"})

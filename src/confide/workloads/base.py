@@ -52,6 +52,12 @@ class Workload(Protocol):
     metric: str  # the headline metric, higher is better ("dice_mean", "accuracy", "kappa", "c_index")
     metric_keys: tuple[str, ...]  # every key ``score`` returns, in report order
 
+    def simulated_sites(self, data: Any, progress: Progress) -> list[str]:
+        """The names of the sites a simulation's data holds (``data`` is the job's DataConfig: its root, and the
+        sites it keeps), without reading their cases; the task's fields completed from the data first, where the
+        task does that (``prepare``)."""
+        ...
+
     def load_sites(self, data: Any, seed: int, progress: Progress) -> list[SiteSplit]:
         """Every site of the job's data (``data`` is the job's DataConfig), split into train and test."""
         ...

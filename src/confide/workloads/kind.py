@@ -292,7 +292,7 @@ class KindWorkload:
             raise DataError(f"data.root {root} is not a folder of sites (one sub-folder per site)")
         return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
-    def load_sites(self, data: Any, seed: int, progress: Progress) -> list[SiteSplit]:
+    def simulated_sites(self, data: Any, progress: Progress) -> list[str]:
         root = Path(data.root)
         if self.kind.prepare is not None:
             progress("preparing the data")
@@ -305,6 +305,11 @@ class KindWorkload:
             names = [n for n in names if n in set(data.sites)]
         if not names:
             raise DataError(f"data.root {root} holds no sites")
+        return names
+
+    def load_sites(self, data: Any, seed: int, progress: Progress) -> list[SiteSplit]:
+        root = Path(data.root)
+        names = self.simulated_sites(data, progress)
         out = []
         for name in names:
             folder = root / name if (root / name).is_dir() else root  # a table's sites are rows of one file
