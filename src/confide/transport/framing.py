@@ -22,7 +22,7 @@ import numpy as np
 from confide.errors import PayloadError, PayloadTooLarge
 from confide.serde import Encoded, new_digest
 
-CHUNK_BYTES = 1 << 18
+CHUNK_BYTES = 1 << 20
 HEADER = b"H"
 DATA = b"D"
 TRAILER = b"T"
