@@ -4,6 +4,7 @@ out the same."""
 from __future__ import annotations
 
 import mmap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -54,3 +55,37 @@ def test_held_updates_kept_in_files_give_the_round_that_copies_give(monkeypatch:
 
     np.testing.assert_array_equal(_first_rounds(), kept_in_memory)
     assert len(spilled) >= 2  # the first round's first updates were held, each in a file
+
+
+def _rss_file_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssFile:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no RssFile line in /proc/self/status")
+
+
+def test_folding_a_held_update_gives_its_pages_back_array_by_array() -> None:
+    """Before: a held 100 MB update, read back from its file to be folded, stayed resident until the round's held
+    updates were let go: the first round of a 100 MB job peaked at 4.1 model copies instead of 3.3."""
+    import os
+
+    if not os.path.exists("/proc/self/status"):
+        pytest.skip("reads the process's memory from Linux's /proc/self/status")
+    from confide import serde
+    from confide.records import TrainRes
+    from confide.strategies.aggregate import accumulate, zeros_like
+
+    update = arrays(**{f"layer{i}": np.full(2 << 20, float(i), np.float32) for i in range(4)})  # 32 MiB
+    held = serde.decode(spill.detached(serde.encode(TrainRes(round=1, update=update, num_examples=1)), spill_bytes=0))
+    assert isinstance(held, TrainRes)
+    before = _rss_file_mib()
+    total = sum(float(value.sum()) for value in held.update.values())  # every page read: resident now
+    read = _rss_file_mib() - before
+    acc = zeros_like(held.update)
+
+    accumulate(acc, held.update, 0.5)
+
+    left = _rss_file_mib() - before
+    assert total == sum(float(i) * (2 << 20) for i in range(4))
+    assert read > 24 and left < 4, (read, left)  # 32 MiB read in, and given back once folded
+    assert all(np.all(acc[f"layer{i}"] == 0.5 * i) for i in range(4))

@@ -6,6 +6,7 @@ the server holds one accumulator, not one copy per site.
 
 from __future__ import annotations
 
+import mmap
 from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
@@ -23,13 +24,31 @@ def zeros_like(arrays: Arrays) -> dict[str, np.ndarray]:
 
 
 def accumulate(acc: dict[str, np.ndarray], update: Arrays, weight: float) -> None:
-    """Add ``weight * update`` into ``acc`` in place (no temporary copy of the model)."""
+    """Add ``weight * update`` into ``acc`` in place (no temporary copy of the model). An update read from a file
+    map (the server's held updates, server/spill.py) gives back each array's pages once it is added, so folding it
+    takes no model-sized memory."""
     for name, value in update.items():
         target = acc[name]
         if weight == 1.0:
             np.add(target, value, out=target, casting="unsafe")
         else:
             target += np.asarray(value, dtype=target.dtype) * target.dtype.type(weight)
+        _done_with(value)
+
+
+def _done_with(value: np.ndarray) -> None:
+    """Give back the resident pages of ``value`` when it is a view of a read-only file map (read again from the
+    file should it be read again); anything else is left alone."""
+    base: object = value
+    while isinstance(base, np.ndarray):
+        base = base.base
+    if not isinstance(base, memoryview) or not isinstance(base.obj, mmap.mmap) or value.nbytes < mmap.PAGESIZE:
+        return
+    start = value.ctypes.data - np.frombuffer(base, dtype=np.uint8).ctypes.data
+    first = -(-start // mmap.PAGESIZE) * mmap.PAGESIZE
+    last = (start + value.nbytes) // mmap.PAGESIZE * mmap.PAGESIZE
+    if start >= 0 and last > first:
+        base.obj.madvise(mmap.MADV_DONTNEED, first, last - first)
 
 
 def accumulate_sparse(
