@@ -32,6 +32,7 @@ from confide.privacy.config import PrivacyConfig
 from confide.privacy.ledger import Ledger
 from confide.records import Arrays, Skipped
 from confide.report.progress import ProgressDisplay
+from confide.report.writer import PER_SITE_PLOTS
 from confide.server.loop import RoundResult
 from confide.server.secure_round import SecureSettings
 from confide.sim import simulate
@@ -271,10 +272,6 @@ def run_job(job: JobConfig, display: ProgressDisplay) -> JobResult:
     )
 
 
-MANY_SITES_PLOTS = 50
-"""Above this many sites the report leaves out its plots (the per-site ones draw a column per site)."""
-
-
 def run_many_sites(job: JobConfig, display: ProgressDisplay) -> JobResult:
     """A job on the Ray engine (``simulation.engine: ray``, :mod:`confide.sim_ray`): the federated run with its
     learning curve, then the federated model scored at every site, as the site uses it, on its own test split (the
@@ -335,13 +332,11 @@ def run_many_sites(job: JobConfig, display: ProgressDisplay) -> JobResult:
         "them training each round; the federated model is scored at every site on its own test split"
         + (f"; not run on this engine: {' and '.join(skipped)}" if skipped else "")
     )
-    shown = job
-    if job.report.plots and len(names) > MANY_SITES_PLOTS:
-        shown = job.model_copy(update={"report": job.report.model_copy(update={"plots": False})})
-        note += f"; plots left out above {MANY_SITES_PLOTS} sites (report.plots off)"
+    if job.report.plots and len(names) > PER_SITE_PLOTS:
+        note += f"; per-site plots left out above {PER_SITE_PLOTS} sites (the learning curves are drawn)"
     seconds = {"data": t_data, "total": time.perf_counter() - t0, f"train:{run.name}": run.seconds}
     return JobResult(
-        job=shown,
+        job=job,
         sites=tuple(
             SiteSplit(r.name, None, None, tuple(Skipped(item, why) for item, why in r.skipped), tuple(r.notes))
             for r in reports

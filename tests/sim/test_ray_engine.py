@@ -138,12 +138,14 @@ def test_confide_simulate_on_ray_reports_many_sites_and_every_site_s_ledger(tmp_
     text = " ".join(result.output.split())
     assert "60 sites on 2 actor(s), a fraction 0.1 of them training each round" in text
     assert "not run on this engine: the baselines of compare (local) and fine-tuning at each site" in text
-    assert "plots left out above 50 sites" in text
+    assert "per-site plots left out above 50 sites" in text
     out = tmp_path / "out"
     metrics = json.loads((out / "metrics.json").read_text())
     assert len(metrics["cross_site"]["fedavg"]) == 61  # every site's own test split, and their mean
     assert [point["round"] for point in metrics["models"]["fedavg"]["curve"]] == [1.0, 2.0]
     assert (out / "report.md").is_file()
+    assert (out / "learning_curves.png").is_file() and not (out / "per_site.png").exists()
+    assert "fine-tuned models add" not in (out / "report.md").read_text()  # none was fine-tuned on this engine
     # each site's ledger was kept in its actor and came back: it charged the rounds the site was sampled in, and
     # noted the rate it was told without counting it
     sites = sorted(metrics["sites"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -105,6 +106,10 @@ def _verdict(result: JobResult) -> list[str]:
     return lines
 
 
+PER_SITE_PLOTS = 50
+"""Above this many sites the report draws no per-site plot (a column or a line per site); its tables hold them."""
+
+
 def write_report(result: JobResult, out: Path) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     files: dict[str, Path] = {}
@@ -122,7 +127,8 @@ def write_report(result: JobResult, out: Path) -> dict[str, Path]:
             ledger.save()
             ledgers.append(json.loads(ledger.path.read_text()))
     metric = result.metric
-    if ledgers and result.job.report.plots:
+    per_site = len(result.sites) <= PER_SITE_PLOTS  # a column (or a line) per site: unreadable beyond
+    if ledgers and result.job.report.plots and per_site:
         budgets = {str(d["site"]): d.get("budget") for d in ledgers}
         files["ledger"] = plots.privacy_ledger(
             epsilon_by_round(ledgers), budgets, float(ledgers[0]["delta"]), out / "privacy_ledger.png"
@@ -132,6 +138,7 @@ def write_report(result: JobResult, out: Path) -> dict[str, Path]:
         files["curves"] = plots.learning_curves(
             {r.name: r.curve for r in result.runs}, metric, out / "learning_curves.png"
         )
+    if result.job.report.plots and per_site:
         files["per_site"] = plots.metric_per_site(result.cross, metric, out / "per_site.png")
         files["heatmap"] = plots.heatmap(result.cross, metric, out / "cross_site_heatmap.png")
         files["gains"] = plots.site_gains(gains(result.cross, metric, result.federated), metric, out / "gains.png")
@@ -151,8 +158,17 @@ def write_report(result: JobResult, out: Path) -> dict[str, Path]:
         "",
         f"{result.description}. {len(result.sites)} sites, {fed.rounds} rounds of {fed.local_steps} local steps, "
         f"strategy {fed.strategy}.",
-        "Every model had the same budget of local optimisation steps; fine-tuned models add "
-        f"{_finetune_steps(result)} steps at their own site.",
+        "Every model had the same budget of local optimisation steps"
+        + (
+            f"; fine-tuned models add {_finetune_steps(result)} steps at their own site."
+            if any(run.kind == "finetuned" for run in result.runs)
+            else "."
+        ),
+        *(
+            [f"Per-site plots are left out above {PER_SITE_PLOTS} sites; the tables hold every site."]
+            if result.job.report.plots and not per_site
+            else []
+        ),
         "",
         sites,
         "",
@@ -192,15 +208,23 @@ def write_report(result: JobResult, out: Path) -> dict[str, Path]:
             markdown_table(*ledger_rows(ledgers)),
             "",
         ]
-    if result.job.report.plots:
-        md += ["![cross-site heatmap](cross_site_heatmap.png)", "", "![gains per site](gains.png)", ""]
-        md += ["![learning curves](learning_curves.png)", "", "![per site](per_site.png)", ""]
+    for key, caption in (
+        ("heatmap", "cross-site heatmap"),
+        ("gains", "gains per site"),
+        ("curves", "learning curves"),
+        ("per_site", "per site"),
+    ):
+        if key in files:
+            md += [f"![{caption}]({files[key].name})", ""]
     md += [f"Wall time: {result.seconds['total']:.0f} s (data {result.seconds['data']:.0f} s)."]
     files["markdown"] = out / "report.md"
     files["markdown"].write_text("\n".join(md) + "\n")
     files["html"] = out / "report.html"
     privacy = _html_privacy(ledgers, "ledger" in files)
-    files["html"].write_text(_html(result, (header, body), (gain_header, gain_body), (long_header, long_body), privacy))
+    images = [files[key].name for key in ("heatmap", "gains", "curves", "per_site") if key in files]
+    files["html"].write_text(
+        _html(result, (header, body), (gain_header, gain_body), (long_header, long_body), privacy, images)
+    )
     return files
 
 
@@ -229,15 +253,12 @@ def _html_privacy(ledgers: list[dict[str, Any]], plotted: bool) -> str:
     )
 
 
-def _html(result: JobResult, main: Rows, gain: Rows, long: Rows, privacy: str = "") -> str:
+def _html(
+    result: JobResult, main: Rows, gain: Rows, long: Rows, privacy: str = "", pictures: Sequence[str] = ()
+) -> str:
     verdict = "".join(f"<li>{html.escape(line[2:]).replace('**', '')}</li>" for line in _verdict(result))
     label = html.escape(result.metric.replace("_", " "))
-    images = ""
-    if result.job.report.plots:
-        images = "".join(
-            f'<img src="{name}" alt="{name}">'
-            for name in ("cross_site_heatmap.png", "gains.png", "learning_curves.png", "per_site.png")
-        )
+    images = "".join(f'<img src="{name}" alt="{name}">' for name in pictures)
     style = (
         "body{font-family:system-ui,sans-serif;margin:2em;max-width:1100px}"
         "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"
