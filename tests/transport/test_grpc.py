@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from confide import serde
 from confide.config import JobConfig, parse_job
 from confide.deploy import private_runner, run_site, serve
 from confide.errors import TransportError
@@ -18,6 +19,7 @@ from confide.privacy.config import PrivacyConfig
 from confide.provision import parse_federation, provision, revoke_site
 from confide.records import Arrays, Config, TrainRes
 from confide.server.loop import LoopConfig
+from confide.server.sampling import sample_sites
 from confide.sim import simulate
 from confide.site.runner import SiteRunner
 from confide.strategies import FedAvg
@@ -698,3 +700,39 @@ def test_only_a_handshake_refused_over_a_certificate_stops_a_site_retrying(detai
     from confide.transport.grpc_client import _tls_failure
 
     assert _tls_failure(details) is permanent
+
+
+def test_a_deployment_trains_the_seeded_sample_of_sites_the_simulator_trains(tmp_path: Path) -> None:
+    """federation.fraction over gRPC: each round's sample is the one the simulator draws for the same job, and the
+    model is the simulator's."""
+    kits = _federation(tmp_path / "kits")
+    job = parse_job(
+        {
+            "seed": 11,
+            "data": {"root": str(tmp_path)},
+            "task": {"lr": 0.5},
+            "federation": {"rounds": 4, "local_steps": 1, "min_sites": 2, "start_sites": 3, "fraction": 0.67},
+            "report": {"out": str(tmp_path / "report")},
+        }
+    )
+    server, result, _ = _start(kits, job)
+    answers: dict[str, object] = {}
+
+    threads = [_site(kits, name, int(result["port"]), answers) for name in SITES]  # type: ignore[call-overload]
+    server.join(60)
+    for t in threads:
+        t.join(30)
+
+    assert "error" not in result, result.get("error")
+    rounds = json.loads((tmp_path / "report" / "rounds.json").read_text())
+    drawn = [sample_sites(SITES, 0.67, 2, seed=11, round=r) for r in range(1, 5)]
+    assert [sorted(r["sites"]) for r in rounds] == drawn and all(len(d) == 2 for d in drawn)
+    assert len({tuple(d) for d in drawn}) > 1  # the sample changes from round to round
+    expected = simulate(
+        FedAvg({"local_steps": 1, "lr": 0.5}),
+        {n: QuadraticTask(t, examples=10) for n, t in TARGETS.items()},
+        arrays(w=[0.0, 0.0]),
+        LoopConfig(rounds=4, min_sites=2, fraction=0.67, sample_seed=11),
+    ).arrays
+    final = serde.decode_arrays(Path(str(result["final"])).read_bytes())
+    np.testing.assert_allclose(final["w"], expected["w"], rtol=1e-6)
