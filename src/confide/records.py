@@ -27,6 +27,10 @@ class Arrays:
 
     items_: tuple[tuple[str, np.ndarray], ...]
     _index: Mapping[str, np.ndarray] = field(init=False, repr=False, compare=False)
+    # Every array's values, in order, as one read-only vector, when they lie so in one buffer (an update decoded
+    # from the wire: one floating dtype, packed back to back); checks and sums then take one numpy call, not one
+    # per array. None otherwise.
+    flat: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_index", dict(self.items_))
@@ -71,6 +75,14 @@ class Arrays:
     @property
     def nbytes(self) -> int:
         return sum(int(v.nbytes) for _, v in self.items_)
+
+    def layout(self) -> tuple[tuple[str, tuple[int, ...], str], ...]:
+        """Each array's name, shape and dtype, in order (computed once)."""
+        known: tuple[tuple[str, tuple[int, ...], str], ...] | None = self.__dict__.get("_layout")
+        if known is None:
+            known = tuple((name, value.shape, value.dtype.str) for name, value in self.items_)
+            object.__setattr__(self, "_layout", known)
+        return known
 
     def same_layout(self, other: Arrays) -> bool:
         """True when both hold the same names, shapes and dtypes in the same order."""

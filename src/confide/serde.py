@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Annotated, Any, Literal, TypeVar
 
 import numpy as np
@@ -41,6 +42,7 @@ from confide.serde_container import (
     decode_arrays,
     encode_arrays,
     encode_arrays_parts,
+    flat_span,
     header_bytes,
     label,
     new_digest,
@@ -200,6 +202,9 @@ def decode(data: bytes | bytearray | memoryview, *, max_bytes: int = DEFAULT_MAX
     if header.sparse:
         return _build_sparse(header, loaded)
     arrays = Arrays.from_dict(reshaped(loaded, header.names, header.shapes))
+    flat = flat_span(data, document, 8 + length, header.names)
+    if flat is not None:
+        arrays = replace(arrays, flat=flat)
     return _build(header, arrays)
 
 

@@ -121,6 +121,27 @@ def shape_label(shape: object) -> str:
     return "[" + ", ".join(dims) + (", …]" if len(shape) > 8 else "]")
 
 
+def flat_span(
+    data: bytes | bytearray | memoryview, document: dict[str, Any], start: int, names: list[str]
+) -> np.ndarray | None:
+    """The arrays ``names`` as one read-only vector, when they share one floating dtype and lie back to back in
+    that order (as the encoder writes them); else None. Call after :func:`views` has checked every entry."""
+    if not names:
+        return None
+    specs = [document[name] for name in names]
+    dtype = _DTYPES[specs[0]["dtype"]]
+    if not np.issubdtype(dtype, np.floating) or any(spec["dtype"] != specs[0]["dtype"] for spec in specs):
+        return None
+    begin = end = specs[0]["data_offsets"][0]
+    for spec in specs:
+        if spec["data_offsets"][0] != end:
+            return None
+        end = spec["data_offsets"][1]
+    flat = np.frombuffer(data, dtype=dtype, count=(end - begin) // dtype.itemsize, offset=start + begin)
+    flat.flags.writeable = False
+    return flat
+
+
 def reshaped(loaded: dict[str, np.ndarray], names: list[str], shapes: list[list[int]]) -> dict[str, np.ndarray]:
     """Arrays in the recorded order and shapes (safetensors stores a 0-d array as shape (1,)). The entries are
     counted in Python's integers: numpy's product wraps around in int64, so a shape of huge dimensions could pass

@@ -30,6 +30,25 @@ def _squared_norm(value: np.ndarray) -> float | None:
     return float(np.vdot(flat.astype(np.float64), flat.astype(np.float64)))
 
 
+CHUNK = 1 << 20
+"""Values summed per numpy call on the one-vector path (float32 sums stay exact enough, memory stays small)."""
+
+
+def _flat_squared_norm(update: Update, global_arrays: Arrays) -> float | None:
+    """The sum of squares of an update laid out as the global model and held in one vector (see Arrays.flat), in
+    a few numpy calls; None when the update is not such, or holds NaN or infinity (the array-by-array check then
+    names the array)."""
+    if not isinstance(update, Arrays) or update.flat is None or update.layout() != global_arrays.layout():
+        return None
+    total = 0.0
+    for begin in range(0, update.flat.size, CHUNK):
+        part = _squared_norm(update.flat[begin : begin + CHUNK])
+        if part is None:
+            return None
+        total += part
+    return total
+
+
 def check_update(site: str, res: TrainRes, global_arrays: Arrays, *, max_norm: float | None = None) -> float:
     """Raise :class:`UpdateRejected` unless ``res`` fits the global model and is finite (and within ``max_norm``);
     return the update's L2 norm over its floating-point arrays."""
@@ -46,8 +65,8 @@ def check_update(site: str, res: TrainRes, global_arrays: Arrays, *, max_norm: f
         if not detail:
             detail.append("arrays in a different order")
         raise UpdateRejected(site, "array names do not match the global model: " + ", ".join(detail))
-    squared = 0.0
-    for name, value, shape in _entries(update):
+    squared = _flat_squared_norm(update, global_arrays)
+    for name, value, shape in () if squared is not None else _entries(update):
         ref = global_arrays[name]
         if shape != ref.shape:
             raise UpdateRejected(site, f"array {name!r} has shape {shape}, expected {ref.shape}")
@@ -57,8 +76,8 @@ def check_update(site: str, res: TrainRes, global_arrays: Arrays, *, max_norm: f
             part = _squared_norm(value)
             if part is None:
                 raise UpdateRejected(site, f"array {name!r} holds NaN or infinite values")
-            squared += part
-    norm = squared**0.5
+            squared = (squared or 0.0) + part
+    norm = (squared or 0.0) ** 0.5
     if not np.isfinite(norm):
         raise UpdateRejected(site, "update norm overflows")
     if max_norm is not None and norm > max_norm:

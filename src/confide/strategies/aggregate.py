@@ -18,8 +18,42 @@ def _acc_dtype(dtype: np.dtype) -> np.dtype:
     return dtype if np.issubdtype(dtype, np.floating) else np.dtype(np.float64)
 
 
+CHUNK = 1 << 20
+"""Values added per numpy call on the one-vector path (its temporaries stay a few MB, whatever the model)."""
+
+
+class Accumulator(dict[str, np.ndarray]):
+    """An accumulator whose arrays are views of one zeroed vector, in the model's order, so that an update held
+    in one vector too (Arrays.flat) is added in a few numpy calls rather than one per array."""
+
+    def __init__(self, arrays: Arrays, dtype: np.dtype) -> None:
+        self.flat = np.zeros(sum(value.size for value in arrays.values()), dtype=dtype)
+        self.layout = arrays.layout()
+        views: list[tuple[str, np.ndarray]] = []
+        begin = 0
+        for name, value in arrays.items():
+            views.append((name, self.flat[begin : begin + value.size].reshape(value.shape)))
+            begin += value.size
+        super().__init__(views)
+        self._views = tuple(view for _, view in views)
+
+    def takes_whole(self, update: Arrays) -> bool:
+        """Whether ``update`` can be added as one vector: laid out as this accumulator, none of whose arrays has
+        been replaced since."""
+        return (
+            update.flat is not None
+            and update.flat.dtype == self.flat.dtype
+            and update.layout() == self.layout
+            and all(self[name] is view for name, view in zip(self, self._views, strict=True))
+        )
+
+
 def zeros_like(arrays: Arrays) -> dict[str, np.ndarray]:
-    """A writable accumulator with one zero buffer per array."""
+    """A writable accumulator with one zero buffer per array (views of one vector when every array has the same
+    floating dtype: see :class:`Accumulator`)."""
+    dtypes = {value.dtype for value in arrays.values()}
+    if len(dtypes) == 1 and np.issubdtype(next(iter(dtypes)), np.floating):
+        return Accumulator(arrays, next(iter(dtypes)))
     return {name: np.zeros(value.shape, dtype=_acc_dtype(value.dtype)) for name, value in arrays.items()}
 
 
@@ -27,6 +61,16 @@ def accumulate(acc: dict[str, np.ndarray], update: Arrays, weight: float) -> Non
     """Add ``weight * update`` into ``acc`` in place (no temporary copy of the model). An update read from a file
     map (the server's held updates, server/spill.py) gives back each array's pages once it is added, so folding it
     takes no model-sized memory."""
+    if isinstance(acc, Accumulator) and acc.takes_whole(update):
+        assert update.flat is not None
+        for begin in range(0, acc.flat.size, CHUNK):
+            target, value = acc.flat[begin : begin + CHUNK], update.flat[begin : begin + CHUNK]
+            if weight == 1.0:
+                np.add(target, value, out=target)
+            else:
+                target += value * target.dtype.type(weight)
+            _done_with(value)
+        return
     for name, value in update.items():
         target = acc[name]
         if weight == 1.0:
