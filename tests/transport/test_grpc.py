@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -81,6 +82,18 @@ def _start(kit_root: Path, job: JobConfig) -> tuple[threading.Thread, dict[str, 
     thread.start()
     assert listening.wait(10)
     return thread, result, listening
+
+
+def _deployed(kits: Path, job: JobConfig, tmp_path: Path) -> tuple[dict[str, object], list[dict[str, Any]]]:
+    """The job served to every site until it ends; the server's result and its rounds.json."""
+    server, result, _ = _start(kits, job)
+    answers: dict[str, object] = {}
+    threads = [_site(kits, name, int(result["port"]), answers) for name in SITES]  # type: ignore[call-overload]
+    server.join(60)
+    for t in threads:
+        t.join(30)
+    assert "error" not in result, result.get("error")
+    return result, json.loads((tmp_path / "report" / "rounds.json").read_text())
 
 
 def _site(
@@ -263,16 +276,7 @@ def test_a_transfer_broken_on_the_way_is_sent_again_not_the_round(
     monkeypatch.setattr(grpc_client, "framing", _corrupting(grpc_client.framing, times=2))  # two updates
     kits = _federation(tmp_path / "kits")
     job = _job(tmp_path, rounds=2)
-    server, result, _ = _start(kits, job)
-    answers: dict[str, object] = {}
-
-    threads = [_site(kits, name, int(result["port"]), answers) for name in SITES]  # type: ignore[call-overload]
-    server.join(60)
-    for t in threads:
-        t.join(30)
-
-    assert "error" not in result, result.get("error")
-    rounds = json.loads((tmp_path / "report" / "rounds.json").read_text())
+    result, rounds = _deployed(kits, job, tmp_path)
     assert [sorted(r["sites"]) for r in rounds] == [SITES, SITES]  # no round lost a site to the broken transfers
     final = serde.decode_arrays(Path(str(result["final"])).read_bytes())
     np.testing.assert_allclose(final["w"], simulated(rounds=2)["w"], rtol=1e-6)
@@ -715,16 +719,7 @@ def test_a_deployment_trains_the_seeded_sample_of_sites_the_simulator_trains(tmp
             "report": {"out": str(tmp_path / "report")},
         }
     )
-    server, result, _ = _start(kits, job)
-    answers: dict[str, object] = {}
-
-    threads = [_site(kits, name, int(result["port"]), answers) for name in SITES]  # type: ignore[call-overload]
-    server.join(60)
-    for t in threads:
-        t.join(30)
-
-    assert "error" not in result, result.get("error")
-    rounds = json.loads((tmp_path / "report" / "rounds.json").read_text())
+    result, rounds = _deployed(kits, job, tmp_path)
     drawn = [sample_sites(SITES, 0.67, 2, seed=11, round=r) for r in range(1, 5)]
     assert [sorted(r["sites"]) for r in rounds] == drawn and all(len(d) == 2 for d in drawn)
     assert len({tuple(d) for d in drawn}) > 1  # the sample changes from round to round
