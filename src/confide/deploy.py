@@ -41,8 +41,8 @@ from confide.transport.grpc_server import (
     FederationService,
     ServiceConfig,
     read_kit_file,
-    start_server,
 )
+from confide.transport.grpc_serving import start_server
 from confide.transport.inmemory import Endpoint
 from confide.validation import read_yaml
 

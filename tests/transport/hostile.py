@@ -18,7 +18,8 @@ from confide.provision import parse_federation, provision
 from confide.serde import new_digest
 from confide.transport import framing
 from confide.transport.grpc_client import SiteClient
-from confide.transport.grpc_server import GRPC_OPTIONS, SERVICE, FederationService, ServiceConfig, start_server
+from confide.transport.grpc_server import GRPC_OPTIONS, SERVICE, FederationService, ServiceConfig
+from confide.transport.grpc_serving import start_server
 
 SITES = ["site-1", "site-2", "site-3"]
 LONG = 120.0  # the most any condition may take on a loaded machine; reached only when the test is failing

@@ -84,8 +84,10 @@ def _start(kit_root: Path, job: JobConfig) -> tuple[threading.Thread, dict[str, 
     return thread, result, listening
 
 
-def _deployed(kits: Path, job: JobConfig, tmp_path: Path) -> tuple[dict[str, object], list[dict[str, Any]]]:
-    """The job served to every site until it ends; the server's result and its rounds.json."""
+def _deployed(
+    kits: Path, job: JobConfig, tmp_path: Path
+) -> tuple[dict[str, object], list[dict[str, Any]], dict[str, object]]:
+    """The job served to every site until it ends; the server's result, its rounds.json and each site's answer."""
     server, result, _ = _start(kits, job)
     answers: dict[str, object] = {}
     threads = [_site(kits, name, int(result["port"]), answers) for name in SITES]  # type: ignore[call-overload]
@@ -93,7 +95,7 @@ def _deployed(kits: Path, job: JobConfig, tmp_path: Path) -> tuple[dict[str, obj
     for t in threads:
         t.join(30)
     assert "error" not in result, result.get("error")
-    return result, json.loads((tmp_path / "report" / "rounds.json").read_text())
+    return result, json.loads((tmp_path / "report" / "rounds.json").read_text()), answers
 
 
 def _site(
@@ -122,15 +124,7 @@ def test_three_sites_over_mutual_tls_reach_the_simulators_model(tmp_path: Path) 
 
     kits = _federation(tmp_path / "kits")
     job = _job(tmp_path)
-    server, result, _ = _start(kits, job)
-    answers: dict[str, object] = {}
-
-    threads = [_site(kits, name, int(result["port"]), answers) for name in SITES]  # type: ignore[call-overload]
-    server.join(60)
-    for t in threads:
-        t.join(30)
-
-    assert "error" not in result, result.get("error")
+    result, _, answers = _deployed(kits, job, tmp_path)
     final = serde.decode_arrays(Path(str(result["final"])).read_bytes())
     np.testing.assert_allclose(final["w"], simulated(rounds=3)["w"], rtol=1e-6)
     assert answers == dict.fromkeys(SITES, 3)
@@ -276,7 +270,7 @@ def test_a_transfer_broken_on_the_way_is_sent_again_not_the_round(
     monkeypatch.setattr(grpc_client, "framing", _corrupting(grpc_client.framing, times=2))  # two updates
     kits = _federation(tmp_path / "kits")
     job = _job(tmp_path, rounds=2)
-    result, rounds = _deployed(kits, job, tmp_path)
+    result, rounds, _ = _deployed(kits, job, tmp_path)
     assert [sorted(r["sites"]) for r in rounds] == [SITES, SITES]  # no round lost a site to the broken transfers
     final = serde.decode_arrays(Path(str(result["final"])).read_bytes())
     np.testing.assert_allclose(final["w"], simulated(rounds=2)["w"], rtol=1e-6)
@@ -719,7 +713,7 @@ def test_a_deployment_trains_the_seeded_sample_of_sites_the_simulator_trains(tmp
             "report": {"out": str(tmp_path / "report")},
         }
     )
-    result, rounds = _deployed(kits, job, tmp_path)
+    result, rounds, _ = _deployed(kits, job, tmp_path)
     drawn = [sample_sites(SITES, 0.67, 2, seed=11, round=r) for r in range(1, 5)]
     assert [sorted(r["sites"]) for r in rounds] == drawn and all(len(d) == 2 for d in drawn)
     assert len({tuple(d) for d in drawn}) > 1  # the sample changes from round to round
