@@ -302,10 +302,10 @@ class ServerLoop:
             return instructions
         rate = len(instructions) / max(connected, 1)
         told: dict[int, TrainIns] = {}
-        return {
-            site: told.setdefault(id(ins), replace(ins, config={**ins.config, RATE_KEY: rate}))
-            for site, ins in instructions.items()
-        }
+        for ins in instructions.values():
+            if id(ins) not in told:
+                told[id(ins)] = replace(ins, config={**ins.config, RATE_KEY: rate})
+        return {site: told[id(ins)] for site, ins in instructions.items()}
 
     def _plain(self, rnd: int, instructions: dict[str, TrainIns], tally: _Tally) -> Aggregate:
         """Each update checked on arrival and folded by the strategy."""
