@@ -34,7 +34,8 @@ def test_every_listener_is_told_in_order() -> None:
     fan.round_started(1, ["x", "y"])
     fan.site_finished(1, "x", True, "loss 0.1")
     fan.round_finished(
-        RoundResult(round=1, sites=("x",), failures={}, train_metrics={}, eval_metrics={}, seconds=0.1), Arrays()
+        RoundResult(round=1, sites=("x",), failures={}, train_metrics={}, eval_metrics={}, seconds=0.1),
+        Arrays.from_dict({}),
     )
 
     assert calls == ["a start 1 x,y", "b start 1 x,y", "a site 1 x True", "b site 1 x True", "a end 1", "b end 1"]
