@@ -103,6 +103,7 @@ def once(root: Path, names: list[str]) -> dict[str, float]:
                 f"localhost:{port}",
                 "--models",
                 str(root / name / "models"),
+                "--approve",
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

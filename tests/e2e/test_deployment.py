@@ -25,6 +25,7 @@ def _free_port() -> int:
 
 
 SITES = ["site-1", "site-2", "site-3"]
+SITE = [*CLI, "site", "--approve"]  # each site's operator approves the job it is shown (site/consent.py)
 
 
 def _setup(
@@ -61,7 +62,7 @@ def _wait_for_first_checkpoint(pointer: Path, server: subprocess.Popen[str], tim
 def _sites(kits: Path, data: Path, port: int, names: list[str] = SITES) -> list[subprocess.Popen[str]]:
     return [
         subprocess.Popen(
-            [*CLI, "site", "--kit", str(kits / "sites" / s), "--data", str(data / s), "--server", f"localhost:{port}"],
+            [*SITE, "--kit", str(kits / "sites" / s), "--data", str(data / s), "--server", f"localhost:{port}"],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,

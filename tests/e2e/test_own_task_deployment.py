@@ -36,6 +36,7 @@ def _federation(tmp_path: Path) -> tuple[Path, Path]:
 
 def _site(kits: Path, name: str, code: Path | None, data: Path, port: int) -> subprocess.Popen[str]:
     own = ["--code", str(code)] if code is not None else []
+    own.append("--approve")  # the operator approves the job it is shown (site/consent.py)
     return start(
         "site", "--kit", str(kits / "sites" / name), "--data", str(data), "--server", f"localhost:{port}", *own
     )

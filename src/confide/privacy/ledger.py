@@ -260,21 +260,45 @@ def _epsilon(gaussian: Sequence[Spend], pure: float, delta: float) -> float:
 
 def read_ledgers(run: Path) -> list[dict[str, Any]]:
     """The ledgers stored under a run folder (``RUN/privacy/*.json``), or a site kit's own (``KIT/ledger.json``,
-    across all its jobs), for reports."""
+    across all its jobs), for reports. A kit (a folder with ``site.yaml``) whose jobs spent no privacy has no
+    ledger: none is returned. A kit still holding an older Confide's per-job ledgers (``KIT/ledgers/*.json``,
+    folded into ``ledger.json`` by the next job that spends) is read as one ledger, each entry named by its job."""
     folder = run / "privacy"
     if (run / "ledger.json").is_file():
         paths = [run / "ledger.json"]
     elif folder.is_dir():
         paths = sorted(folder.glob("*.json"))
+    elif (run / "site.yaml").is_file():
+        return _older_kit_ledger(sorted((run / "ledgers").glob("*.json")))
     else:
-        raise ConfigError(f"{run} holds no privacy ledger (neither {folder} nor {run / 'ledger.json'})")
-    out = []
-    for path in paths:
-        try:
-            out.append(json.loads(path.read_text()))
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"privacy ledger {path} cannot be read: {exc}") from exc
-    return out
+        raise ConfigError(
+            f"{run} holds no privacy ledger (neither {folder} nor {run / 'ledger.json'}): give a run's report "
+            "folder (report.out) or a site's kit"
+        )
+    return [_read_document(path) for path in paths]
+
+
+def _read_document(path: Path) -> dict[str, Any]:
+    try:
+        document = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"privacy ledger {path} cannot be read: {exc}") from exc
+    if not isinstance(document, dict) or not isinstance(document.get("entries", []), list):
+        raise ConfigError(f"privacy ledger {path} is not a ledger (an object with a list of entries)")
+    return document
+
+
+def _older_kit_ledger(paths: Sequence[Path]) -> list[dict[str, Any]]:
+    """A kit's per-job ledgers of an older Confide, as the one ledger a report shows (no file is written)."""
+    if not paths:
+        return []
+    documents = [_read_document(path) for path in paths]
+    entries = [
+        {**entry, "job": entry.get("job") or path.stem}
+        for path, document in zip(paths, documents, strict=True)
+        for entry in document.get("entries", [])
+    ]
+    return [{**documents[-1], "entries": entries}]
 
 
 def noise_multiplier_for(epsilon: float, delta: float, *, sampling_rate: float = 1.0, steps: int = 1) -> float:

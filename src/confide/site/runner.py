@@ -27,6 +27,7 @@ from confide.privacy.spend import Spend
 from confide.records import Arrays, Control, EvalIns, Failure, Record, TrainIns, TrainRes
 from confide.server.sampling import RATE_KEY
 from confide.site.release import DP_EVALUATION_REFUSAL, release
+from confide.site.release_log import ReleaseLog
 from confide.site.secure import SecureSite
 from confide.tasks.base import Task
 
@@ -49,12 +50,16 @@ class SiteRunner:
         private: bool | None = None,
         identity: SiteIdentity | None = None,
         min_roster: int = 1,
+        releases: ReleaseLog | None = None,
     ) -> None:
         """``private``: whether the site runs under differential privacy (its privacy configuration spends
         privacy); by default, whether its chain or its task's training spends any. ``identity``: the site's key and
         certificate, with which it signs its secure-aggregation keys and checks every roster (without one it
-        refuses secure aggregation); ``min_roster``: the fewest verified sites it accepts in an aggregation."""
+        refuses secure aggregation); ``min_roster``: the fewest verified sites it accepts in an aggregation.
+        ``releases``: the site's log of what leaves it (a deployed site's, see deploy.run_site), one line per answer
+        written before the answer is handed over."""
         self.name = name
+        self.releases = releases
         self.task = task
         self.chain = chain or FilterChain()
         self.ledger = ledger
@@ -79,7 +84,13 @@ class SiteRunner:
 
     def handle_encoded(self, payload: bytes | memoryview) -> serde.Encoded:
         """The answer as buffers that reference the update's arrays (a streaming transport sends them as they are)."""
-        return serde.encode_parts(self.answer(payload))
+        charged = len(self.ledger.entries) if self.ledger is not None else 0
+        record = self.answer(payload)
+        encoded = serde.encode_parts(record)
+        if self.releases is not None:  # recorded before it can leave: nothing leaves unrecorded
+            filters = self.chain.describe()
+            self.releases.record(record, encoded.size, filters=filters, ledger=self.ledger, charged_before=charged)
+        return encoded
 
     def answer(self, payload: bytes | memoryview) -> Record:
         try:

@@ -17,7 +17,7 @@ import grpc
 
 from confide import serde
 from confide.errors import ConfideError, JobFailed, TransportError
-from confide.records import Arrays
+from confide.records import Arrays, Failure
 from confide.sanitize import one_line
 from confide.serde import DEFAULT_MAX_BYTES, Encoded
 from confide.transport import framing
@@ -49,6 +49,12 @@ FIRST_RETRY_S = 0.1  # the first wait of _call's own retries, doubled each time 
 MAX_RETRY_S = 2.0
 
 
+class JobDeclined(ConfideError):
+    """Raised by a site's ``make_endpoint`` to decline the job it was sent (its operator did not approve it). The
+    client answers the server's next instruction with a refusal carrying this reason (a Failure of kind
+    "refused": the round goes on without the site, and the server's log says why), then raises it again."""
+
+
 class SiteClient:
     """Runs one site against a federation server until the server says the job is done."""
 
@@ -61,6 +67,7 @@ class SiteClient:
         ca_pem: bytes,
         make_endpoint: Callable[[dict[str, Any]], Endpoint],
         give_up_after_s: float = 600.0,
+        decline_wait_s: float = 300.0,
         push_attempts: int = 3,
         pull_timeout_s: float = 600.0,
         after_done_s: float = 60.0,
@@ -68,6 +75,7 @@ class SiteClient:
         self.address = address
         self.make_endpoint = make_endpoint
         self.give_up_after_s = give_up_after_s
+        self.decline_wait_s = decline_wait_s  # a declining site waits this long for an instruction to refuse
         self.push_attempts = push_attempts
         self.pull_timeout_s = pull_timeout_s
         self.after_done_s = after_done_s  # how long to retry a server that has said the job is over, then left
@@ -91,9 +99,10 @@ class SiteClient:
         """Call ``fn``, retrying while the server is unreachable, for at most give_up_after_s."""
         start = time.monotonic()
         delay = FIRST_RETRY_S
+        retries = 0
         while True:
             try:
-                return fn()
+                result = fn()
             except grpc.RpcError as exc:
                 code = exc.code()
                 if code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
@@ -118,6 +127,13 @@ class SiteClient:
                 log.info("%s: server unreachable (%s), retrying in %.1f s", what, code.name, delay)
                 time.sleep(delay)
                 delay = min(delay * 2, MAX_RETRY_S)
+                retries += 1
+                continue
+            if retries:
+                log.info(
+                    "%s: reached the server again after %d retries (%.1f s)", what, retries, time.monotonic() - start
+                )
+            return result
 
     def _beat(self, every_s: float) -> None:
         while not self._stop.wait(every_s):
@@ -145,12 +161,16 @@ class SiteClient:
         """Serve until the server says done; return the number of instructions answered."""
         hello = json.loads(self._call("join", lambda: self._join(b"{}", timeout=30)))
         self.name = str(hello["site"])
+        log.info("site %s joined the server at %s", self.name, self.address)
         # heartbeats start before the site prepares its data: a site reading its cases is alive, and the server
         # must not drop it from the first round for the silence
         beat = threading.Thread(target=self._beat, args=(float(hello.get("heartbeat_s", 5.0)),), daemon=True)
         beat.start()
         try:
-            endpoint = self.make_endpoint(hello["job"])
+            try:
+                endpoint = self.make_endpoint(hello["job"])
+            except JobDeclined as declined:
+                raise JobDeclined(f"{declined} ({self._decline(str(declined))})") from None
             return self._serve(endpoint)
         except _ServerLeft as exc:
             if self._over_failed is not None:
@@ -168,6 +188,33 @@ class SiteClient:
             self._stop.set()
             beat.join(timeout=5.0)
             self._channel.close()
+
+    def _decline(self, reason: str) -> str:
+        """Answer the server's next instruction with a refusal (at most ``decline_wait_s`` of waiting for one);
+        return what became of it."""
+        end = time.monotonic() + self.decline_wait_s
+        while time.monotonic() < end:
+            try:
+                header, transfer = self._call("pull", self._fetch)
+            except _ServerLeft:
+                header, transfer = {"done": True}, None
+            except ConfideError as exc:  # a broken transfer: pull it again
+                log.warning("site %s: instruction transfer broken (%s); pulling it again", self.name, exc)
+                continue
+            if header.get("done"):
+                return "the job ended before the server sent this site an instruction"
+            if transfer is None or "task" not in header:
+                continue
+            try:
+                rnd = serde.decode(transfer.payload).round
+            except ConfideError:
+                rnd = 0
+            refusal = serde.encode(Failure(round=rnd, reason=f"site {self.name} {reason}", kind="refused"))
+            del transfer
+            self._deliver(str(header["task"]), refusal, leaving=True)
+            log.info("site %s: told the server it declines, in round %d", self.name, rnd)
+            return f"the server was told in round {rnd}"
+        return f"the server sent no instruction within {self.decline_wait_s:.0f} s to decline; it was not told"
 
     def _serve(self, endpoint: Endpoint) -> int:
         """Pull, answer, push, until the server says done."""
@@ -192,6 +239,7 @@ class SiteClient:
                 continue
             if transfer is None:
                 continue
+            log.info("site %s: instruction %s received (%d bytes)", self.name, header["task"], transfer.payload.nbytes)
             answer = _answer(endpoint, transfer.payload)
             del transfer  # the instruction's buffer is not needed while the answer streams
             self._deliver(str(header["task"]), answer)
@@ -211,11 +259,12 @@ class SiteClient:
         )
         return header, received
 
-    def _deliver(self, task_id: str, answer: bytes | Encoded) -> None:
+    def _deliver(self, task_id: str, answer: bytes | Encoded, *, leaving: bool = False) -> None:
+        """Push ``answer`` to ``task_id``; ``leaving``: this site's last word in this job (it declines the job),
+        so the server stops counting it among the connected sites at once instead of waiting out its silence."""
+        header: dict[str, Any] = {"task": task_id, **({"leaving": True} if leaving else {})}
         for attempt in range(1, self.push_attempts + 1):
-            reply = json.loads(
-                self._call("push", lambda: self._push(framing.message(answer, task=task_id), timeout=600))
-            )
+            reply = json.loads(self._call("push", lambda: self._push(framing.message(answer, **header), timeout=600)))
             if reply.get("ok"):
                 self.answered += 1
                 return
