@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -168,9 +169,60 @@ class FinetuneConfig(_Strict):
         return self.steps is None or self.steps > 0
 
 
+_DATABASES = ("sqlite", "postgresql", "mysql", "mssql")  # mlflow's database stores (they need SQLAlchemy)
+
+
+def tracking_uri_problem(value: str) -> str | None:
+    """Why ``value`` is not an MLflow store Confide can use (a folder, ``file:``, a database URI, ``http(s):``),
+    or ``None``."""
+    text = value.strip()
+    if not text or "\0" in text:
+        return "expected a folder or a tracking URI, got an empty value"
+    parts = urlsplit(text)
+    scheme = parts.scheme.lower()
+    if not scheme:
+        return None  # a folder: a local file store
+    if scheme == "file":
+        ok = bool(parts.path) and parts.netloc in ("", "localhost")
+        return None if ok else "a file: URI names a local folder, as file:///absolute/folder"
+    if scheme in ("http", "https"):
+        return None if parts.hostname else f"an {scheme}: URI names a tracking server, as {scheme}://host:port"
+    if scheme.split("+", 1)[0] in _DATABASES:
+        if scheme.startswith("sqlite"):
+            return None if parts.path.strip("/") else "a sqlite: URI names a database file, as sqlite:///mlflow.db"
+        return None if parts.hostname else f"a {scheme}: URI names a database server"
+    return (
+        f"scheme {scheme!r} is not one Confide tracks to: use a folder, file:///..., sqlite:///..., "
+        "postgresql://..., mysql://..., mssql://... or http(s)://..."
+    )
+
+
 class ReportConfig(_Strict):
     out: Path = Path("runs/job")
     plots: bool = True
+    tensorboard: bool = Field(
+        default=False, strict=True, description="write every round's metrics for TensorBoard under OUT/tensorboard"
+    )
+    mlflow: bool | str = Field(
+        default=False,
+        description="track the job in MLflow: true (a local store in OUT/mlruns), a folder, or a tracking URI "
+        "(file:///..., sqlite:///..., http(s)://...); only an http(s) or database URI is reached over the network",
+    )
+
+    @field_validator("mlflow", mode="before")
+    @classmethod
+    def _strict_kind(cls, value: Any) -> Any:
+        if not isinstance(value, bool | str):
+            raise ValueError(f"expected true, false, a folder or a tracking URI, got {type(value).__name__}")
+        return value
+
+    @field_validator("mlflow", mode="after")
+    @classmethod
+    def _mlflow_target(cls, value: bool | str) -> bool | str:
+        problem = None if isinstance(value, bool) else tracking_uri_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
+        return value.strip() if isinstance(value, str) else value
 
 
 TaskConfig = Annotated[
