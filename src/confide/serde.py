@@ -243,6 +243,12 @@ def decode_as(data: bytes | bytearray | memoryview, kind: type[R], *, max_bytes:
     return record
 
 
+def read_header(data: bytes | bytearray | memoryview) -> _Header:
+    """A message's checked header alone (kind, round, scalars, meta), read from its length prefix and JSON header
+    without touching its arrays: for an observer that only reads what an update says of itself."""
+    return _read_header(header_bytes(data))[0]
+
+
 def _read_header(data: bytes) -> tuple[_Header, dict[str, Any], int]:
     document, length = split_header(data)
     try:

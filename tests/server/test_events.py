@@ -1,4 +1,5 @@
-"""Round events told to several listeners: every listener in order, a failing one logged and skipped."""
+"""Round events told to several listeners: every listener in order; a failing observer logged and skipped, a
+failing primary listener (the job's own) raised."""
 
 from __future__ import annotations
 
@@ -41,13 +42,23 @@ def test_every_listener_is_told_in_order() -> None:
     assert calls == ["a start 1 x,y", "b start 1 x,y", "a site 1 x True", "b site 1 x True", "a end 1", "b end 1"]
 
 
-def test_a_failing_listener_is_logged_once_and_the_others_are_still_told(caplog: pytest.LogCaptureFixture) -> None:
+def test_a_failing_observer_is_logged_once_and_the_others_are_still_told(caplog: pytest.LogCaptureFixture) -> None:
     calls: list[str] = []
-    fan = Fanout(Listener("bad", calls, fail=True), Listener("good", calls))
+    fan = Fanout(None, Listener("bad", calls, fail=True), Listener("good", calls))
 
     with caplog.at_level(logging.ERROR, logger="confide.server.events"):
         fan.round_started(1, ["x"])
         fan.round_started(2, ["x"])
 
     assert calls == ["bad start 1 x", "good start 1 x", "bad start 2 x", "good start 2 x"]
-    assert sum("Listener failed" in r.getMessage() for r in caplog.records) == 1
+    assert sum("observer Listener failed" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_the_primary_listeners_error_ends_the_round_as_it_would_alone() -> None:
+    calls: list[str] = []
+    fan = Fanout(Listener("recorder", calls, fail=True), Listener("dashboard", calls))
+
+    with pytest.raises(RuntimeError, match="listener bug"):
+        fan.round_started(1, ["x"])
+
+    assert calls == ["recorder start 1 x"]

@@ -27,6 +27,7 @@ class InMemoryTransport:
     def __init__(self, endpoints: Mapping[str, Endpoint]) -> None:
         self._endpoints = dict(endpoints)
         self._down: set[str] = set()
+        self._heard: dict[str, float] = {}  # when each site last answered (time.monotonic)
 
     def sites(self) -> list[str]:
         return [name for name in self._endpoints if name not in self._down]
@@ -60,10 +61,21 @@ class InMemoryTransport:
                 yield Reply(site=site, payload=None, error=f"site crashed: {type(exc).__name__}: {exc}")
                 continue
             seconds = time.perf_counter() - t0
+            self._heard[site] = time.monotonic()
             if deadline_s is not None and seconds > deadline_s:
                 yield Reply(site=site, payload=None, error=f"round deadline of {deadline_s:g} s passed")
                 continue
             yield Reply(site=site, payload=answer, seconds=seconds)
+
+    def last_heard(self) -> dict[str, float]:
+        """Seconds since each site last answered (a simulated site sends no heartbeats: it is heard when it
+        answers). Read-only, for the dashboard's thread."""
+        now = time.monotonic()
+        return {site: now - at for site, at in dict(self._heard).items()}
+
+    def refused_callers(self) -> list[tuple[str, str, float]]:
+        """None: no caller here presents a certificate, so none is refused."""
+        return []
 
     def notify(self, site: str, message: str) -> None:
         endpoint = self._endpoints.get(site)
