@@ -28,6 +28,17 @@ from typing import Any, Generic, Protocol, TypeVar
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
+from confide.api_use import (
+    ClassOutputs,
+    ModelIO,
+    Outputs,
+    Prediction,
+    PredictRequest,
+    Preprocessing,
+    RiskOutputs,
+    SegmentationSlices,
+)
+
 
 class Dataset(Protocol):
     """A map-style dataset: ``len(data)`` examples, ``data[i]`` one example (for example a ``(x, y)`` pair of
@@ -105,6 +116,17 @@ class TaskKind(Generic[F]):
       reads no data: there the job must give those fields.
     - ``describe``: one line for the report, or ``describe(fields) -> line`` for a line that tells what ``prepare``
       completed (the fields as the job runs them).
+    - ``model_io(fields) -> ModelIO`` (optional): the model's inputs and outputs (class names, a table's encoded
+      feature order), written into every model file Confide saves with the task's fields, so the file can be used
+      without the job's data.
+    - ``preprocessing(fields, place) -> Preprocessing`` (optional): what a deployed site keeps beside its copy of
+      the final model to prepare new inputs as its training data were (a table's imputation and standardisation
+      values from its own training rows; a per-case normalisation keeps none and says so). Never sent.
+    - ``predict(fields, model, request) -> Prediction`` (optional): the model (eval mode, no gradients) run on new
+      inputs of the task's kind read from ``request.inputs``, its predictions written to ``request.out``
+      (``confide predict``).
+    - ``outputs(fields, model, data) -> Outputs`` (optional): the model's outputs on a split example by example,
+      for the report's pictures of predictions and the bootstrap interval of the headline metric.
     """
 
     read_site: Callable[[F, Place], SiteData]
@@ -120,6 +142,10 @@ class TaskKind(Generic[F]):
     prepare: Callable[[F, Path], F] | None = None
     dp_sgd_refusal: Callable[[F], str | None] | None = None
     describe: str | Callable[[F], str] = ""
+    model_io: Callable[[F], ModelIO] | None = None
+    preprocessing: Callable[[F, Place], Preprocessing] | None = None
+    predict: Callable[[F, Any, PredictRequest], Prediction] | None = None
+    outputs: Callable[[F, Any, Any], Outputs] | None = None
 
     def __post_init__(self) -> None:
         if not self.metrics or any(not isinstance(m, str) or not m for m in self.metrics):
@@ -187,4 +213,21 @@ def split_indices(
     return Split(train=train, test=np.array(sorted(test_set), dtype=np.int64))
 
 
-__all__ = ["Dataset", "NoFields", "Place", "SiteData", "Split", "TaskKind", "device_of", "split_indices"]
+__all__ = [
+    "ClassOutputs",
+    "Dataset",
+    "ModelIO",
+    "NoFields",
+    "Outputs",
+    "Place",
+    "PredictRequest",
+    "Prediction",
+    "Preprocessing",
+    "RiskOutputs",
+    "SegmentationSlices",
+    "SiteData",
+    "Split",
+    "TaskKind",
+    "device_of",
+    "split_indices",
+]

@@ -83,7 +83,12 @@ def test_a_run_keeps_its_models_in_its_own_folder_with_a_manifest_and_a_latest_p
     manifest = json.loads(kept.manifest.read_text())
     assert manifest["job"] == "brain" and manifest["server"] == "server.example:8443"
     assert manifest["finished_at"] == "2025-03-14T10:15:00+00:00" and manifest["rounds_planned"] == 3
-    assert manifest["files"] == {"global": "global.safetensors", "finetuned": None, "own_test": "own-test.json"}
+    assert manifest["files"] == {
+        "global": "global.safetensors",
+        "finetuned": None,
+        "own_test": "own-test.json",
+        "preprocessing": None,  # no place given: nothing of the site's data to keep
+    }
     assert json.loads((root / "brain" / "latest.json").read_text())["run"] == "20250314T101500Z"
     assert latest_run(root, "brain") == run
 

@@ -26,6 +26,8 @@ from confide.kinds.brain_tumor.federation import load_site
 from confide.kinds.brain_tumor.metrics import REGIONS, region_dice
 from confide.kinds.brain_tumor.model import SegData, build_model
 from confide.kinds.brain_tumor.phantom_writer import write_federation
+from confide.kinds.brain_tumor.predict import model_io, outputs, preprocessing
+from confide.kinds.brain_tumor.predict import predict as predict_cases
 from confide.kinds.brain_tumor.preprocess import PreprocessConfig
 
 METRICS = ("dice_mean", *(f"dice_{r}" for r in REGIONS))  # the headline first
@@ -115,6 +117,10 @@ def brain_tumor_kind(config: BrainTumorTaskConfig) -> TaskKind[BrainTumorTaskCon
         augment=augment,
         pool=pool,
         prepare=prepare,
+        model_io=model_io,
+        preprocessing=preprocessing,
+        predict=predict_cases,
+        outputs=outputs,
         describe=f"3D brain-tumour segmentation, model {config.model} (init_filters {config.init_filters}), "
         f"ROI {list(config.roi)}",
     )

@@ -32,6 +32,7 @@ from confide.kinds.images.labels import LABELS_FILE, discover_classes
 from confide.kinds.images.metrics import image_scores, metric_keys
 from confide.kinds.images.mias import is_mias
 from confide.kinds.images.model import build_network
+from confide.kinds.images.predict import model_io, outputs, predict, preprocessing
 from confide.kinds.images.site import read_site, require_classes, sites
 from confide.kinds.images.synthetic import write_grades
 
@@ -179,4 +180,8 @@ def image_kind(config: ImageTaskConfig) -> TaskKind[ImageTaskConfig]:
         prepare=prepare,
         dp_sgd_refusal=dp_sgd_refusal,
         describe=describe(config),
+        model_io=model_io,
+        preprocessing=preprocessing,
+        predict=predict,
+        outputs=outputs,
     )

@@ -27,6 +27,7 @@ from confide.kinds.tables.config import TableTaskConfig
 from confide.kinds.tables.losses import LOSSES
 from confide.kinds.tables.metrics import METRIC_KEYS, table_scores
 from confide.kinds.tables.model import kind_model
+from confide.kinds.tables.predict import model_io, outputs, predict, preprocessing
 from confide.kinds.tables.site import read_site
 from confide.kinds.tables.table import table_schema, table_sites
 
@@ -104,4 +105,8 @@ def table_kind(config: TableTaskConfig) -> TaskKind[TableTaskConfig]:
         prepare=prepare,
         dp_sgd_refusal=dp_sgd_refusal,
         describe=describe,
+        model_io=model_io,
+        preprocessing=preprocessing,
+        predict=predict,
+        outputs=outputs,
     )
