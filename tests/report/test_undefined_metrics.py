@@ -73,10 +73,10 @@ def test_the_tables_show_undefined_scores_and_partial_means_in_words() -> None:
     _, long = metric_rows(CROSS, ("auc",))
     _, gained = gain_rows(CROSS, "auc", "fedavg")
 
-    assert header == ["model", "a", "b", "mean over sites", "sd"]
-    assert body[1] == ["fedavg", "0.900", "n/a (one class)", "0.900 (1 of 2 sites)", "0.000"]
+    assert header == ["model", "a (n=5)", "b (n=4)", "mean over sites", "sd"]
+    assert body[1] == ["fedavg", "0.900\u2020", "n/a (one class)", "0.900 (1 of 2 sites)", "0.000"]  # small splits
     assert ["fedavg", "all", "9", "0.900 (1 of 2 sites)"] in long
-    assert gained == [["a", "0.800", "0.900", "+0.100"], ["b", "-", "n/a (one class)", "-"]]  # b trained no local
+    assert gained == [["a", "5", "0.800\u2020", "0.900\u2020", "+0.100\u2020"], ["b", "4", "-", "n/a (one class)", "-"]]
     cells = [cell for row in [*body, *long, *gained] for cell in row]
     assert not any("nan" in cell for cell in cells)
 

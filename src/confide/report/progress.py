@@ -1,4 +1,8 @@
-"""Progress display for long work: one bar per phase and a live status line (rich)."""
+"""Progress display for long work: one bar per phase and a live status line (rich).
+
+Phases and statuses name sites and models: they are shown as plain text, never read as rich markup or emoji codes
+(a site called ``local:Hungary:`` is not drawn as a flag).
+"""
 
 from __future__ import annotations
 
@@ -15,21 +19,22 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.text import Text
 
 
 class ProgressDisplay:
     """A rich progress display on a terminal; elsewhere (CI, a log file) one plain line per step."""
 
     def __init__(self, console: Console | None = None, *, enabled: bool = True) -> None:
-        self.console = console or Console()
+        self.console = console or Console(emoji=False)
         self._progress = Progress(
             SpinnerColumn(),
-            TextColumn("[bold]{task.description}"),
+            TextColumn("{task.description}", style="bold", markup=False),
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
             TimeRemainingColumn(),
-            TextColumn("{task.fields[status]}"),
+            TextColumn("{task.fields[status]}", markup=False),
             console=self.console,
             disable=not enabled,
             transient=False,
@@ -54,7 +59,8 @@ class ProgressDisplay:
         self._task = self._progress.add_task(description, total=total, status="")
         self._done, self._total = 0, total or 0
         if self._plain:
-            self.console.print(description + ("" if total is None else f" ({total} steps)"), highlight=False)
+            line = description + ("" if total is None else f" ({total} steps)")
+            self.console.print(Text(line), highlight=False)
 
     def advance(self, steps: int = 1, status: str | None = None) -> None:
         if self._task is None:
@@ -65,7 +71,7 @@ class ProgressDisplay:
         else:
             self._progress.update(self._task, advance=steps, status=status)
         if self._plain and status is not None:
-            self.console.print(f"  [{self._done}/{self._total}] {status}", highlight=False)
+            self.console.print(Text(f"  [{self._done}/{self._total}] {status}"), highlight=False)
 
     def status(self, text: str) -> None:
         if self._task is not None:

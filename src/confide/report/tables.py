@@ -4,6 +4,11 @@
 A metric that is undefined at a site (NaN: an AUC whose test split holds one class, a C-index without a comparable
 pair) is shown as ``n/a`` with the reason where the metric has only one (:data:`UNDEFINED`), never as ``nan``; a mean
 over the sites that leaves some out says how many it covers, as in ``0.712 (3 of 4 sites)``.
+
+Each test split's size ``n`` stands beside its scores; a score measured on fewer than :data:`SMALL_TEST` cases is
+marked :data:`UNCERTAIN` (its bootstrap interval, in the report's predictions section and ``metrics.json``, is wide).
+Terminal tables hold every name as plain :class:`~rich.text.Text`: a site called ``local:Hungary:`` is not drawn as
+a flag, nor ``[bold]`` read as markup.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from rich.table import Table
+from rich.text import Text
 
 Cross = Mapping[str, Mapping[str, Mapping[str, float]]]
 
@@ -54,53 +60,118 @@ def mean_text(every: Mapping[str, float], metric: str, sites: int) -> str:
     return f"{value:.3f} ({int(covered)} of {sites} sites)"
 
 
+SMALL_TEST = 30
+"""A test split with fewer cases than this gives an uncertain score: it is marked :data:`UNCERTAIN`."""
+UNCERTAIN = "\u2020"  # a dagger: beside a score, "measured on a small test split"
+
+
+def split_sizes(cross: Cross) -> dict[str, int]:
+    """Each site's test split size ``n`` (the same for every model: the first model's count of ``cases``)."""
+    first = next(iter(cross.values()))
+    return {site: int(first[site].get("cases", 0)) for site in site_names(cross)}
+
+
+def small_splits(cross: Cross) -> dict[str, int]:
+    """The sites whose test split holds fewer than :data:`SMALL_TEST` cases, with their ``n``."""
+    return {site: n for site, n in split_sizes(cross).items() if n < SMALL_TEST}
+
+
+def marked(text: str, n: int) -> str:
+    """A score's text, marked uncertain when its test split is small (``n/a`` and ``-`` are left as they are)."""
+    number = text[:1].isdigit() or (text[:1] in "+-" and text[1:2].isdigit())
+    return f"{text}{UNCERTAIN}" if number and n < SMALL_TEST else text
+
+
+def uncertainty_note(cross: Cross) -> str:
+    """One line under a table that holds marked scores (empty when no test split is small)."""
+    small = small_splits(cross)
+    if not small:
+        return ""
+    shown = ", ".join(f"{site} (n={n})" for site, n in small.items())
+    return (
+        f"{UNCERTAIN} test split under {SMALL_TEST} cases: {shown}. A score on so few cases is uncertain (one case "
+        "moves an accuracy by 1/n): read it with its bootstrap confidence interval (the report's predictions "
+        "section, metrics.json), not as a point value."
+    )
+
+
 def rows(cross: Cross, metric: str) -> tuple[list[str], list[list[str]]]:
-    """Header and rows: model, ``metric`` on each site's test split, then its mean over the sites and spread."""
-    sites = site_names(cross)
-    header = ["model", *sites, "mean over sites", "sd"]
+    """Header and rows: model, ``metric`` on each site's test split (its size ``n`` in the header, a score on a
+    small split marked), then its mean over the sites and spread."""
+    sizes = split_sizes(cross)
+    header = ["model", *[f"{s} (n={n})" for s, n in sizes.items()], "mean over sites", "sd"]
     body = []
     for model, per_site in cross.items():
         every = per_site["all"]
         body.append(
             [
                 model,
-                *[score_text(per_site[s][metric], metric) for s in sites],
-                mean_text(every, metric, len(sites)),
+                *[marked(score_text(per_site[s][metric], metric), n) for s, n in sizes.items()],
+                mean_text(every, metric, len(sizes)),
                 _f(every.get(f"{metric}_sd")),
             ]
         )
     return header, body
 
 
+def text_table(header: Sequence[str], body: Sequence[Sequence[str]], title: str, **styles: str | None) -> Table:
+    """A terminal table of plain text: no name in it is read as rich markup or an emoji code. ``styles``: a column
+    (by header) to draw in a style."""
+    table = Table(title=Text(title), title_justify="left")
+    for i, name in enumerate(header):
+        table.add_column(Text(name), justify="left" if i == 0 else "right", style=styles.get(name))
+    for row in body:
+        table.add_row(*[Text(cell) for cell in row])
+    return table
+
+
+def _caption(cross: Cross) -> Text | None:
+    note = uncertainty_note(cross)
+    return Text(note) if note else None
+
+
 def rich_table(cross: Cross, metric: str, title: str) -> Table:
+    """The cross-site table for a terminal: each site's ``n`` under its name, the best mean in green, the small
+    splits explained under the table."""
     header, body = rows(cross, metric)
-    table = Table(title=title, title_justify="left")
+    table = Table(title=Text(title), title_justify="left", caption=_caption(cross), caption_justify="left")
     for i, name in enumerate(header):
         table.add_column(
-            name, justify="left" if i == 0 else "right", style="bold" if name == "mean over sites" else None
+            Text(name.replace(" (n=", "\n(n=")),
+            justify="left" if i == 0 else "right",
+            style="bold" if name == "mean over sites" else None,
         )
     means = [per_site["all"].get(metric, math.nan) for per_site in cross.values()]
     best = max((m for m in means if _defined(m)), default=math.nan)
     for row, mean in zip(body, means, strict=True):
-        table.add_row(*row, style="green" if _defined(mean) and mean == best else None)
+        table.add_row(*[Text(cell) for cell in row], style="green" if _defined(mean) and mean == best else None)
     return table
 
 
+def _cell(text: str) -> str:
+    """A Markdown table cell: a ``|`` or a line break in a name would end the cell or the row."""
+    return " ".join(text.split("\n")).replace("|", "\\|")
+
+
 def markdown_table(header: Sequence[str], body: Sequence[Sequence[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in body]
+    lines = ["| " + " | ".join(map(_cell, header)) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(map(_cell, row)) + " |" for row in body]
     return "\n".join(lines)
 
 
 def metric_rows(cross: Cross, keys: Sequence[str]) -> tuple[list[str], list[list[str]]]:
     """Long form: one row per model and site, with every metric."""
-    header = ["model", "site", "examples", *keys]
+    header = ["model", "site", "test n", *keys]
     body = []
     for model, per_site in cross.items():
         sites = len(per_site) - 1
         for site, m in per_site.items():
-            cells = [mean_text(m, k, sites) if site == "all" else score_text(m.get(k), k) for k in keys]
-            body.append([model, site, f"{int(m['cases'])}", *cells])
+            n = int(m["cases"])
+            if site == "all":
+                cells = [mean_text(m, k, sites) for k in keys]
+            else:
+                cells = [marked(score_text(m.get(k), k), n) for k in keys]
+            body.append([model, site, f"{n}", *cells])
     return header, body
 
 
@@ -129,8 +200,9 @@ GAIN_COLUMNS = ("local", "federated", "finetuned", "pooled", "gain federated", "
 
 def gain_rows(cross: Cross, metric: str, federated: str) -> tuple[list[str], list[list[str]]]:
     table = gains(cross, metric, federated)
+    sizes = split_sizes(cross)
     present = [c for c in GAIN_COLUMNS if any(c in row for row in table.values())]
-    header = ["site (own test split)", *present]
+    header = ["site (own test split)", "n", *present]
     body = []
     for site, row in table.items():
         cells = []
@@ -142,26 +214,26 @@ def gain_rows(cross: Cross, metric: str, federated: str) -> tuple[list[str], lis
                 cells.append(f"{value:+.3f}")
             else:
                 cells.append(score_text(value, "" if c.startswith("gain") else metric))
-        body.append([site, *cells])
+        body.append([site, str(sizes[site]), *[marked(c, sizes[site]) for c in cells]])
     return header, body
 
 
 def rich_gains(cross: Cross, metric: str, federated: str, title: str) -> Table:
     header, body = gain_rows(cross, metric, federated)
-    table = Table(title=title, title_justify="left")
+    table = Table(title=Text(title), title_justify="left", caption=_caption(cross), caption_justify="left")
     for i, name in enumerate(header):
-        table.add_column(name, justify="left" if i == 0 else "right")
+        table.add_column(Text(name), justify="left" if i == 0 else "right")
     for row in body:
-        table.add_row(*[_coloured(c) for c in row])
+        table.add_row(Text(row[0]), *[_coloured(c) for c in row[1:]])
     return table
 
 
-def _coloured(cell: str) -> str:
+def _coloured(cell: str) -> Text:
     if cell.startswith("+"):
-        return f"[green]{cell}[/]"
+        return Text(cell, style="green")
     if cell.startswith("-") and cell != "-":
-        return f"[red]{cell}[/]"
-    return cell
+        return Text(cell, style="red")
+    return Text(cell)
 
 
 def ledger_rows(ledgers: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[list[str]]]:
