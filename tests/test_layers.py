@@ -10,7 +10,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 # from the bottom up; a module may import its own layer and the ones below, never one above
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("errors", "records", "sanitize", "validation"),
-    ("serde", "serde_container", "strategies", "privacy", "api"),
+    ("serde", "serde_container", "strategies", "privacy", "api", "api_use", "model_file"),
     ("tasks",),
     (
         "config",
@@ -23,10 +23,11 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "kinds",
         "finetune",
         "features",
+        "dashboard",
     ),
     ("job_plan", "sim", "sim_identities", "sim_ray", "sim_ray_host", "new_task", "report"),
     ("experiment", "deploy", "audit"),
-    ("cli", "cli_audit", "cli_features"),
+    ("cli", "cli_audit", "cli_features", "cli_predict", "cli_status"),
 )
 
 

@@ -8,15 +8,23 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, ParamSpec
+from typing import TYPE_CHECKING, Annotated, Any, ParamSpec
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from confide.cli_audit import audit as privacy_audit
 from confide.cli_features import features_app
+from confide.cli_predict import export as export_model
+from confide.cli_predict import predict as predict_model
+from confide.cli_status import DashboardHost, DashboardPort
+from confide.cli_status import status as dashboard_status
 from confide.config import JobConfig, load_job, parse_job
 from confide.errors import ConfideError, ConfigError
+
+if TYPE_CHECKING:
+    from confide.dashboard.follow import Watcher
 
 P = ParamSpec("P")
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Confide: federated learning for hospitals.")
@@ -26,9 +34,30 @@ privacy_app = typer.Typer(no_args_is_help=True, help="Privacy ledgers and polici
 app.add_typer(privacy_app, name="privacy")
 privacy_app.command("audit")(privacy_audit)
 app.add_typer(features_app, name="features")
-console = Console()
+app.command("predict")(predict_model)
+app.command("export")(export_model)
+app.command("status")(dashboard_status)
+console = Console(emoji=False)  # names are text: a site called local:Hungary: is not a flag
 if not console.is_terminal:  # logs and CI: wide enough that the result table is never cut
-    console = Console(width=max(console.width, 130))
+    console = Console(width=max(console.width, 130), emoji=False)
+
+
+def _show_version(asked: bool) -> None:
+    if asked:
+        from confide.model_file import confide_version
+
+        console.print(f"confide {confide_version()}", markup=False, highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option("--version", "-V", is_eager=True, callback=_show_version, help="print Confide's version and exit"),
+    ] = False,
+) -> None:
+    pass
 
 
 def _clean_errors(command: Callable[P, None]) -> Callable[P, None]:
@@ -39,7 +68,7 @@ def _clean_errors(command: Callable[P, None]) -> Callable[P, None]:
         try:
             command(*args, **kwargs)
         except ConfideError as exc:
-            console.print(f"[bold red]error:[/] {exc}", highlight=False)
+            console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
             raise typer.Exit(code=2) from None
 
     return run
@@ -49,15 +78,16 @@ WIDEST_TABLE = 12
 """Sites whose columns the terminal's result tables show; above it, each model's mean over the sites."""
 
 
-def _run_job(job: JobConfig) -> None:
+def _run_job(job: JobConfig, watch: Watcher | None = None) -> None:
     from confide.experiment import run_job
     from confide.report.progress import ProgressDisplay
     from confide.report.tables import mean_text, rich_gains, rich_table
+    from confide.report.tracking import where_tracked
     from confide.report.writer import write_report
 
     start = time.perf_counter()
     with ProgressDisplay(console) as display:
-        result = run_job(job, display)
+        result = run_job(job, display, watch)
     files = write_report(result, job.report.out)
     console.print()
     label = result.metric.replace("_", " ")
@@ -78,14 +108,19 @@ def _run_job(job: JobConfig) -> None:
             every = per_site["all"]
             console.print(
                 f"{name}: {label} {mean_text(every, result.metric, len(result.sites))} (sd "
-                f"{every.get(f'{result.metric}_sd', float('nan')):.3f}) over {len(result.sites)} sites' test splits"
+                f"{every.get(f'{result.metric}_sd', float('nan')):.3f}) over {len(result.sites)} sites' test splits",
+                markup=False,
             )
     if job.simulation.engine == "ray":  # what this engine ran, and what it left out
-        console.print(result.description, highlight=False)
+        console.print(result.description, highlight=False, markup=False)
     for run in result.runs:
         if run.stopped:
-            console.print(f"[bold yellow]training stopped early ({run.name}):[/] {run.stopped}", highlight=False)
+            console.print(
+                f"[bold yellow]training stopped early ({escape(run.name)}):[/] {escape(run.stopped)}", highlight=False
+            )
     console.print(f"report: {files['html']} (also {files['markdown'].name}, metrics.json, plots)")
+    for line in where_tracked(job):  # report.tensorboard, report.mlflow
+        console.print(f"tracked: {line}", markup=False, highlight=False)
     console.print(f"wall time: {time.perf_counter() - start:.0f} s")
 
 
@@ -101,6 +136,10 @@ def demo(
     model: Annotated[str, typer.Option(help="segresnet or unet")] = "segresnet",
     filters: Annotated[int, typer.Option(help="channels of the network's first level")] = 8,
     seed: Annotated[int, typer.Option()] = 0,
+    tensorboard: Annotated[bool, typer.Option(help="track every round for TensorBoard (OUT/tensorboard)")] = False,
+    mlflow: Annotated[
+        str | None, typer.Option(help="track the job in MLflow: a folder or a tracking URI (report.mlflow)")
+    ] = None,
 ) -> None:
     """Four simulated hospitals: local-only vs pooled vs FedAvg brain-tumour segmentation, one table."""
     job = parse_job(
@@ -116,7 +155,7 @@ def demo(
             "data": {"root": str(out / "data")},
             "federation": {"rounds": rounds, "local_steps": local_steps, "min_sites": sites},
             "compare": ["local", "pooled"],
-            "report": {"out": str(out)},
+            "report": {"out": str(out), "tensorboard": tensorboard, "mlflow": False if mlflow is None else mlflow},
         },
         source="demo options",
     )
@@ -140,6 +179,8 @@ def simulate(
     actors: Annotated[
         int | None, typer.Option(min=1, help="ray: the pool of actors (overrides simulation.actors)")
     ] = None,
+    dashboard: DashboardPort = None,
+    dashboard_host: DashboardHost = "127.0.0.1",
 ) -> None:
     """Run a job file in the simulator: the server in this process, the sites in it too or on Ray actors."""
     from confide.config import ENGINES
@@ -157,7 +198,11 @@ def simulate(
         job = parse_job({**job.model_dump(), "simulation": simulation}, source=f"{job_file} with the options given")
         if actors is not None and job.simulation.engine != "ray":
             raise ConfigError("--actors sets the Ray engine's pool: give it with --engine ray (or simulation.engine)")
-    _run_job(job)
+    from confide.dashboard.live import launch
+
+    say = functools.partial(console.print, markup=False, highlight=False)
+    with launch(job.report.out, job, mode="simulation", port=dashboard, host=dashboard_host, say=say) as watch:
+        _run_job(job, watch)
 
 
 @app.command("new")
@@ -270,25 +315,37 @@ def server(
         str | None, typer.Option(help="address to listen on (default: the kit's host; 0.0.0.0 for every interface)")
     ] = None,
     wait: Annotated[float, typer.Option(help="seconds to wait for the quorum of sites to join")] = 600.0,
+    verbose: Annotated[bool, typer.Option(help="show joins, rounds, retries and refusals as they happen")] = False,
+    dashboard: DashboardPort = None,
+    dashboard_host: DashboardHost = "127.0.0.1",
 ) -> None:
     """Serve a job to the federation's sites over gRPC with mutual TLS (sites dial in)."""
+    _verbose(verbose)
+    from confide.dashboard.live import launch
     from confide.deploy import serve
     from confide.job_plan import initial_global
     from confide.workloads.registry import make_workload
 
     job = load_job(job_file)
-    final = serve(
-        kit,
-        job,
-        # a job that gives its initial model needs no workload (and no torch) at the server
-        initial=lambda j: initial_global(j, None if j.initial_model is not None else make_workload(j.task)),
-        resume=resume,
-        port=port,
-        host=host,
-        wait_s=wait,
-        on_listen=lambda p: console.print(f"listening on port {p}; waiting for {job.federation.min_sites} site(s)"),
-    )
+    say = functools.partial(console.print, markup=False, highlight=False)
+    with launch(kit, job, mode="deployment", port=dashboard, host=dashboard_host, say=say) as watch:
+        final = serve(
+            kit,
+            job,
+            # a job that gives its initial model needs no workload (and no torch) at the server
+            initial=lambda j: initial_global(j, None if j.initial_model is not None else make_workload(j.task)),
+            resume=resume,
+            port=port,
+            host=host,
+            wait_s=wait,
+            on_listen=lambda p: console.print(f"listening on port {p}; waiting for {job.federation.min_sites} site(s)"),
+            dashboard=watch,
+        )
     console.print(f"done: final global model {final}")
+    from confide.report.tracking import where_tracked
+
+    for line in where_tracked(job):  # report.tensorboard, report.mlflow
+        console.print(f"tracked: {line}", markup=False, highlight=False)
 
 
 @app.command()
@@ -339,27 +396,49 @@ def site(
             "value such as 'VA Long Beach'); default: data_site in KIT/site.yaml, else the site's name"
         ),
     ] = None,
+    approve: Annotated[
+        bool,
+        typer.Option(
+            help="run the job the server sends this time (it is shown first); without it the site runs only a job "
+            "whose digest KIT/approved_jobs.txt lists, and declines any other"
+        ),
+    ] = False,
+    verbose: Annotated[
+        bool, typer.Option(help="show joins, instructions, retries and reconnects as they happen")
+    ] = False,
 ) -> None:
-    """Run this hospital's side of a federation: dial out, train on local data, send filtered updates; at the end,
-    keep the final model and fine-tune it on the site's own training split."""
+    """Run this hospital's side of a federation: dial out, show the job and run it only if approved, train on local
+    data, send filtered updates (each logged in KIT/audit/releases.jsonl); at the end, keep the final model and
+    fine-tune it on the site's own training split."""
+    import shlex
+
+    from confide.site.consent import Approval
+
+    _verbose(verbose)
+    given = {"--server": server_address, "--models": models, "--code": code, "--data-site": data_site}
+    again = ["confide", "site", "--kit", str(kit), "--data", str(data)]
+    again += [part for flag, value in given.items() if value is not None for part in (flag, str(value))]
+    approval = Approval.of_kit(kit, approve=approve, again=shlex.join([*again, "--approve"]))
     from rich.table import Table
 
     from confide.deploy import private_runner, read_kit_config, run_site, site_code, site_privacy
     from confide.job_plan import site_task
     from confide.records import Arrays
     from confide.report.tables import score_text
-    from confide.site.finish import keep_and_adapt
+    from confide.site.finish import keep_and_adapt, site_place
     from confide.site.runner import SiteRunner
     from confide.workloads.base import SiteTask
 
     tasks: dict[str, SiteTask] = {}
+    places: dict[str, Any] = {}  # the site's own data as its task read them (for preprocessing.json)
 
     def runner(name: str, job: JobConfig) -> SiteRunner:
         job = site_code(job, code)
         own = data_site or str(read_kit_config(kit, "site.yaml", ("site",)).get("data_site") or name)
         named = "" if own == name else f" (its data named {own!r})"
-        console.print(f"site {name}{named}: preparing its data in {data} for job {job.name}")
+        console.print(f"site {name}{named}: preparing its data in {data} for job {job.name}", markup=False)
         tasks["mine"] = site_task(job, data, own, site_privacy(kit, job), console.print)
+        places["mine"] = site_place(job, data, own)
         return private_runner(kit, name, job, tasks["mine"])
 
     kept_final: list[bool] = []
@@ -368,7 +447,9 @@ def site(
         kept_final.append(True)
         console.print("the job is done: keeping the final model and fine-tuning it on this site's training split")
         dialled = server_address or str(read_kit_config(kit, "site.yaml", ("server",))["server"])
-        kept = keep_and_adapt(tasks["mine"], job, final, models or kit / "models", server=dialled)
+        kept = keep_and_adapt(
+            tasks["mine"], job, final, models or kit / "models", server=dialled, place=places.get("mine")
+        )
         table = Table("model", *next(iter(kept.scores.values())), title="this site's own test split")
         for name, values in kept.scores.items():
             table.add_row(name, *(score_text(v, metric) for metric, v in values.items()))
@@ -377,7 +458,8 @@ def site(
             f"kept in {kept.folder}: {kept.global_model.name}" + (f", {kept.finetuned.name}" if kept.finetuned else "")
         )
 
-    answered = run_site(kit, runner, address=server_address, on_final=finish)
+    say = functools.partial(console.print, markup=False, highlight=False)  # the server's words, never markup
+    answered = run_site(kit, runner, address=server_address, on_final=finish, approval=approval, say=say)
     if not kept_final:
         console.print(
             "the server kept the final model (the job's federation.send_final_model is false, or the server left "
@@ -392,29 +474,53 @@ def privacy_report(
     run: Annotated[Path, typer.Argument(help="a run's report folder (report.out), or a site's kit")],
 ) -> None:
     """Print the privacy ledger of every site of a run, or of a site's kit across all its jobs: mechanism,
-    parameters, epsilon per round and in total."""
-    from rich.table import Table
-
+    parameters, epsilon per round and in total; for a kit, also what its release log says left the site."""
     from confide.privacy.ledger import read_ledgers
-    from confide.report.tables import ledger_matrix, ledger_rows
+    from confide.report.tables import ledger_matrix, ledger_rows, text_table
+    from confide.site.release_log import RELEASES, read_releases, release_rows, summarize
 
     ledgers = read_ledgers(run)
-    header, body = ledger_rows(ledgers)
-    table = Table(*header, title=f"privacy ledger of {run}")
-    for row in body:
-        table.add_row(*row)
-    console.print(table)
-    matrix_header, matrix = ledger_matrix(ledgers)
-    by_round = Table(*matrix_header, title="epsilon spent by the end of each round")
-    for row in matrix:
-        by_round.add_row(*row)
-    console.print(by_round)
+    if not ledgers:  # a kit whose jobs spent no privacy
+        console.print(f"{run}: no privacy spent (no ledger.json: no job this site ran spent privacy)")
+    else:
+        console.print(text_table(*ledger_rows(ledgers), title=f"privacy ledger of {run}"))  # names as text
+        console.print(text_table(*ledger_matrix(ledgers), title="epsilon spent by the end of each round"))
     for ledger in ledgers:
         entries = ledger.get("entries") or []
         total = entries[-1]["epsilon_total"] if entries else 0.0
         budget = ledger.get("budget")
         left = "" if budget is None else f" of a budget of {budget:g}"
-        console.print(f"{ledger['site']}: epsilon {total:.4g} at delta {ledger['delta']:g}{left}")
+        console.print(f"{ledger['site']}: epsilon {total:.4g} at delta {ledger['delta']:g}{left}", markup=False)
+    if (run / RELEASES).is_file():  # a kit's log of what left the site
+        released = release_rows(summarize(read_releases(run / RELEASES)))
+        console.print(text_table(*released, title=f"what left the site, by job ({run / RELEASES})"))
+
+
+def _verbose(on: bool) -> None:
+    """--verbose: Confide's lines from INFO up (joins, rounds, retries, reconnects), timestamped, on stderr as they
+    happen (the server's trail file keeps them too); undone when the command ends."""
+    import click
+
+    logger = logging.getLogger("confide")
+    if not on or any(h.get_name() == "confide-verbose" for h in logger.handlers):
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.set_name("confide-verbose")
+    handler.setLevel(logging.INFO)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    before = logger.level, logger.propagate
+    logger.addHandler(handler)
+    logger.setLevel(min(logger.getEffectiveLevel(), logging.INFO))
+    logger.propagate = False  # its warnings once, with their time, not again through the console's handler
+
+    def undo() -> None:
+        logger.removeHandler(handler)
+        logger.setLevel(before[0])
+        logger.propagate = before[1]
+
+    context = click.get_current_context(silent=True)
+    if context is not None:
+        context.call_on_close(undo)
 
 
 def main() -> None:

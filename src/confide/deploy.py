@@ -12,7 +12,7 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import yaml
 
@@ -27,15 +27,20 @@ from confide.privacy.secagg_identity import SiteIdentity
 from confide.provision import IdentityError, site_identity
 from confide.provision_kit import CRL, load_revoked, load_roster
 from confide.records import Arrays
+from confide.report.tracking import open_tracking
 from confide.sanitize import one_line
 from confide.server import checkpoint
+from confide.server.events import Fanout
 from confide.server.loop import History, RoundEvents, RoundResult, ServerLoop
 from confide.server.secure_round import SecureSettings
 from confide.server.trail import server_trail
+from confide.site.consent import Approval, job_digest
+from confide.site.job_view import describe_job
+from confide.site.release_log import ReleaseLog
 from confide.site.runner import SiteRunner
 from confide.strategies import Strategy
 from confide.tasks.python_config import PythonTaskConfig
-from confide.transport.grpc_client import SiteClient
+from confide.transport.grpc_client import JobDeclined, SiteClient
 from confide.transport.grpc_server import (
     HEADER_ALLOWANCE,
     FederationService,
@@ -45,6 +50,10 @@ from confide.transport.grpc_server import (
 from confide.transport.grpc_serving import start_server
 from confide.transport.inmemory import Endpoint
 from confide.validation import read_yaml
+
+if TYPE_CHECKING:
+    from confide.dashboard.follow import Watcher
+    from confide.transport.base import Transport
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -113,9 +122,11 @@ def serve(
     wait_s: float = 300.0,
     events: RoundEvents | None = None,
     on_listen: Callable[[int], None] | None = None,
+    dashboard: Watcher | None = None,
 ) -> Path:
     """Serve ``job`` to the federation's sites; return the path of the final global model. The server listens on
-    ``host`` (default: the address in its kit, the one sites dial; ``0.0.0.0`` for every interface)."""
+    ``host`` (default: the address in its kit, the one sites dial; ``0.0.0.0`` for every interface). ``dashboard``
+    (the live dashboard) follows the federation from the moment the server listens."""
     cfg = read_kit_config(kit, "server.yaml", ("federation", "port", "certificate", "private_key", "ca"))
     ckpt_dir = job.report.out / "checkpoints"
     found = checkpoint.load_latest(ckpt_dir)
@@ -124,15 +135,28 @@ def serve(
             f"{ckpt_dir} holds a checkpoint of round {found.round}: pass --resume to continue it, "
             "or choose another report.out"
         )
-    with server_trail(job.report.out):
+    # report.tensorboard / report.mlflow: opened before the server listens (a missing extra stops it there)
+    with server_trail(job.report.out), open_tracking(job, where="deployment") as tracking:
         log.info("server for job %r starting (%s)", job.name, "resuming" if found is not None else "new run")
+        events = Fanout(events, tracking.rounds(job.federation.strategy))
         try:
-            return _serve(
-                kit, cfg, job, initial=initial, port=port, host=host, wait_s=wait_s, events=events, on_listen=on_listen
+            final = _serve(
+                kit,
+                cfg,
+                job,
+                initial=initial,
+                port=port,
+                host=host,
+                wait_s=wait_s,
+                events=events,
+                on_listen=on_listen,
+                dashboard=dashboard,
             )
         except BaseException as exc:
             log.error("the job ended in failure: %s", one_line(f"{type(exc).__name__}: {exc}", 500))
             raise
+        tracking.attach(job.report.out / "rounds.json")
+        return final
 
 
 def _serve(
@@ -146,6 +170,7 @@ def _serve(
     wait_s: float,
     events: RoundEvents | None,
     on_listen: Callable[[int], None] | None,
+    dashboard: Watcher | None = None,
 ) -> Path:
     ckpt_dir = job.report.out / "checkpoints"
     ca = read_kit_file(kit, cfg["ca"])
@@ -165,6 +190,10 @@ def _serve(
             max_bytes=HEADER_ALLOWANCE,  # no upload is due before the first instruction: none larger until then
         ),
     )
+    transport: Transport = service
+    if dashboard is not None:  # sees joins, heartbeats and refusals (the service), rounds and every update's record
+        followed = dashboard.follow(service, service)
+        transport, events = followed.transport, Fanout(events, followed.events)
     listen = str(host or cfg.get("host") or "127.0.0.1")
     server, bound = start_server(
         service,
@@ -191,7 +220,7 @@ def _serve(
         rounds_file = _RoundsFile(job.report.out / "rounds.json", events)
         loop = ServerLoop(
             _strategy(job, roster_size=len(service.config.roster() or {}) or len(present)),
-            service,
+            transport,
             model,
             job_plan.loop_settings(
                 job,
@@ -371,18 +400,33 @@ def run_site(
     address: str | None = None,
     give_up_after_s: float = 600.0,
     on_final: Callable[[JobConfig, Arrays], None] | None = None,
+    approval: Approval | None = None,
+    say: Callable[[str], None] = log.info,
 ) -> int:
     """Run this site's side until the server says the job is done; return the instructions answered.
 
     ``address`` overrides the server address of the kit (host:port). ``on_final`` receives the job and its final
-    model, which the server sends with "done" (for the site to keep it and adapt it to its own patients)."""
+    model, which the server sends with "done" (for the site to keep it and adapt it to its own patients).
+    ``approval``: the operator's consent (site/consent.py): the job is shown through ``say`` and runs only if
+    approved, else the site declines it (JobDeclined) before reading any data; ``None``: the calling program has
+    consented. Every answer a SiteRunner gives is logged in ``KIT/audit/releases.jsonl`` and told to ``say``."""
     cfg = read_kit_config(kit, "site.yaml", ("site", "server", "certificate", "private_key", "ca"))
     jobs: list[JobConfig] = []
 
     def endpoint(job_document: dict[str, Any]) -> Endpoint:
         job = parse_job(job_document, source="job sent by the server")
+        if approval is not None:  # shown and approved before the site reads any data
+            policy = kit / "privacy.yaml"
+            shown = describe_job(job, site_privacy(kit, job), policy if policy.is_file() else None)
+            consent = approval.ask(job_document, shown, say)
+            if not consent.approved:
+                raise JobDeclined(consent.refusal)
         jobs.append(job)
-        return make_runner(str(cfg["site"]), job)
+        runner = make_runner(str(cfg["site"]), job)
+        if isinstance(runner, SiteRunner) and runner.releases is None:  # what leaves, for the site's auditor
+            digest = job_digest(job_document)
+            runner.releases = ReleaseLog.in_kit(kit, site=str(cfg["site"]), job=job.name, digest=digest, say=say)
+        return runner
 
     client = SiteClient(
         address or str(cfg["server"]),

@@ -20,7 +20,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -32,13 +32,18 @@ from confide.privacy.config import PrivacyConfig
 from confide.privacy.ledger import Ledger
 from confide.records import Arrays, Skipped
 from confide.report.progress import ProgressDisplay
+from confide.report.tracking import Tracking, open_tracking
 from confide.report.writer import PER_SITE_PLOTS
+from confide.server.events import Fanout
 from confide.server.loop import RoundResult
 from confide.server.secure_round import SecureSettings
 from confide.sim import simulate
 from confide.strategies.controls import model_part
 from confide.workloads.base import SiteSplit, SiteTask, Workload
 from confide.workloads.registry import make_workload
+
+if TYPE_CHECKING:
+    from confide.dashboard.follow import Watcher
 
 
 @dataclass
@@ -73,6 +78,9 @@ class JobResult:
     metric: str
     metric_keys: tuple[str, ...]
     description: str
+    # the workload that trained the models, its fields as the job ran them (prepared): the report describes each
+    # model file with it and runs the models on the test splits (pictures, bootstrap intervals); None: not kept
+    workload: Workload | None = None
 
     @property
     def federated(self) -> str:
@@ -151,6 +159,8 @@ def _train_run(
     display: ProgressDisplay,
     n_sites: int,
     tests: Mapping[str, Any] | None = None,
+    tracking: Tracking | None = None,
+    watch: Watcher | None = None,
 ) -> dict[str, SiteTask]:
     """Train one model; return its sites' tasks (they hold what a site keeps between rounds)."""
     t0 = time.perf_counter()
@@ -179,7 +189,13 @@ def _train_run(
     secure = SecureSettings() if privacy.secure_aggregation else None  # the simulator adds its CA's revocation list
     loop = job_plan.loop_settings(job, sites=len(tasks), secure=secure, deployed=False)
     start = job_plan.initial_global(job, workload) if run.kind == "federated" else job_plan.start_model(job, workload)
-    result = simulate(strategy, tasks, start, loop, events=recorder, chains=chains, ledgers=ledgers, job=job.name)
+    # tracking is told after the recorder, whose curve point of the round it reads
+    tracked = tracking.rounds(run.name, ledgers=ledgers, curve=run.curve) if tracking is not None else None
+    events = Fanout(recorder, tracked)
+    watched = watch if run.kind == "federated" else None  # the live dashboard follows the federation only
+    result = simulate(
+        strategy, tasks, start, loop, events=events, chains=chains, ledgers=ledgers, job=job.name, watch=watched
+    )
     run.ledgers = {site: ledger for site, ledger in ledgers.items() if ledger is not None}
     run.stopped = result.history.stopped
     run.arrays = model_part(result.arrays)
@@ -228,11 +244,24 @@ def plan_runs(job: JobConfig, site_names: Sequence[str]) -> list[ModelRun]:
     return runs
 
 
-def run_job(job: JobConfig, display: ProgressDisplay) -> JobResult:
+def run_job(job: JobConfig, display: ProgressDisplay, watch: Watcher | None = None) -> JobResult:
     """Run the job's federation and its baselines, fine-tune at each site, then evaluate every model on every
-    site. On the Ray engine (``simulation.engine: ray``), the federation alone: see :func:`run_many_sites`."""
-    if job.simulation.engine == "ray":
-        return run_many_sites(job, display)
+    site. On the Ray engine (``simulation.engine: ray``), the federation alone: see :func:`run_many_sites`.
+    With ``report.tensorboard`` or ``report.mlflow``, tracked as it runs (:mod:`confide.report.tracking`).
+    ``watch`` (the live dashboard) follows the federated run in this process (not the Ray engine's)."""
+    with open_tracking(job, where="simulation") as tracking:
+        if job.simulation.engine == "ray":
+            result = run_many_sites(job, display, tracking)
+        else:
+            result = _run_here(job, display, tracking, watch)
+        tracking.finish_job(result)
+    return result
+
+
+def _run_here(
+    job: JobConfig, display: ProgressDisplay, tracking: Tracking | None = None, watch: Watcher | None = None
+) -> JobResult:
+    """The job in this process: its federation, baselines, fine-tuning and cross-site evaluation."""
     t0 = time.perf_counter()
     workload = make_workload(job.task)
     display.phase("reading data", 1)
@@ -247,7 +276,18 @@ def run_job(job: JobConfig, display: ProgressDisplay) -> JobResult:
     runs = plan_runs(job, [s.name for s in sites])
     display.phase("training", job.federation.rounds * len(runs))
     for run in runs:
-        _train_run(job, workload, run, train, evaluator, display, n_sites=len(sites), tests=tests)
+        _train_run(
+            job,
+            workload,
+            run,
+            train,
+            evaluator,
+            display,
+            n_sites=len(sites),
+            tests=tests,
+            tracking=tracking,
+            watch=watch,
+        )
     federated = next(r for r in runs if r.kind == "federated")
     if job.finetune.enabled:
         display.phase("fine-tuning at each site", len(sites))
@@ -269,10 +309,11 @@ def run_job(job: JobConfig, display: ProgressDisplay) -> JobResult:
         metric=workload.metric,
         metric_keys=tuple(workload.metric_keys),
         description=workload.describe(),
+        workload=workload,
     )
 
 
-def run_many_sites(job: JobConfig, display: ProgressDisplay) -> JobResult:
+def run_many_sites(job: JobConfig, display: ProgressDisplay, tracking: Tracking | None = None) -> JobResult:
     """A job on the Ray engine (``simulation.engine: ray``, :mod:`confide.sim_ray`): the federated run with its
     learning curve, then the federated model scored at every site, as the site uses it, on its own test split (the
     model's whole row of the cross-site matrix), each site's data read and scored in its actor. Not run, and said
@@ -305,7 +346,10 @@ def run_many_sites(job: JobConfig, display: ProgressDisplay) -> JobResult:
             strategy,
             job_plan.initial_global(job, workload),
             loop,
-            Recorder(run, display, mean_scores, curve_every(job)),
+            Fanout(
+                Recorder(run, display, mean_scores, curve_every(job)),
+                tracking.rounds(run.name, curve=run.curve) if tracking is not None else None,
+            ),
         )
         run.seconds = time.perf_counter() - t1
         run.arrays, run.stopped = model_part(done.arrays), done.history.stopped
@@ -348,4 +392,5 @@ def run_many_sites(job: JobConfig, display: ProgressDisplay) -> JobResult:
         metric=workload.metric,
         metric_keys=keys,
         description=workload.describe() + note,
+        workload=workload,
     )

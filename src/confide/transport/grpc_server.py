@@ -32,6 +32,7 @@ import queue
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +56,7 @@ __all__ = ["HEADER_ALLOWANCE", "FederationService", "ServiceConfig", "read_kit_f
 log = logging.getLogger(__name__)
 
 SERVICE = "confide.v1.Federation"
+REFUSALS_KEPT = 20  # the last refused connections the dashboard can show
 GRPC_OPTIONS = [
     ("grpc.max_receive_message_length", framing.CHUNK_BYTES + 4096),
     ("grpc.max_send_message_length", framing.CHUNK_BYTES + 4096),
@@ -105,7 +107,9 @@ class FederationService:
         self._failed: str | None = None
         self._final: bytes | Encoded | None = None
         self._told_done: set[str] = set()
+        self._left: set[str] = set()  # sites that declined the job: not connected until they join again
         self._loop: asyncio.AbstractEventLoop | None = None  # the event loop the handlers run on (start_server)
+        self._refusals: deque[tuple[float, str, str]] = deque(maxlen=REFUSALS_KEPT)  # when, who, why
 
     def _wake(self, states: Iterable[_Site]) -> None:
         """Wake these sites' long polls (from any thread; the caller holds the lock)."""
@@ -139,7 +143,22 @@ class FederationService:
     def sites(self) -> list[str]:
         now = time.monotonic()
         with self._lock:
-            return sorted(s.name for s in self._sites.values() if now - s.last_seen <= self.config.site_timeout_s)
+            return sorted(
+                s.name
+                for s in self._sites.values()
+                if now - s.last_seen <= self.config.site_timeout_s and s.name not in self._left
+            )
+
+    def last_heard(self) -> dict[str, float]:
+        """Seconds since each site that ever joined was last heard from (any call); read-only, for the dashboard."""
+        now = time.monotonic()
+        with self._lock:
+            return {s.name: now - s.last_seen for s in self._sites.values()}
+
+    def refused_callers(self) -> list[tuple[str, str, float]]:
+        """The last few refused connections, oldest first: who (address, certificate), why, seconds ago."""
+        now = time.monotonic()
+        return [(who, why, now - at) for at, who, why in self._refusals.copy()]
 
     def wait_for_sites(
         self, count: int, timeout_s: float, on_wait: Callable[[list[str]], None] | None = None
@@ -165,7 +184,9 @@ class FederationService:
         while True:
             with self._lock:
                 now = time.monotonic()
-                recent = [s.name for s in self._sites.values() if now - s.last_seen <= window]
+                recent = [
+                    s.name for s in self._sites.values() if now - s.last_seen <= window and s.name not in self._left
+                ]
                 waiting = [name for name in recent if name not in self._told_done]
                 if not waiting or time.monotonic() >= end:
                     return waiting
@@ -278,6 +299,7 @@ class FederationService:
         return Caller(name=name, peer=peer, serial=serial)
 
     def _refused(self, peer: str, serial: str, reason: str) -> None:
+        self._refusals.append((time.monotonic(), f"{peer} (certificate {serial})", reason))
         skipped = self._throttle.allow((serial, reason))
         if skipped is not None:  # the same certificate refused again and again: a line every few seconds
             more = f" ({skipped} more like it since the last line)" if skipped else ""
@@ -296,6 +318,8 @@ class FederationService:
                 log.info("site %s rejoined from %s (certificate %s): %s", caller.name, caller.peer, caller.serial, why)
                 self._lock.notify_all()
             state.last_seen = now
+            if join:
+                self._left.discard(caller.name)
             return state
 
     # Join, Heartbeat and Pull never read their request (an empty body).
@@ -380,6 +404,12 @@ class FederationService:
                 lease.release()
                 return refusal
             self._replies.put((task_id, caller.name, payload, lease))
+            if header.get("leaving") is True:  # the site declined the job: its last word, it is gone
+                with self._lock:
+                    self._left.add(caller.name)
+                log.info(
+                    "site %s declined the job and left; not counted as connected until it joins again", caller.name
+                )
             return answer(True)
 
     def _check_task(self, caller: Caller, task_id: str, *, close: bool = False) -> bytes | None:
