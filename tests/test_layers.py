@@ -27,7 +27,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ),
     ("job_plan", "sim", "sim_identities", "sim_ray", "sim_ray_host", "new_task", "report"),
     ("experiment", "deploy", "audit"),
-    ("cli", "cli_audit", "cli_features", "cli_predict", "cli_status"),
+    ("cli_common", "cli", "cli_audit", "cli_features", "cli_predict", "cli_status", "cli_site"),
 )
 
 

@@ -6,22 +6,24 @@ import functools
 import logging
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, ParamSpec
+from typing import TYPE_CHECKING, Annotated, ParamSpec
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 
 from confide.cli_audit import audit as privacy_audit
+from confide.cli_common import clean_errors as _clean_errors
+from confide.cli_common import console
+from confide.cli_common import verbose as _verbose
 from confide.cli_features import features_app
 from confide.cli_predict import export as export_model
 from confide.cli_predict import predict as predict_model
+from confide.cli_site import privacy_report, site
 from confide.cli_status import DashboardHost, DashboardPort
 from confide.cli_status import status as dashboard_status
 from confide.config import JobConfig, load_job, parse_job
-from confide.errors import ConfideError, ConfigError
+from confide.errors import ConfigError
 
 if TYPE_CHECKING:
     from confide.dashboard.follow import Watcher
@@ -34,12 +36,6 @@ privacy_app = typer.Typer(no_args_is_help=True, help="Privacy ledgers and polici
 app.add_typer(privacy_app, name="privacy")
 privacy_app.command("audit")(privacy_audit)
 app.add_typer(features_app, name="features")
-app.command("predict")(predict_model)
-app.command("export")(export_model)
-app.command("status")(dashboard_status)
-console = Console(emoji=False)  # names are text: a site called local:Hungary: is not a flag
-if not console.is_terminal:  # logs and CI: wide enough that the result table is never cut
-    console = Console(width=max(console.width, 130), emoji=False)
 
 
 def _show_version(asked: bool) -> None:
@@ -58,20 +54,6 @@ def _options(
     ] = False,
 ) -> None:
     pass
-
-
-def _clean_errors(command: Callable[P, None]) -> Callable[P, None]:
-    """Every command reports Confide's own errors as one red line and exit code 2, never a traceback."""
-
-    @functools.wraps(command)
-    def run(*args: P.args, **kwargs: P.kwargs) -> None:
-        try:
-            command(*args, **kwargs)
-        except ConfideError as exc:
-            console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
-            raise typer.Exit(code=2) from None
-
-    return run
 
 
 WIDEST_TABLE = 12
@@ -370,157 +352,12 @@ def init(
     console.print(f"next: add `initial_model: {target.name}` to {job_file} (a path relative to the job file)")
 
 
-@app.command()
-@_clean_errors
-def site(
-    kit: Annotated[Path, typer.Option(help="this site's kit (site.yaml, certificate, key, CA)")],
-    data: Annotated[Path, typer.Option(help="this site's own data (its folder of cases, images or slides; its table)")],
-    server_address: Annotated[str | None, typer.Option("--server", help="override the kit's host:port")] = None,
-    models: Annotated[
-        Path | None,
-        typer.Option(
-            help="where the site keeps each job's final and fine-tuned models, in JOB/RUN/ (default: KIT/models)"
-        ),
-    ] = None,
-    code: Annotated[
-        Path | None,
-        typer.Option(
-            help="this site's own copy of the job's task code (task.name python): the job's entry is imported "
-            "from this folder only; the server never sends code"
-        ),
-    ] = None,
-    data_site: Annotated[
-        str | None,
-        typer.Option(
-            help="which rows or folder of --data are this site's own, as the data names them (a table's site "
-            "value such as 'VA Long Beach'); default: data_site in KIT/site.yaml, else the site's name"
-        ),
-    ] = None,
-    approve: Annotated[
-        bool,
-        typer.Option(
-            help="run the job the server sends this time (it is shown first); without it the site runs only a job "
-            "whose digest KIT/approved_jobs.txt lists, and declines any other"
-        ),
-    ] = False,
-    verbose: Annotated[
-        bool, typer.Option(help="show joins, instructions, retries and reconnects as they happen")
-    ] = False,
-) -> None:
-    """Run this hospital's side of a federation: dial out, show the job and run it only if approved, train on local
-    data, send filtered updates (each logged in KIT/audit/releases.jsonl); at the end, keep the final model and
-    fine-tune it on the site's own training split."""
-    import shlex
-
-    from confide.site.consent import Approval
-
-    _verbose(verbose)
-    given = {"--server": server_address, "--models": models, "--code": code, "--data-site": data_site}
-    again = ["confide", "site", "--kit", str(kit), "--data", str(data)]
-    again += [part for flag, value in given.items() if value is not None for part in (flag, str(value))]
-    approval = Approval.of_kit(kit, approve=approve, again=shlex.join([*again, "--approve"]))
-    from rich.table import Table
-
-    from confide.deploy import private_runner, read_kit_config, run_site, site_code, site_privacy
-    from confide.job_plan import site_task
-    from confide.records import Arrays
-    from confide.report.tables import score_text
-    from confide.site.finish import keep_and_adapt, site_place
-    from confide.site.runner import SiteRunner
-    from confide.workloads.base import SiteTask
-
-    tasks: dict[str, SiteTask] = {}
-    places: dict[str, Any] = {}  # the site's own data as its task read them (for preprocessing.json)
-
-    def runner(name: str, job: JobConfig) -> SiteRunner:
-        job = site_code(job, code)
-        own = data_site or str(read_kit_config(kit, "site.yaml", ("site",)).get("data_site") or name)
-        named = "" if own == name else f" (its data named {own!r})"
-        console.print(f"site {name}{named}: preparing its data in {data} for job {job.name}", markup=False)
-        tasks["mine"] = site_task(job, data, own, site_privacy(kit, job), console.print)
-        places["mine"] = site_place(job, data, own)
-        return private_runner(kit, name, job, tasks["mine"])
-
-    kept_final: list[bool] = []
-
-    def finish(job: JobConfig, final: Arrays) -> None:
-        kept_final.append(True)
-        console.print("the job is done: keeping the final model and fine-tuning it on this site's training split")
-        dialled = server_address or str(read_kit_config(kit, "site.yaml", ("server",))["server"])
-        kept = keep_and_adapt(
-            tasks["mine"], job, final, models or kit / "models", server=dialled, place=places.get("mine")
-        )
-        table = Table("model", *next(iter(kept.scores.values())), title="this site's own test split")
-        for name, values in kept.scores.items():
-            table.add_row(name, *(score_text(v, metric) for metric, v in values.items()))
-        console.print(table)
-        console.print(
-            f"kept in {kept.folder}: {kept.global_model.name}" + (f", {kept.finetuned.name}" if kept.finetuned else "")
-        )
-
-    say = functools.partial(console.print, markup=False, highlight=False)  # the server's words, never markup
-    answered = run_site(kit, runner, address=server_address, on_final=finish, approval=approval, say=say)
-    if not kept_final:
-        console.print(
-            "the server kept the final model (the job's federation.send_final_model is false, or the server left "
-            "before this site collected it): fetch it from the server's report folder"
-        )
-    console.print(f"job done: answered {answered} instruction(s)")
-
-
-@privacy_app.command("report")
-@_clean_errors
-def privacy_report(
-    run: Annotated[Path, typer.Argument(help="a run's report folder (report.out), or a site's kit")],
-) -> None:
-    """Print the privacy ledger of every site of a run, or of a site's kit across all its jobs: mechanism,
-    parameters, epsilon per round and in total; for a kit, also what its release log says left the site."""
-    from confide.privacy.ledger import read_ledgers
-    from confide.report.tables import ledger_matrix, ledger_rows, text_table
-    from confide.site.release_log import RELEASES, read_releases, release_rows, summarize
-
-    ledgers = read_ledgers(run)
-    if not ledgers:  # a kit whose jobs spent no privacy
-        console.print(f"{run}: no privacy spent (no ledger.json: no job this site ran spent privacy)")
-    else:
-        console.print(text_table(*ledger_rows(ledgers), title=f"privacy ledger of {run}"))  # names as text
-        console.print(text_table(*ledger_matrix(ledgers), title="epsilon spent by the end of each round"))
-    for ledger in ledgers:
-        entries = ledger.get("entries") or []
-        total = entries[-1]["epsilon_total"] if entries else 0.0
-        budget = ledger.get("budget")
-        left = "" if budget is None else f" of a budget of {budget:g}"
-        console.print(f"{ledger['site']}: epsilon {total:.4g} at delta {ledger['delta']:g}{left}", markup=False)
-    if (run / RELEASES).is_file():  # a kit's log of what left the site
-        released = release_rows(summarize(read_releases(run / RELEASES)))
-        console.print(text_table(*released, title=f"what left the site, by job ({run / RELEASES})"))
-
-
-def _verbose(on: bool) -> None:
-    """--verbose: Confide's lines from INFO up (joins, rounds, retries, reconnects), timestamped, on stderr as they
-    happen (the server's trail file keeps them too); undone when the command ends."""
-    import click
-
-    logger = logging.getLogger("confide")
-    if not on or any(h.get_name() == "confide-verbose" for h in logger.handlers):
-        return
-    handler = logging.StreamHandler(sys.stderr)
-    handler.set_name("confide-verbose")
-    handler.setLevel(logging.INFO)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
-    before = logger.level, logger.propagate
-    logger.addHandler(handler)
-    logger.setLevel(min(logger.getEffectiveLevel(), logging.INFO))
-    logger.propagate = False  # its warnings once, with their time, not again through the console's handler
-
-    def undo() -> None:
-        logger.removeHandler(handler)
-        logger.setLevel(before[0])
-        logger.propagate = before[1]
-
-    context = click.get_current_context(silent=True)
-    if context is not None:
-        context.call_on_close(undo)
+# commands written in modules of their own, listed after those above in --help
+app.command("site")(site)
+app.command("status")(dashboard_status)
+app.command("predict")(predict_model)
+app.command("export")(export_model)
+privacy_app.command("report")(privacy_report)
 
 
 def main() -> None:
