@@ -32,6 +32,7 @@ from confide.sanitize import one_line
 from confide.server import checkpoint
 from confide.server.events import Fanout
 from confide.server.loop import History, RoundEvents, RoundResult, ServerLoop
+from confide.server.observed import ReplyListener, observe
 from confide.server.secure_round import SecureSettings
 from confide.server.trail import server_trail
 from confide.site.consent import Approval, job_digest
@@ -138,7 +139,8 @@ def serve(
     # report.tensorboard / report.mlflow: opened before the server listens (a missing extra stops it there)
     with server_trail(job.report.out), open_tracking(job, where="deployment") as tracking:
         log.info("server for job %r starting (%s)", job.name, "resuming" if found is not None else "new run")
-        events = Fanout(events, tracking.rounds(job.federation.strategy))
+        tracked = tracking.rounds(job.federation.strategy)  # also hears each answer: the epsilon sites report
+        events = Fanout(events, tracked)
         try:
             final = _serve(
                 kit,
@@ -151,6 +153,7 @@ def serve(
                 events=events,
                 on_listen=on_listen,
                 dashboard=dashboard,
+                replies=tracked,
             )
         except BaseException as exc:
             log.error("the job ended in failure: %s", one_line(f"{type(exc).__name__}: {exc}", 500))
@@ -171,6 +174,7 @@ def _serve(
     events: RoundEvents | None,
     on_listen: Callable[[int], None] | None,
     dashboard: Watcher | None = None,
+    replies: ReplyListener | None = None,
 ) -> Path:
     ckpt_dir = job.report.out / "checkpoints"
     ca = read_kit_file(kit, cfg["ca"])
@@ -190,9 +194,9 @@ def _serve(
             max_bytes=HEADER_ALLOWANCE,  # no upload is due before the first instruction: none larger until then
         ),
     )
-    transport: Transport = service
+    transport: Transport = service if replies is None else observe(service, replies)
     if dashboard is not None:  # sees joins, heartbeats and refusals (the service), rounds and every update's record
-        followed = dashboard.follow(service, service)
+        followed = dashboard.follow(transport, service)  # one more listener: each answer is still read once
         transport, events = followed.transport, Fanout(events, followed.events)
     listen = str(host or cfg.get("host") or "127.0.0.1")
     server, bound = start_server(

@@ -1,5 +1,5 @@
 """The loop's transport with the dashboard looking on: every training answer read for what its site recorded, and
-passed on exactly as it came."""
+passed on exactly as it came; with tracking listening too, each answer is still read once."""
 
 from __future__ import annotations
 
@@ -10,12 +10,14 @@ import pytest
 
 from confide import serde
 from confide.dashboard.snapshot import UpdateNote
-from confide.dashboard.watch import WatchedTransport, note_of, read_note
+from confide.dashboard.watch import note_of, read_note, watched
 from confide.privacy.build import site_chain, site_ledger
 from confide.privacy.config import PrivacyConfig
 from confide.privacy.secagg_messages import MaskedInput
 from confide.privacy.secagg_wire import COMMITMENT_BYTES, MaskedTrainRes, pack_masked
 from confide.records import Arrays, Failure, SparseArrays, TrainIns, TrainRes
+from confide.server.observed import ObservedTransport, observe
+from confide.server.reported import ReportedUpdate
 from confide.site.runner import SiteRunner
 from confide.transport.inmemory import InMemoryTransport
 from tests.helpers import QuadraticTask, arrays
@@ -29,9 +31,9 @@ class _Answer:
         return self.payload
 
 
-def _watched(endpoints: dict[str, object]) -> tuple[WatchedTransport, list[tuple[str, UpdateNote]]]:
+def _watched(endpoints: dict[str, object]) -> tuple[ObservedTransport, list[tuple[str, UpdateNote]]]:
     seen: list[tuple[str, UpdateNote]] = []
-    return WatchedTransport(InMemoryTransport(endpoints), lambda site, note: seen.append((site, note))), seen  # type: ignore[arg-type]
+    return watched(InMemoryTransport(endpoints), lambda site, note: seen.append((site, note))), seen  # type: ignore[arg-type]
 
 
 def test_an_update_is_read_on_its_way_and_passed_on_unchanged() -> None:
@@ -79,10 +81,13 @@ def test_a_masked_update_under_secure_aggregation_is_read_for_its_clear_meta() -
     masked = MaskedInput("agg-1", "a", ("a", "b"), b"\0" * COMMITMENT_BYTES, np.zeros(4, dtype=np.uint32))
     control = pack_masked(2, MaskedTrainRes(masked, 1, {}, {"filters": "gaussian", "epsilon": 1.25}))
 
-    note = note_of(serde.decode(serde.encode(control)))
+    payload = serde.encode(control)
+
+    note = note_of(serde.decode(payload))
+    on_the_wire = read_note(payload)
 
     assert note is not None and (note.round, note.masked, note.filters) == (2, True, ("gaussian",))
-    assert note.recorded == {"epsilon": 1.25}
+    assert note.recorded == {"epsilon": 1.25} and on_the_wire == note
 
 
 def test_refusals_and_unreadable_replies_pass_on_and_record_nothing() -> None:
@@ -100,9 +105,9 @@ def test_a_failing_dashboard_never_reaches_the_loop(caplog: pytest.LogCaptureFix
     def broken(site: str, note: UpdateNote) -> None:
         raise RuntimeError("dashboard bug")
 
-    transport = WatchedTransport(InMemoryTransport({"a": _Answer(payload), "b": _Answer(payload)}), broken)
+    transport = watched(InMemoryTransport({"a": _Answer(payload), "b": _Answer(payload)}), broken)
 
-    with caplog.at_level(logging.ERROR, logger="confide.dashboard.watch"):
+    with caplog.at_level(logging.ERROR, logger="confide.server.observed"):
         replies = list(transport.exchange({"a": b"1", "b": b"2"}))
 
     assert [r.payload for r in replies] == [payload, payload]
@@ -112,7 +117,7 @@ def test_a_failing_dashboard_never_reaches_the_loop(caplog: pytest.LogCaptureFix
 def test_the_watched_transport_is_the_inner_one_to_the_loop() -> None:
     inner = InMemoryTransport({"a": _Answer(b""), "b": _Answer(b"")})
     inner.disconnect("b")
-    transport = WatchedTransport(inner, lambda site, note: None)
+    transport = watched(inner, lambda site, note: None)
 
     present = transport.wait_for_sites(2, 0.0)  # the in-memory transport has no wait: a plain one, then who is there
 
@@ -122,7 +127,7 @@ def test_the_watched_transport_is_the_inner_one_to_the_loop() -> None:
 def test_closing_the_transport_tells_the_dashboard_the_run_is_over() -> None:
     ended: list[bool] = []
     inner = InMemoryTransport({"a": _Answer(b"")})
-    transport = WatchedTransport(inner, lambda site, note: None, lambda: ended.append(True))
+    transport = watched(inner, lambda site, note: None, lambda: ended.append(True))
 
     transport.close()
 
@@ -138,3 +143,36 @@ def test_a_sparse_update_is_read_from_its_header() -> None:
     note = read_note(payload)
 
     assert note is not None and (note.round, note.num_examples, note.filters) == (2, 3, ("sparsify",))
+
+
+class _Heard:
+    """A reply listener that keeps what it hears (tracking's part, as the dashboard's test sees it)."""
+
+    def __init__(self) -> None:
+        self.updates: list[tuple[str, ReportedUpdate]] = []
+
+    def heard(self, site: str, update: ReportedUpdate) -> None:
+        self.updates.append((site, update))
+
+    def ended(self) -> None:
+        pass
+
+
+def test_the_dashboard_joins_tracking_on_one_observed_transport_and_each_answer_is_read_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    payload = serde.encode(TrainRes(round=4, update=arrays(w=[0.0]), num_examples=1, meta={"epsilon": 2.5}))
+    inner = InMemoryTransport({"a": _Answer(payload)})
+    tracking = _Heard()
+    seen: list[tuple[str, UpdateNote]] = []
+    reads: list[int] = []
+    header = serde.read_header
+    monkeypatch.setattr(serde, "read_header", lambda data: reads.append(1) or header(data))
+
+    transport = watched(observe(inner, tracking), lambda site, note: seen.append((site, note)))
+    list(transport.exchange({"a": b"1"}))
+
+    assert transport.inner is inner and len(transport.listeners) == 2  # one wrapper, not one around another
+    assert len(reads) == 1
+    assert [(site, update.round, update.epsilon) for site, update in tracking.updates] == [("a", 4, 2.5)]
+    assert [(site, note.recorded) for site, note in seen] == [("a", {"epsilon": 2.5})]

@@ -10,7 +10,8 @@ import json
 import logging
 import socket
 import sys
-from collections.abc import Iterator
+import threading
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,12 +21,17 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from confide.config import JobConfig, parse_job
+from confide.dashboard.snapshot import PrivacyView
 from confide.errors import ConfigError
 from confide.experiment import run_job
 from confide.privacy.ledger import read_ledgers
+from confide.records import Arrays
 from confide.report.progress import ProgressDisplay
 from confide.report.tables import epsilon_by_round
+from confide.report.tracking import Tracking
 from confide.report.writer import write_report
+from confide.server.loop import RoundResult
+from confide.server.reported import ReportedUpdate
 
 SITES = ("north", "south")
 ROUNDS = 3
@@ -363,3 +369,150 @@ def test_a_deployment_tracks_the_servers_rounds_as_its_rounds_json(tmp_path: Pat
     assert _history(client, runs["fedavg"], "round/participants") == {r["round"]: 3.0 for r in rounds}
     kept = Path(client.download_artifacts(runs["tracked"].info.run_id, "rounds.json"))
     assert json.loads(kept.read_text()) == rounds
+
+
+@dataclass(frozen=True)
+class Deployed:
+    """A private deployment's report folder, each site's own ledger (round -> epsilon, from its kit's ledger.json)
+    and what the dashboard that followed it shows of the sites' privacy."""
+
+    out: Path
+    ledgers: dict[str, dict[int, float]]
+    dashboard: PrivacyView
+
+
+def _private_deployment(tmp: Path, *, secure: bool) -> Deployed:
+    """Three sites over gRPC and mutual TLS on 127.0.0.1, each with the Gaussian filter and its kit's own ledger (as
+    `confide site` runs them); the server tracks to TensorBoard and MLflow with a live dashboard following it."""
+    from confide.dashboard.live import Dashboard
+    from confide.deploy import private_runner, run_site, serve
+    from tests.helpers import QuadraticTask, arrays
+    from tests.site.deployed import TARGETS, federation
+
+    kits = federation(tmp / "kits")
+    privacy = {"filters": [{"type": "gaussian", "clip": 1.0, "noise_multiplier": 1.0}], "secure_aggregation": secure}
+    job = parse_job(
+        {
+            "name": "tracked",
+            "data": {"root": str(tmp)},
+            "task": {"lr": 0.5},
+            "federation": {"rounds": ROUNDS, "local_steps": 1, "min_sites": 3, "start_sites": 3},
+            "privacy": privacy,
+            "report": {"out": str(tmp / "report"), "tensorboard": True, "mlflow": True},
+        }
+    )
+    outcome: dict[str, object] = {}
+    listening = threading.Event()
+
+    def on_listen(port: int) -> None:
+        outcome["port"] = port
+        listening.set()
+
+    def server(dashboard: Dashboard) -> None:
+        try:
+            outcome["final"] = serve(
+                kits / "server",
+                job,
+                initial=lambda _: arrays(w=[0.0, 0.0]),
+                port=0,
+                wait_s=60,
+                on_listen=on_listen,
+                dashboard=dashboard,
+            )
+        except Exception as exc:  # reported to the test
+            outcome["error"] = exc
+            listening.set()
+
+    def site(name: str) -> None:
+        def runner(site_name: str, site_job: JobConfig) -> Any:
+            task = QuadraticTask(TARGETS[site_name], examples=10)
+            return private_runner(kits / "sites" / site_name, site_name, site_job, task)
+
+        try:
+            outcome[name] = run_site(
+                kits / "sites" / name, runner, address=f"localhost:{outcome['port']}", give_up_after_s=30
+            )
+        except Exception as exc:  # reported to the test
+            outcome[name] = exc
+
+    with Dashboard(job, mode="deployment", token="t" * 32) as dashboard:
+        serving = threading.Thread(target=server, args=(dashboard,), daemon=True)
+        serving.start()
+        assert listening.wait(30), "the server did not start listening"
+        sites = [threading.Thread(target=site, args=(name,), daemon=True) for name in TARGETS]
+        for thread in sites:
+            thread.start()
+        for thread in [serving, *sites]:
+            thread.join(120)
+        shown = dashboard.snapshot().privacy
+    assert "error" not in outcome, outcome.get("error")
+    assert {name: type(outcome.get(name)) for name in TARGETS} == dict.fromkeys(TARGETS, int)  # none failed
+    ledgers = {name: epsilon_by_round(read_ledgers(kits / "sites" / name))[name] for name in TARGETS}
+    return Deployed(tmp / "report", ledgers, shown)
+
+
+@pytest.mark.parametrize("secure", [False, True], ids=["plain", "secure-aggregation"])
+def test_a_private_deployment_tracks_the_epsilon_each_site_reported_as_its_own_ledger(
+    tmp_path: Path, secure: bool
+) -> None:
+    deployed = _private_deployment(tmp_path, secure=secure)
+
+    client, runs = _mlflow(deployed.out)
+    events = _events(deployed.out / "tensorboard" / "fedavg")
+    tracked = runs["fedavg"]
+    for site, ledger in deployed.ledgers.items():
+        assert sorted(ledger) == list(range(1, ROUNDS + 1))
+        assert _history(client, tracked, f"privacy/{site}/epsilon_reported") == ledger  # each round, as the kit's
+        assert _scalars(events, f"privacy/{site}/epsilon_reported") == {
+            rnd: pytest.approx(eps, rel=1e-6) for rnd, eps in ledger.items()
+        }
+        assert f"privacy/{site}/epsilon" not in tracked.data.metrics  # the server holds no ledger: nothing claims it
+        assert ledger[ROUNDS] > ledger[1] > 0
+    # the dashboard heard the same answers through the same observed transport
+    assert deployed.dashboard.source == "reported"
+    assert {view.site: {p.round: p.epsilon for p in view.points} for view in deployed.dashboard.ledgers} == (
+        deployed.ledgers
+    )
+
+
+class _Told:
+    """A tracking backend that keeps the privacy scalars it is told, by round."""
+
+    label = "test"
+
+    def __init__(self) -> None:
+        self.privacy: list[tuple[int, dict[str, float]]] = []
+
+    def scalars(self, run: str, step: int, values: Mapping[str, float]) -> None:
+        self.privacy.append((step, {k: v for k, v in values.items() if k.startswith("privacy/")}))
+
+    def config(self, params: Mapping[str, str], document: Mapping[str, Any]) -> None: ...
+
+    def table(self, name: str, markdown: str, document: Mapping[str, Any]) -> None: ...
+
+    def attach(self, path: Path) -> None: ...
+
+    def close(self, failed: bool) -> None: ...
+
+
+def _closed(rnd: int) -> RoundResult:
+    return RoundResult(round=rnd, sites=("a",), failures={}, train_metrics={}, eval_metrics={}, seconds=0.1)
+
+
+def test_a_round_tracks_the_last_epsilon_each_site_reported_for_it_and_nothing_else() -> None:
+    sink = _Told()
+    rounds = Tracking([sink]).rounds("fedavg")
+    assert rounds is not None
+
+    rounds.round_started(2, ["a", "b", "c"])
+    rounds.heard("a", ReportedUpdate(2, False, 1, meta={"epsilon": 0.5}))
+    rounds.round_started(2, ["a", "b", "c"])  # the round missed its quorum and runs again
+    rounds.heard("a", ReportedUpdate(2, True, 1, meta={"epsilon": 0.75}))  # charged again: the last one counts
+    rounds.heard("b", ReportedUpdate(1, False, 1, meta={"epsilon": 9.0}))  # a late answer of round 1
+    rounds.heard("c", ReportedUpdate(2, False, 1, meta={"epsilon": True}))  # no number
+    rounds.heard("d", ReportedUpdate(7, False, 1, meta={"epsilon": 9.0}))  # a round that is not running
+    rounds.round_finished(_closed(2), Arrays.from_dict({}))
+    rounds.round_started(3, ["a"])
+    rounds.round_finished(_closed(3), Arrays.from_dict({}))
+
+    assert sink.privacy == [(2, {"privacy/a/epsilon_reported": 0.75}), (3, {})]

@@ -22,7 +22,7 @@ from confide.dashboard.serving import WebThread, bind
 from confide.dashboard.snapshot import Mode, Snapshot, finite
 from confide.dashboard.state import FederationState
 from confide.dashboard.view import JobFacts, Source, build
-from confide.dashboard.watch import WatchedTransport
+from confide.dashboard.watch import watched
 from confide.errors import ConfigError
 from confide.privacy.ledger import Ledger
 from confide.transport.base import Transport
@@ -100,7 +100,7 @@ class Dashboard:
     ) -> Followed:
         self._source = Source(transport, contacts, dict(ledgers) if ledgers is not None else None)
         self._follows += 1
-        return Followed(WatchedTransport(transport, self.state.saw_update, self.state.ended), self.state)
+        return Followed(watched(transport, self.state.saw_update, self.state.ended), self.state)
 
     # -- Publisher --------------------------------------------------------------------------------
     def snapshot(self) -> Snapshot:

@@ -2,7 +2,9 @@
 
 ``models/<model>.safetensors`` (``:`` in a name becomes ``_``) holds the model's arrays and its card
 (:mod:`confide.model_file`): the task and its fields as the job ran them, class names or a table's encoded columns,
-the job, the metric, Confide's version. Where the task keeps site statistics to prepare new inputs (a table's
+the job, the metric, Confide's version. Where each site uses its own version of a model (FedBN: its own
+normalisation layers), ``models/<model>.sites/<site>.safetensors`` holds each site's, the one the report scored
+there; ``<model>.safetensors`` holds the server's. Where the task keeps site statistics to prepare new inputs (a table's
 imputation and standardisation values, learnt from each site's own training rows), each simulated site's are
 written to ``models/preprocessing/<site>.json``: ``confide predict --statistics`` takes them. A task that
 normalises each case by itself (brain tumour, images) keeps none.
@@ -15,9 +17,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from confide import serde
 from confide.api import Place
 from confide.model_file import save_model
+from confide.records import Arrays
 from confide.site.kept_models import job_folder, write_json
 
 if TYPE_CHECKING:
@@ -45,8 +50,28 @@ def save_models(result: JobResult, models: Path) -> list[Path]:
             continue
         card = card_for(result.job, result.workload, run.name, when=when)
         written.append(save_model(target, run.arrays, card))
+        for site, mine in sorted(run.personal.items()):  # FedBN: each site's own normalisation layers
+            if not _same(mine, run.arrays):
+                own = models / per_site_folder(run.name) / f"{job_folder(site)}.safetensors"
+                own.parent.mkdir(parents=True, exist_ok=True)
+                written.append(
+                    save_model(own, mine, card_for(result.job, result.workload, run.name, site=site, when=when))
+                )
     written += _site_statistics(result, models / "preprocessing")
     return written
+
+
+def per_site_folder(run_name: str) -> str:
+    """Where a model that each site uses in its own version (FedBN keeps every site's normalisation layers) has
+    those versions: ``models/<model>.sites/<site>.safetensors``, the version the report scored at that site."""
+    return f"{run_name.replace(':', '_')}.sites"
+
+
+def _same(a: Arrays, b: Arrays) -> bool:
+    """Whether two Arrays hold the same names and values (a site's version that differs gets a file of its own)."""
+    if a.names() != b.names():
+        return False
+    return all(np.array_equal(x, y) for (_, x), (_, y) in zip(a.items(), b.items(), strict=True))
 
 
 def _site_statistics(result: JobResult, folder: Path) -> list[Path]:

@@ -3,7 +3,9 @@
 :func:`open_tracking` opens what the job file asks for at the job's start (a missing extra, or a store that cannot
 be opened, is a :class:`~confide.errors.ConfigError` then, before anything has run) and logs the job's
 configuration. :meth:`Tracking.rounds` gives a round listener (:class:`~confide.server.loop.RoundEvents`) for one
-model's run, to be told with the others through :class:`~confide.server.events.Fanout`; :meth:`Tracking.finish_job`
+model's run, to be told with the others through :class:`~confide.server.events.Fanout`; in a deployment, the same
+listener hears each site's training answer on its way to the loop (:mod:`confide.server.observed`: its header read
+once, for the dashboard too) and tracks the epsilon the site reported with it. :meth:`Tracking.finish_job`
 adds the simulator's final cross-site tables; leaving the ``with`` block ends the tracked runs (failed where the
 job raised).
 
@@ -17,6 +19,7 @@ import json
 import logging
 import math
 import shlex
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -31,7 +34,8 @@ from confide.report.tracking_mlflow import MlflowSink, store_uri
 from confide.report.tracking_sink import Sink, key
 from confide.report.tracking_tensorboard import TensorBoardSink
 from confide.sanitize import one_line
-from confide.server.loop import RoundEvents, RoundResult
+from confide.server.loop import RoundResult
+from confide.server.reported import ReportedUpdate
 
 if TYPE_CHECKING:
     from confide.experiment import JobResult  # read, never imported at run time: the experiment sits above
@@ -83,10 +87,11 @@ class Tracking:
         *,
         ledgers: Mapping[str, Ledger | None] | None = None,
         curve: Sequence[Mapping[str, float]] | None = None,
-    ) -> RoundEvents | None:
+    ) -> TrackedRounds | None:
         """The round listener of the model run ``run`` (``None`` when nothing is tracked, which a Fanout leaves
         out). ``ledgers``: the sites' ledgers, read after each round for its epsilon. ``curve``: the run's learning
-        curve, which a listener told before this one extends each round (the simulator's Recorder)."""
+        curve, which a listener told before this one extends each round (the simulator's Recorder). A deployment,
+        which holds no ledger, also makes it a reply listener of its transport (the epsilon each site reports)."""
         if not self._sinks:
             return None
         kept = {site: ledger for site, ledger in (ledgers or {}).items() if ledger is not None}
@@ -151,7 +156,10 @@ class Tracking:
 
 
 class TrackedRounds:
-    """A model run's rounds, as :class:`~confide.server.loop.RoundEvents`: the round's scalars at its number."""
+    """A model run's rounds, as :class:`~confide.server.loop.RoundEvents`: the round's scalars at its number. It is
+    also a :class:`~confide.server.observed.ReplyListener`: in a deployment it hears each site's training answer and
+    tracks, with the round, the epsilon the site reported (``privacy/<site>/epsilon_reported``: the total of the
+    site's own ledger, which the server cannot check; the last one a site sent for the round)."""
 
     def __init__(
         self,
@@ -161,11 +169,25 @@ class TrackedRounds:
         curve: Sequence[Mapping[str, float]] | None,
     ) -> None:
         self.tracking, self.run, self.ledgers, self.curve = tracking, run, ledgers, curve
+        self._round: int | None = None  # the round running: an answer that names another is not tracked
+        self._reported: dict[str, float] = {}  # site -> the epsilon it last reported for the round running
+        self._lock = threading.Lock()
 
     def round_started(self, round: int, sites: list[str]) -> None:
-        pass
+        with self._lock:
+            if round != self._round:  # a round that failed and runs again keeps what its sites reported
+                self._round, self._reported = round, {}
 
     def site_finished(self, round: int, site: str, ok: bool, detail: str) -> None:
+        pass
+
+    def heard(self, site: str, update: ReportedUpdate) -> None:
+        epsilon = update.epsilon
+        with self._lock:
+            if epsilon is not None and update.round == self._round:
+                self._reported[site] = epsilon
+
+    def ended(self) -> None:
         pass
 
     def round_finished(self, result: RoundResult, global_arrays: Arrays) -> None:
@@ -176,6 +198,9 @@ class TrackedRounds:
             spent = [entry.epsilon_total for entry in ledger.entries if entry.round == result.round]
             if spent:
                 values[key("privacy", site, "epsilon")] = spent[-1]
+        with self._lock:
+            reported, self._reported = (self._reported if result.round == self._round else {}), {}
+        values.update({key("privacy", site, "epsilon_reported"): eps for site, eps in reported.items()})
         self.tracking.scalars(self.run, result.round, values)
 
 

@@ -9,7 +9,11 @@ tables). Names are the same in every backend:
 - ``round/seconds``, ``round/site_seconds``, ``round/coordination_seconds``, ``round/participants``,
   ``round/failures``;
 - ``curve/<metric>``: the simulator's learning curve (the model's mean over every site's test split);
-- ``privacy/<site>/epsilon``: the site's ledger total at the end of the round;
+- ``privacy/<site>/epsilon``: the site's ledger total at the end of the round (a simulation, which holds the
+  ledgers);
+- ``privacy/<site>/epsilon_reported``: in a deployment, the epsilon the site reported with its update of the round
+  (``meta["epsilon"]``, plain or masked: its kit's ledger total, over every job the kit took part in): the site's
+  own word, which the server cannot check (the ledger stays in the site's kit);
 - ``cross_site/<site>/<metric>``, ``cross_site/all/<metric>``: the final model on every site's test split.
 """
 

@@ -5,7 +5,8 @@ are split by patient. A training batch draws at most ``max_tiles`` tiles of each
 seeded per site and round) and pads the slides to one tensor whose last channel marks the real tiles
 (:func:`confide.kinds.mil.model.pack`). In a simulation, :func:`prepare` writes the synthetic slides the job asks
 for and learns the feature dimension from the first slide it finds; a deployment's server reads no slides, so the
-job must give ``dim`` there.
+job must give ``dim`` there. Using the model after the job (``model_io``, ``preprocessing``, ``predict``,
+``outputs``): :mod:`confide.kinds.mil.predict`.
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from confide.api import Place, SiteData, TaskKind, device_of
+from confide.api import Place, SiteData, TaskKind
 from confide.errors import CaseError, ConfigError, DataError
 from confide.kinds.mil.config import MilTaskConfig
 from confide.kinds.mil.metrics import slide_metrics
 from confide.kinds.mil.model import build_mil_model, pack
+from confide.kinds.mil.predict import HEADLINE, model_io, outputs, predict, preprocessing, probabilities
 from confide.kinds.mil.slides import (
     OnBad,
     SlideBag,
@@ -130,15 +132,8 @@ def collate(config: MilTaskConfig, bags: list[SlideBag]) -> tuple[torch.Tensor, 
     return x, torch.tensor([bag.label for bag in bags], dtype=torch.long)
 
 
-def probabilities(model: nn.Module, data: SlideSet) -> np.ndarray:
-    """Class probabilities (slides, classes), every tile of every slide used."""
-    device = device_of(model)
-    logits = [model(pack([torch.from_numpy(bag.features)]).to(device)) for bag in data.bags]
-    return torch.softmax(torch.cat(logits), dim=1).cpu().numpy()
-
-
 def evaluate(config: MilTaskConfig, model: nn.Module, data: SlideSet) -> dict[str, float]:
-    probs = probabilities(model, data)
+    probs = probabilities(model, data.bags)
     labels = data.labels()
     loss = float(-np.mean(np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None))))
     return {**slide_metrics(labels, probs), "loss": loss}
@@ -149,7 +144,7 @@ def pool(config: MilTaskConfig, parts: Sequence[Any]) -> SlideSet:
 
 
 def metric_keys(config: MilTaskConfig) -> tuple[str, ...]:
-    return ("balanced_accuracy", "auc", "accuracy") if config.classes == 2 else ("balanced_accuracy", "accuracy")
+    return (HEADLINE, "auc", "accuracy") if config.classes == 2 else (HEADLINE, "accuracy")
 
 
 def mil_kind(config: MilTaskConfig) -> TaskKind[MilTaskConfig]:
@@ -165,6 +160,10 @@ def mil_kind(config: MilTaskConfig) -> TaskKind[MilTaskConfig]:
         pool=pool,
         sites=site_names,
         prepare=prepare,
+        model_io=model_io,
+        preprocessing=preprocessing,
+        predict=predict,
+        outputs=outputs,
         describe=f"slide classification from tile features (MIL, {config.pooling} pooling, hidden {config.hidden}, "
         f"{config.norm} norm), feature dimension {dim}, {config.classes} classes",
     )
