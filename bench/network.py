@@ -45,7 +45,8 @@ from tests.network.proxy import Faults, proxies  # noqa: E402
 from tests.network.site_process import FixedUpdate  # noqa: E402
 
 from confide.config import JobConfig, parse_job  # noqa: E402
-from confide.deploy import run_site, serve  # noqa: E402
+from confide.deploy import serve  # noqa: E402
+from confide.deploy_site import run_site  # noqa: E402
 from confide.provision import parse_federation, provision  # noqa: E402
 from confide.records import Arrays  # noqa: E402
 from confide.site.runner import SiteRunner  # noqa: E402

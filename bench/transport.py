@@ -27,7 +27,8 @@ import numpy as np
 
 from confide import serde
 from confide.config import JobConfig, parse_job
-from confide.deploy import run_site, serve
+from confide.deploy import serve
+from confide.deploy_site import run_site
 from confide.provision import parse_federation, provision
 from confide.records import Arrays, Config, EvalRes, TrainRes
 from confide.server.loop import RoundResult, ServerLoop

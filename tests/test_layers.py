@@ -26,7 +26,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "dashboard",
     ),
     ("job_plan", "sim", "sim_identities", "sim_ray", "sim_ray_host", "new_task", "report"),
-    ("experiment", "deploy", "audit"),
+    ("experiment", "deploy_site", "deploy", "audit"),
     ("cli_common", "cli", "cli_audit", "cli_features", "cli_predict", "cli_status", "cli_site"),
 )
 

@@ -64,7 +64,7 @@ def site(
     approval = Approval.of_kit(kit, approve=approve, again=shlex.join([*again, "--approve"]))
     from rich.table import Table
 
-    from confide.deploy import private_runner, read_kit_config, run_site, site_code, site_privacy
+    from confide.deploy_site import private_runner, read_kit_config, run_site, site_code, site_privacy
     from confide.job_plan import site_task
     from confide.records import Arrays
     from confide.report.tables import score_text

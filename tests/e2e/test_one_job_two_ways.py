@@ -20,7 +20,8 @@ from typer.testing import CliRunner
 from confide import serde
 from confide.cli import app
 from confide.config import JobConfig, load_job
-from confide.deploy import run_site, serve
+from confide.deploy import serve
+from confide.deploy_site import run_site
 from confide.job_plan import initial_global, site_task
 from confide.kinds.brain_tumor.model import initial_arrays
 from confide.provision import parse_federation, provision

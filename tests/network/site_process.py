@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from confide.config import JobConfig
-from confide.deploy import run_site
+from confide.deploy_site import run_site
 from confide.records import Arrays, Config, EvalRes, TrainRes
 from confide.site.runner import SiteRunner
 

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from confide.config import parse_job
-from confide.deploy import private_runner
+from confide.deploy_site import private_runner
 from confide.privacy.config import PrivacyConfig, stricter
 from confide.privacy.gaussian import GaussianClientDP
 from confide.records import TrainIns

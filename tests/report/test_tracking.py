@@ -385,7 +385,8 @@ def _private_deployment(tmp: Path, *, secure: bool) -> Deployed:
     """Three sites over gRPC and mutual TLS on 127.0.0.1, each with the Gaussian filter and its kit's own ledger (as
     `confide site` runs them); the server tracks to TensorBoard and MLflow with a live dashboard following it."""
     from confide.dashboard.live import Dashboard
-    from confide.deploy import private_runner, run_site, serve
+    from confide.deploy import serve
+    from confide.deploy_site import private_runner, run_site
     from tests.helpers import QuadraticTask, arrays
     from tests.site.deployed import TARGETS, federation
 

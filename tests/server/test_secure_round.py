@@ -288,7 +288,7 @@ def test_a_job_with_secure_aggregation_runs_its_simulation_securely(monkeypatch:
 
 
 def test_a_deployed_site_requires_secure_aggregation_when_its_job_or_its_policy_does(tmp_path: Path) -> None:
-    from confide.deploy import private_runner
+    from confide.deploy_site import private_runner
 
     plain = parse_job({"data": {"root": "x"}})
     secure = parse_job({"data": {"root": "x"}, "privacy": {"secure_aggregation": True}})

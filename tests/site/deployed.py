@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from confide.config import JobConfig, parse_job
-from confide.deploy import run_site, serve
+from confide.deploy import serve
+from confide.deploy_site import run_site
 from confide.provision import parse_federation, provision
 from confide.site.consent import Approval
 from confide.site.runner import SiteRunner

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from confide import serde
 from confide.cli import app
 from confide.config import JobConfig
-from confide.deploy import private_runner
+from confide.deploy_site import private_runner
 from confide.errors import ConfideError, ConfigError
 from confide.privacy.build import site_chain
 from confide.privacy.config import PrivacyConfig

@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from confide import serde
-from confide.deploy import kit_identity
+from confide.deploy_site import kit_identity
 from confide.errors import ConfigError
 from confide.privacy.secagg import Advertisement, Roster, SecAggClient, default_threshold
 from confide.privacy.secagg_identity import SiteIdentity, sign_advertisement

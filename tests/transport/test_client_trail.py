@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from confide.deploy import run_site, serve
+from confide.deploy import serve
+from confide.deploy_site import run_site
 from tests.e2e.processes import free_port
 from tests.helpers import arrays
 from tests.site import deployed

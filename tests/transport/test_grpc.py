@@ -14,7 +14,8 @@ import pytest
 
 from confide import serde
 from confide.config import JobConfig, parse_job
-from confide.deploy import private_runner, run_site, serve
+from confide.deploy import serve
+from confide.deploy_site import private_runner, run_site
 from confide.errors import TransportError
 from confide.privacy.config import PrivacyConfig
 from confide.provision import parse_federation, provision, revoke_site

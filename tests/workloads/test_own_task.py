@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from confide.config import load_job
-from confide.deploy import site_code
+from confide.deploy_site import site_code
 from confide.errors import ConfigError, RoundFailed, TaskError
 from confide.experiment import run_job
 from confide.job_plan import site_task
