@@ -12,35 +12,16 @@ a sample input.
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, ParamSpec
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
 
-from confide.errors import ConfideError
+from confide.cli_common import clean_errors as _clean_errors
+from confide.cli_common import console
 
 if TYPE_CHECKING:
     from confide.workloads.use import LoadedModel
-
-P = ParamSpec("P")
-console = Console()
-
-
-def _clean_errors(command: Callable[P, None]) -> Callable[P, None]:
-    """Confide's own errors as one red line and exit code 2, never a traceback."""
-
-    @functools.wraps(command)
-    def run(*args: P.args, **kwargs: P.kwargs) -> None:
-        try:
-            command(*args, **kwargs)
-        except ConfideError as exc:
-            console.print(f"[bold red]error:[/] {exc}", highlight=False)
-            raise typer.Exit(code=2) from None
-
-    return run
 
 
 ModelArg = Annotated[Path, typer.Argument(help="a model file Confide wrote (report models/, a site's run folder)")]

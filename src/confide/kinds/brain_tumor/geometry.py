@@ -21,16 +21,15 @@ import torch.nn.functional as F
 from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
 
 from confide.errors import CaseError
-from confide.kinds.brain_tumor.brats import MODALITIES, BratsCase
+from confide.kinds.brain_tumor.brats import BratsCase
 from confide.kinds.brain_tumor.preprocess import (
-    SKULL_STRIPPED_ZERO_FRACTION,
     PreprocessConfig,
     _aspect_padding,
+    _brain_mask,
     _crop_box,
-    _foreground_mask,
-    _load,
-    _onto_reference,
+    _on_reference,
     _resize,
+    _zscore_inside,
 )
 
 
@@ -62,32 +61,11 @@ def prepare_with_geometry(case: BratsCase, config: PreprocessConfig) -> tuple[np
     its geometry. Raises :class:`CaseError` as :func:`prepare_case` does."""
     case = replace(case, seg=None)
     shape, affine = _stored(case, config.reference)
-    loaded = {m: _load(case, m, case.images[m]) for m in MODALITIES}
-    ref = loaded[config.reference]
-    vols = np.empty((len(MODALITIES), *ref.shape[:3]), dtype=np.float32)
-    for i, m in enumerate(MODALITIES):
-        vols[i] = _onto_reference(case, m, case.images[m], loaded[m], ref, order=1)
-    del loaded
-    coverage = np.isfinite(vols)
-    if not coverage.all():
-        vols[~coverage] = 0.0
-    covered = coverage.any(axis=0)
-    nonzero = (vols != 0).any(axis=0)
-    zero_fraction = 1.0 - float(np.count_nonzero(nonzero & covered)) / max(int(np.count_nonzero(covered)), 1)
-    mask = nonzero & covered if zero_fraction >= SKULL_STRIPPED_ZERO_FRACTION else _foreground_mask(vols, coverage)
-    if not mask.any():
-        raise CaseError(case.case_id, f"no brain voxels found: every modality is zero or flat ({case.folder})")
+    vols, coverage, ref = _on_reference(case, config)
+    mask = _brain_mask(case, config, vols, coverage)
     box = _crop_box(mask, config.margin_vox)
     vols, coverage, mask = vols[(slice(None), *box)], coverage[(slice(None), *box)], mask[box]
-    for i, m in enumerate(MODALITIES):
-        inside = mask & coverage[i]
-        values = vols[i][inside].astype(np.float64)
-        if values.size < 2:
-            raise CaseError(case.case_id, f"modality {m} (file {case.images[m]}) does not cover the brain")
-        mean, std = float(values.mean()), float(values.std())
-        if not np.isfinite(std) or std <= 1e-6 * max(1.0, abs(mean)):
-            raise CaseError(case.case_id, f"modality {m} (file {case.images[m]}) is constant inside the brain mask")
-        vols[i] = np.where(inside, (vols[i] - mean) / std, 0.0)
+    _zscore_inside(case, vols, coverage, mask)
     spacing = np.linalg.norm(ref.affine[:3, :3], axis=0)
     pad = _aspect_padding(mask.shape, spacing, config.roi)
     image, _, _ = _resize(np.pad(vols, [(0, 0), *pad]), np.pad(mask, pad), None, config.roi)

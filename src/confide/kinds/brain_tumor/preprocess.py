@@ -239,14 +239,9 @@ def _resize(
     return out_image, mask_t.numpy(), out_label
 
 
-def prepare_case(case: BratsCase, config: PreprocessConfig) -> PreparedCase:
-    """Read ``case`` and bring it into the ROI of ``config``; see the module docstring for the steps.
-
-    Raises:
-        CaseError: a file is unreadable, not 3-D, holds non-finite values or labels outside the
-            case's label set; the grids cannot be brought together; no brain is found; or a
-            modality is constant inside the brain.
-    """
+def _on_reference(case: BratsCase, config: PreprocessConfig) -> tuple[np.ndarray, np.ndarray, Any]:
+    """Every modality resampled onto the reference modality's grid (C, X, Y, Z) float32, a voxel no file covers
+    set to 0; which voxels each modality covers; and the reference image."""
     loaded = {m: _load(case, m, case.images[m]) for m in MODALITIES}
     ref = loaded[config.reference]
     vols = np.empty((len(MODALITIES), *ref.shape[:3]), dtype=np.float32)
@@ -256,6 +251,45 @@ def prepare_case(case: BratsCase, config: PreprocessConfig) -> PreparedCase:
     coverage = np.isfinite(vols)
     if not coverage.all():
         vols[~coverage] = 0.0
+    return vols, coverage, ref
+
+
+def _brain_mask(case: BratsCase, config: PreprocessConfig, vols: np.ndarray, coverage: np.ndarray) -> np.ndarray:
+    """The brain: every covered non-zero voxel of a skull-stripped case, else the foreground of the head."""
+    covered = coverage.any(axis=0)
+    nonzero = (vols != 0).any(axis=0)
+    zero_fraction = 1.0 - float(np.count_nonzero(nonzero & covered)) / max(int(np.count_nonzero(covered)), 1)
+    mask = nonzero & covered if zero_fraction >= SKULL_STRIPPED_ZERO_FRACTION else _foreground_mask(vols, coverage)
+    if not mask.any():
+        raise _fail(
+            case,
+            f"no brain voxels found: every modality is zero or flat (reference file {case.images[config.reference]})",
+        )
+    return mask
+
+
+def _zscore_inside(case: BratsCase, vols: np.ndarray, coverage: np.ndarray, mask: np.ndarray) -> None:
+    """Each modality z-scored inside the brain (in place), 0 outside it."""
+    for i, m in enumerate(MODALITIES):
+        inside = mask & coverage[i]
+        values = vols[i][inside].astype(np.float64)
+        if values.size < 2:
+            raise _fail(case, f"modality {m} (file {case.images[m]}) does not cover the brain of the reference grid")
+        mean, std = float(values.mean()), float(values.std())
+        if not np.isfinite(std) or std <= 1e-6 * max(1.0, abs(mean)):
+            raise _fail(case, f"modality {m} (file {case.images[m]}) is constant inside the brain mask (std 0)")
+        vols[i] = np.where(inside, (vols[i] - mean) / std, 0.0)
+
+
+def prepare_case(case: BratsCase, config: PreprocessConfig) -> PreparedCase:
+    """Read ``case`` and bring it into the ROI of ``config``; see the module docstring for the steps.
+
+    Raises:
+        CaseError: a file is unreadable, not 3-D, holds non-finite values or labels outside the
+            case's label set; the grids cannot be brought together; no brain is found; or a
+            modality is constant inside the brain.
+    """
+    vols, coverage, ref = _on_reference(case, config)
 
     label: np.ndarray | None = None
     if case.seg is not None:
@@ -271,30 +305,12 @@ def prepare_case(case: BratsCase, config: PreprocessConfig) -> PreparedCase:
                 f"{', '.join(str(a) for a in allowed)} (BraTS {case.naming} labels)",
             )
 
-    covered = coverage.any(axis=0)
-    nonzero = (vols != 0).any(axis=0)
-    zero_fraction = 1.0 - float(np.count_nonzero(nonzero & covered)) / max(int(np.count_nonzero(covered)), 1)
-    mask = nonzero & covered if zero_fraction >= SKULL_STRIPPED_ZERO_FRACTION else _foreground_mask(vols, coverage)
-    if not mask.any():
-        raise _fail(
-            case,
-            f"no brain voxels found: every modality is zero or flat (reference file {case.images[config.reference]})",
-        )
-
+    mask = _brain_mask(case, config, vols, coverage)
     box = _crop_box(mask | (label > 0) if label is not None else mask, config.margin_vox)
     vols, coverage, mask = vols[(slice(None), *box)], coverage[(slice(None), *box)], mask[box]
     if label is not None:
         label = label[box]
-
-    for i, m in enumerate(MODALITIES):
-        inside = mask & coverage[i]
-        values = vols[i][inside].astype(np.float64)
-        if values.size < 2:
-            raise _fail(case, f"modality {m} (file {case.images[m]}) does not cover the brain of the reference grid")
-        mean, std = float(values.mean()), float(values.std())
-        if not np.isfinite(std) or std <= 1e-6 * max(1.0, abs(mean)):
-            raise _fail(case, f"modality {m} (file {case.images[m]}) is constant inside the brain mask (std 0)")
-        vols[i] = np.where(inside, (vols[i] - mean) / std, 0.0)
+    _zscore_inside(case, vols, coverage, mask)
 
     spacing = np.linalg.norm(ref.affine[:3, :3], axis=0)
     pad = _aspect_padding(mask.shape, spacing, config.roi)
