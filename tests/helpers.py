@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from confide.privacy.config import DpSgdSpec
 from confide.records import Arrays, Config, EvalRes, TrainRes
 from confide.workloads.kind import TorchSiteTask
+
+if TYPE_CHECKING:
+    from confide.config import JobConfig
 
 
 def arrays(**values: list[float] | float) -> Arrays:
@@ -55,3 +60,33 @@ def site_task_of(
     task = workload.task(train, test, site=site, seed=seed, dp_sgd=dp_sgd)
     assert isinstance(task, TorchSiteTask)
     return task
+
+
+def serve_in_thread(
+    server_kit: Path, job: JobConfig, *, wait_s: float = 30.0, listen_s: float = 10.0
+) -> tuple[threading.Thread, dict[str, object]]:
+    """Serve ``job`` from ``server_kit`` on a free port, in a thread of this process, with the quadratic task's
+    initial model (w = [0, 0]); return once it listens. The result dict gets "port", then "final" (the final
+    model's path) or "error" (what the server raised)."""
+    from confide.deploy import serve
+
+    result: dict[str, object] = {}
+    listening = threading.Event()
+
+    def on_listen(port: int) -> None:
+        result["port"] = port
+        listening.set()
+
+    def target() -> None:
+        try:
+            result["final"] = serve(
+                server_kit, job, initial=lambda _: arrays(w=[0.0, 0.0]), port=0, wait_s=wait_s, on_listen=on_listen
+            )
+        except Exception as exc:  # reported to the test
+            result["error"] = exc
+            listening.set()
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    assert listening.wait(listen_s), "the server did not start listening"
+    return thread, result

@@ -11,12 +11,11 @@ from pathlib import Path
 from typing import Any
 
 from confide.config import JobConfig, parse_job
-from confide.deploy import serve
 from confide.deploy_site import run_site
 from confide.provision import parse_federation, provision
 from confide.site.consent import Approval
 from confide.site.runner import SiteRunner
-from tests.helpers import QuadraticTask, arrays
+from tests.helpers import QuadraticTask, arrays, serve_in_thread
 
 TARGETS = {"site-1": arrays(w=[2.0, 0.0]), "site-2": arrays(w=[0.0, 2.0]), "site-3": arrays(w=[1.0, 4.0])}
 SITES = list(TARGETS)
@@ -63,25 +62,7 @@ def run(
     runner: Callable[[str, JobConfig], SiteRunner] = quadratic,
 ) -> tuple[dict[str, object], dict[str, Site]]:
     """Serve ``served`` to the three sites until it ends; the server's result and each site's account."""
-    result: dict[str, object] = {}
-    listening = threading.Event()
-
-    def on_listen(port: int) -> None:
-        result["port"] = port
-        listening.set()
-
-    def server() -> None:
-        try:
-            result["final"] = serve(
-                kits / "server", served, initial=lambda _: arrays(w=[0.0, 0.0]), port=0, wait_s=60, on_listen=on_listen
-            )
-        except Exception as exc:  # reported to the test
-            result["error"] = exc
-            listening.set()
-
-    thread = threading.Thread(target=server, daemon=True)
-    thread.start()
-    assert listening.wait(30), "the server did not start listening"
+    thread, result = serve_in_thread(kits / "server", served, wait_s=60, listen_s=30)
     sites = {name: _site(kits, name, int(str(result.get("port", 0))), approvals.get(name), runner) for name in SITES}
     thread.join(120)
     for site in sites.values():

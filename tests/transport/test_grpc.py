@@ -25,7 +25,7 @@ from confide.server.sampling import sample_sites
 from confide.sim import simulate
 from confide.site.runner import SiteRunner
 from confide.strategies import FedAvg
-from tests.helpers import QuadraticTask, arrays
+from tests.helpers import QuadraticTask, arrays, serve_in_thread
 
 TARGETS = {"site-1": arrays(w=[2.0, 0.0]), "site-2": arrays(w=[0.0, 2.0]), "site-3": arrays(w=[1.0, 4.0])}
 SITES = list(TARGETS)
@@ -62,34 +62,11 @@ def _runner(name: str, job: JobConfig) -> SiteRunner:
     return SiteRunner(name, QuadraticTask(TARGETS[name], examples=10))
 
 
-def _start(kit_root: Path, job: JobConfig) -> tuple[threading.Thread, dict[str, object], threading.Event]:
-    result: dict[str, object] = {}
-    listening = threading.Event()
-
-    def on_listen(port: int) -> None:
-        result["port"] = port
-        listening.set()
-
-    def target() -> None:
-        try:
-            result["final"] = serve(
-                kit_root / "server", job, initial=lambda _: arrays(w=[0.0, 0.0]), port=0, wait_s=30, on_listen=on_listen
-            )
-        except Exception as exc:  # reported to the test
-            result["error"] = exc
-            listening.set()
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    assert listening.wait(10)
-    return thread, result, listening
-
-
 def _deployed(
     kits: Path, job: JobConfig, tmp_path: Path
 ) -> tuple[dict[str, object], list[dict[str, Any]], dict[str, object]]:
     """The job served to every site until it ends; the server's result, its rounds.json and each site's answer."""
-    server, result, _ = _start(kits, job)
+    server, result = serve_in_thread(kits / "server", job)
     answers: dict[str, object] = {}
     threads = [_site(kits, name, int(result["port"]), answers) for name in SITES]  # type: ignore[call-overload]
     server.join(60)
@@ -137,7 +114,7 @@ def test_secure_aggregation_over_mutual_tls_reaches_the_simulators_model(tmp_pat
 
     kits = _federation(tmp_path / "kits")
     job = _job(tmp_path).model_copy(update={"privacy": PrivacyConfig(secure_aggregation=True)})
-    server, result, _ = _start(kits, job)
+    server, result = serve_in_thread(kits / "server", job)
     answers: dict[str, object] = {}
 
     def deployed(name: str, site_job: JobConfig) -> SiteRunner:
@@ -167,7 +144,7 @@ def test_a_site_from_another_federation_cannot_connect(tmp_path: Path) -> None:
     kits = _federation(tmp_path / "kits")
     foreign = _federation(tmp_path / "foreign", name="other")
     job = _job(tmp_path, rounds=1)
-    _server, result, _ = _start(kits, job)
+    _server, result = serve_in_thread(kits / "server", job)
     answers: dict[str, object] = {}
 
     began = time.monotonic()
@@ -182,7 +159,7 @@ def test_a_revoked_site_is_refused_by_name(tmp_path: Path) -> None:
     kits = _federation(tmp_path / "kits")
     revoke_site(kits, "site-2", "laptop stolen")
     job = _job(tmp_path, rounds=1)
-    _server, result, _ = _start(kits, job)
+    _server, result = serve_in_thread(kits / "server", job)
     answers: dict[str, object] = {}
 
     _site(kits, "site-2", int(result["port"]), answers, give_up=2.0).join(30)  # type: ignore[call-overload]
@@ -210,7 +187,7 @@ def test_nan_and_wrong_shape_updates_are_rejected_while_the_rest_aggregate(
         return SiteRunner(name, bad.get(name) or QuadraticTask(TARGETS[name], examples=10))
 
     job = job.model_copy(update={"federation": job.federation.model_copy(update={"min_sites": 1, "start_sites": 3})})
-    server, result, _ = _start(kits, job)
+    server, result = serve_in_thread(kits / "server", job)
     answers: dict[str, object] = {}
     threads = [
         threading.Thread(
@@ -303,7 +280,7 @@ def test_a_site_name_missing_from_the_roster_is_refused_and_logged(
     shutil.copytree(kits / "sites" / "site-1", intruder)
     (intruder / "site.crt").write_bytes(cert_pem(cert))
     (intruder / "site.key").write_bytes(key_pem(key))
-    _server, result, _ = _start(kits, _job(tmp_path, rounds=1))
+    _server, result = serve_in_thread(kits / "server", _job(tmp_path, rounds=1))
     answers: dict[str, object] = {}
 
     _site(kits, "intruder", int(result["port"]), answers, give_up=2.0).join(30)  # type: ignore[call-overload]
@@ -331,7 +308,7 @@ def test_a_result_arriving_after_its_round_closed_is_discarded_with_a_log_line(
         task = SlowInRoundOne if name == "site-3" else QuadraticTask
         return SiteRunner(name, task(TARGETS[name], examples=10))
 
-    server, result, _ = _start(kits, job)
+    server, result = serve_in_thread(kits / "server", job)
     answers: dict[str, object] = {}
     for name in SITES:
         threading.Thread(
@@ -362,7 +339,7 @@ def test_a_failed_job_tells_the_sites_it_failed_and_keeps_the_rounds_it_ran(tmp_
             "report": {"out": str(tmp_path / "report")},
         }
     )
-    server, result, _ = _start(kits, job)
+    server, result = serve_in_thread(kits / "server", job)
     answers: dict[str, object] = {}
 
     class FailsFromRound2(QuadraticTask):
@@ -392,7 +369,7 @@ def test_a_second_server_on_a_taken_port_refuses_to_start(tmp_path: Path) -> Non
     from confide.errors import ConfideError
 
     kits = _federation(tmp_path / "kits")
-    _, result, _ = _start(kits, _job(tmp_path / "one"))
+    _, result = serve_in_thread(kits / "server", _job(tmp_path / "one"))
 
     with pytest.raises(ConfideError, match=r"cannot listen on 127\.0\.0\.1:"):
         serve(kits / "server", _job(tmp_path / "two"), initial=lambda _: arrays(w=[0.0, 0.0]), port=int(result["port"]))  # type: ignore[call-overload]
@@ -417,7 +394,7 @@ def test_the_server_listens_on_its_kits_address_not_every_interface(tmp_path: Pa
     if not Path("/proc/net/tcp").exists():
         pytest.skip("needs Linux's /proc/net/tcp to see where a socket listens")
     kits = _federation(tmp_path / "kits")  # its host: 127.0.0.1
-    _, result, _ = _start(kits, _job(tmp_path))
+    _, result = serve_in_thread(kits / "server", _job(tmp_path))
 
     addresses = _listening(int(result["port"]))  # type: ignore[call-overload]
 
@@ -501,7 +478,7 @@ def test_the_server_keeps_a_timestamped_trail_of_joins_rounds_and_rejections(tmp
     def runner(name: str, job: JobConfig) -> SiteRunner:
         return SiteRunner(name, QuadraticTask(TARGETS[name], examples=10, nan=name == "site-3"))
 
-    server, result, _ = _start(kits, job)
+    server, result = serve_in_thread(kits / "server", job)
     answers: dict[str, object] = {}
     threads = [_site(kits, name, int(result["port"]), answers, runner=runner) for name in SITES]  # type: ignore[call-overload]
     server.join(90)
@@ -555,7 +532,7 @@ def test_a_deployed_rounds_coordination_is_its_time_less_the_slowest_site_not_th
     sum exceeded the round's own time, and rounds.json printed a coordination time of 0)."""
     kits = _federation(tmp_path / "kits")
     job = _job(tmp_path, rounds=1)
-    server, result, _ = _start(kits, job)
+    server, result = serve_in_thread(kits / "server", job)
     answers: dict[str, object] = {}
 
     def slow(name: str, job: JobConfig) -> SiteRunner:
@@ -634,7 +611,7 @@ def _final_models(tmp_path: Path, *, send: bool) -> tuple[dict[str, object], dic
     kits = _federation(tmp_path / "kits")
     job = _job(tmp_path, rounds=1)
     job = job.model_copy(update={"federation": job.federation.model_copy(update={"send_final_model": send})})
-    server, result, _ = _start(kits, job)
+    server, result = serve_in_thread(kits / "server", job)
     received: dict[str, Arrays] = {}
 
     def site(name: str) -> None:
