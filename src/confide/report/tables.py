@@ -89,9 +89,9 @@ def uncertainty_note(cross: Cross) -> str:
         return ""
     shown = ", ".join(f"{site} (n={n})" for site, n in small.items())
     return (
-        f"{UNCERTAIN} test split under {SMALL_TEST} cases: {shown}. A score on so few cases is uncertain (one case "
-        "moves an accuracy by 1/n): read it with its bootstrap confidence interval (the report's predictions "
-        "section, metrics.json), not as a point value."
+        f"{UNCERTAIN} test split under {SMALL_TEST} cases: {shown}. A score on so few cases is uncertain (each case "
+        "weighs 1/n of a mean over the cases): read it with its bootstrap confidence interval (the report's "
+        "predictions section, metrics.json), not as a point value."
     )
 
 
