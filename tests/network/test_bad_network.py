@@ -16,9 +16,9 @@ import pytest
 from confide import serde
 from confide.config import JobConfig
 from confide.site.runner import SiteRunner
-from tests.helpers import QuadraticTask
+from tests.helpers import QuadraticTask, serve_in_thread
 from tests.network.proxy import Faults, proxies
-from tests.transport.test_grpc import SITES, TARGETS, _federation, _job, _site, _SlowTask, _start, simulated
+from tests.transport.test_grpc import SITES, TARGETS, _federation, _job, _site, _SlowTask, simulated
 
 pytestmark = pytest.mark.slow
 
@@ -37,7 +37,7 @@ def _deployment(
     kits = _federation(tmp_path / "kits")
     job = _job(tmp_path, rounds=rounds)
     job = job.model_copy(update={"federation": job.federation.model_copy(update=federation)})
-    server, result, _ = _start(kits, job)
+    server, result = serve_in_thread(kits / "server", job)
     answers: dict[str, object] = {}
     with proxies(("127.0.0.1", int(result["port"])), SITES, faults) as near:  # type: ignore[call-overload]
         threads = [_site(kits, name, near[name].port, answers, give_up=120, runner=runner) for name in SITES]
