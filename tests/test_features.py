@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -16,13 +15,7 @@ from confide.errors import ConfigError
 from confide.features import ResNetTrunk, extract_features, image_tiles, load_resnet
 from confide.kinds.mil.slides import read_bag
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _tissue(rng: np.random.Generator, size: int) -> np.ndarray:

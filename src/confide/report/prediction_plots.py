@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import matplotlib
 
@@ -129,14 +129,20 @@ def _micro(view: ClassOutputs) -> tuple[np.ndarray, np.ndarray]:
     return roc_points(onehot.reshape(-1), view.probabilities.reshape(-1))
 
 
+def _panel_grid(panels: int, *, height: float, margin: float) -> tuple[Any, np.ndarray]:
+    """A figure of ``panels`` panels, at most 4 a row, room on the right for a legend; unused panels hidden."""
+    columns = min(4, panels)
+    rows = -(-panels // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.0 * columns + 1.8, height * rows + margin), squeeze=False)
+    for ax in axes.flat[panels:]:
+        ax.axis("off")
+    return fig, axes
+
+
 def roc_curves(panels: Mapping[str, Mapping[str, ClassOutputs]], out: Path) -> Path:
     """One panel per site (or "all sites"), one ROC curve per model in it."""
     names = list(panels)
-    columns = min(4, len(names))
-    rows = -(-len(names) // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(3.0 * columns + 1.8, 3.0 * rows + 0.4), squeeze=False)
-    for ax in axes.flat[len(names) :]:
-        ax.axis("off")
+    fig, axes = _panel_grid(len(names), height=3.0, margin=0.4)
     multiclass = False
     for ax, site in zip(axes.flat, names, strict=False):
         for k, (model, view) in enumerate(panels[site].items()):
@@ -165,11 +171,7 @@ def kaplan_meier_groups(panels: Mapping[str, RiskOutputs], model: str, out: Path
     """One panel per site: Kaplan-Meier curves of the high- and low-risk halves of its test split (split at the
     median of ``model``'s risk), censored times marked."""
     names = list(panels)
-    columns = min(4, len(names))
-    rows = -(-len(names) // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(3.0 * columns + 1.8, 2.8 * rows + 0.5), squeeze=False)
-    for ax in axes.flat[len(names) :]:
-        ax.axis("off")
+    fig, axes = _panel_grid(len(names), height=2.8, margin=0.5)
     for ax, site in zip(axes.flat, names, strict=False):
         view = panels[site]
         high = risk_groups(view.risk)
