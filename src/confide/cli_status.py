@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated
 
@@ -113,7 +114,9 @@ def rounds_table(state: Snapshot, last: int) -> Table:
     for column in ("round", "status", "time (s)", "coordination (s)", "participants", "left out", "metrics"):
         table.add_column(column)
     for row in shown:
-        metrics = ", ".join(f"{k} {'-' if v is None else f'{v:.4f}'}" for k, v in row.train_metrics.items())
+        metrics = _metrics(row.train_metrics)
+        if row.test_metrics:  # a simulation's score of the round's model on the sites' test splits
+            metrics = "; ".join(filter(None, [metrics, f"test splits: {_metrics(row.test_metrics)}"]))
         table.add_row(
             Text(str(row.round), justify="right"),
             Text(row.status),
@@ -124,6 +127,10 @@ def rounds_table(state: Snapshot, last: int) -> Table:
             Text(metrics or "-"),
         )
     return table
+
+
+def _metrics(values: Mapping[str, Number]) -> str:
+    return ", ".join(f"{k} {'-' if v is None else f'{v:.4f}'}" for k, v in values.items())
 
 
 def privacy_table(state: Snapshot) -> Table:

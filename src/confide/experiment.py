@@ -131,9 +131,14 @@ class Recorder:
     over every site's test split, taken every ``every`` rounds."""
 
     def __init__(
-        self, run: ModelRun, display: ProgressDisplay, score: Callable[[Arrays], Mapping[str, float]], every: int
+        self,
+        run: ModelRun,
+        display: ProgressDisplay,
+        score: Callable[[Arrays], Mapping[str, float]],
+        every: int,
+        scored: Callable[[int, Mapping[str, float]], None] | None = None,
     ) -> None:
-        self.run, self.display, self.score, self.every = run, display, score, every
+        self.run, self.display, self.score, self.every, self.scored = run, display, score, every, scored
 
     def round_started(self, round: int, sites: list[str]) -> None:
         self.display.status(f"{self.run.name}: round {round}, {len(sites)} site(s) training")
@@ -144,7 +149,10 @@ class Recorder:
     def round_finished(self, result: RoundResult, global_arrays: Arrays) -> None:
         point = {"round": float(result.round), "loss": result.train_metrics.get("loss", float("nan"))}
         if result.round % self.every == 0:
-            point.update(self.score(global_arrays))
+            scores = self.score(global_arrays)
+            point.update(scores)
+            if self.scored is not None:  # the live dashboard's curve, which under DP has no other
+                self.scored(result.round, scores)
         self.run.curve.append(point)
         self.run.coordination_seconds.append(result.coordination_seconds)
         self.display.advance(1, status=f"{self.run.name}: round {result.round} loss {point['loss']:.3f}")
@@ -183,8 +191,13 @@ def _train_run(
         task = tasks.get(site)
         return task.personal(arrays) if task is not None else model_part(arrays)
 
+    watched = watch if run.kind == "federated" else None  # the live dashboard follows the federation only
     recorder = Recorder(
-        run, display, lambda arrays: evaluator.all_sites(lambda site: personal(site, arrays)), curve_every(job)
+        run,
+        display,
+        lambda arrays: evaluator.all_sites(lambda site: personal(site, arrays)),
+        curve_every(job),
+        scored=watched.scored if watched is not None else None,
     )
     secure = SecureSettings() if privacy.secure_aggregation else None  # the simulator adds its CA's revocation list
     loop = job_plan.loop_settings(job, sites=len(tasks), secure=secure, deployed=False)
@@ -192,7 +205,6 @@ def _train_run(
     # tracking is told after the recorder, whose curve point of the round it reads
     tracked = tracking.rounds(run.name, ledgers=ledgers, curve=run.curve) if tracking is not None else None
     events = Fanout(recorder, tracked)
-    watched = watch if run.kind == "federated" else None  # the live dashboard follows the federation only
     result = simulate(
         strategy, tasks, start, loop, events=events, chains=chains, ledgers=ledgers, job=job.name, watch=watched
     )

@@ -65,6 +65,9 @@ class _Gated:
         followed = self.dashboard.follow(transport, contacts, ledgers)
         return Followed(followed.transport, Fanout(followed.events, self.gate))
 
+    def scored(self, round: int, metrics: Mapping[str, float]) -> None:
+        self.dashboard.scored(round, metrics)
+
 
 @pytest.fixture
 def browser() -> Iterator[Any]:
@@ -146,6 +149,9 @@ def test_the_page_follows_a_live_job_in_headless_chromium(tmp_path: Path, browse
             assert "error" not in outcome, outcome.get("error")
             assert _text(browser, "#round-count") == "3" and _count(browser, "#rounds tbody tr.closed") == 3
             assert '"name": "dashboard-test"' in _text(browser, "#job")
+            # the simulator scored each round's model on the sites' test splits: a curve and a note in each row
+            assert "test auc (mean over the sites' test splits)" in _text(browser, "#curves")
+            assert _text(browser, "#rounds tbody tr.closed").count("test splits: ") == 1
             assert "no site keeps a ledger" in _text(browser, "#privacy-note")
             severe = [e for e in browser.get_log("browser") if e.get("level") == "SEVERE"]
             assert severe == []  # no script error, nothing the page's content policy blocked

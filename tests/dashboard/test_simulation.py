@@ -46,6 +46,10 @@ def test_a_private_simulation_shows_filters_ledgers_and_the_round_that_did_not_c
         assert ledger.budget == 12 and [p.round for p in ledger.points] == [1, 2]
         assert epsilons == [e.epsilon_total for e in fed.ledgers[ledger.site].entries]  # the site's own ledger
         assert 0 < epsilons[0] < epsilons[1] <= 12
+    # under DP the sites send no metrics: the curve is the simulator's score on the test splits (every round here)
+    assert all(not r.train_metrics for r in snap.rounds)
+    (auc,) = [c for c in snap.curves if c.name.startswith("test auc")]
+    assert auc.rounds == (1, 2) and auc.values == tuple(p["auc"] for p in fed.curve)
 
 
 def test_simulate_with_a_dashboard_keeps_its_token_private_and_says_where_it_is(tmp_path: Path) -> None:

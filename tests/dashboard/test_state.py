@@ -131,6 +131,25 @@ def test_the_evaluation_curve_is_the_mean_over_the_sites_that_scored() -> None:
     assert "evaluation auc (mean over sites)" not in curves
 
 
+def test_a_simulations_test_scores_make_a_curve_whether_told_before_or_after_the_rounds_end() -> None:
+    state = FederationState()
+    state.round_started(1, ["a"])
+    state.scored(1, {"auc": 0.61, "accuracy": math.nan})  # the simulator's recorder is told first
+    state.round_finished(_result(1, ("a",), train_metrics={}), EMPTY)
+    state.round_started(2, ["a"])
+    state.round_finished(_result(2, ("a",), train_metrics={}), EMPTY)
+    state.scored(2, {"auc": 0.72})  # or after: the closed round takes it
+
+    snap = build(state.parts(), _facts(), "simulation", None)
+
+    assert [r.test_metrics for r in snap.rounds] == [{"auc": 0.61, "accuracy": None}, {"auc": 0.72}]
+    curves = {c.name: (c.rounds, c.values) for c in snap.curves}
+    assert curves == {
+        "test auc (mean over the sites' test splits)": ((1, 2), (0.61, 0.72)),
+        "test accuracy (mean over the sites' test splits)": ((1,), (None,)),
+    }
+
+
 def test_an_error_while_recording_is_logged_never_raised_into_the_round(caplog: pytest.LogCaptureFixture) -> None:
     state = FederationState()
     broken = RoundResult(1, ("a",), None, {}, {}, 1.0)  # type: ignore[arg-type]  # failures is no mapping

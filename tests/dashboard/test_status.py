@@ -48,6 +48,7 @@ def kit(tmp_path: Path) -> Iterator[Path]:
             live.state.round_finished(
                 RoundResult(rnd, (HUNGARY,), {MARKUP: "refused"}, {"loss": 0.3}, {}, 1.0, 0.25), Arrays.from_dict({})
             )
+        live.state.scored(2, {"auc": 0.8125})  # as a simulation scores its model on the test splits
         yield folder
 
 
@@ -62,6 +63,7 @@ def test_status_prints_sites_rounds_and_privacy_with_names_as_text(kit: Path) ->
     assert "refused" in out and "gaussian" in out
     assert "privacy" in out and "1.000" in out and "cannot check" in out  # the epsilon Hungary reported last
     assert "0.75" in out  # round 2's coordination time (1.0 s, of which 0.25 s the sites' own work)
+    assert "test splits" in out and "0.8125" in out
 
 
 def test_status_without_a_dashboard_says_how_to_start_one(tmp_path: Path) -> None:

@@ -42,3 +42,8 @@ class Watcher(Protocol):
         """Start following a federation served over ``transport``. ``ledgers``: each site's own ledger, where this
         process holds them (a simulation); a deployed server has none and shows what the sites report."""
         ...
+
+    def scored(self, round: int, metrics: Mapping[str, float]) -> None:
+        """A simulation scored round ``round``'s global model on the sites' test splits: ``metrics``, their mean
+        (a deployed server holds no test split and never calls this)."""
+        ...

@@ -102,6 +102,9 @@ class Dashboard:
         self._follows += 1
         return Followed(watched(transport, self.state.saw_update, self.state.ended), self.state)
 
+    def scored(self, round: int, metrics: Mapping[str, float]) -> None:
+        self.state.scored(round, metrics)
+
     # -- Publisher --------------------------------------------------------------------------------
     def snapshot(self) -> Snapshot:
         return build(self.state.parts(), self._facts, self.mode, self._source)

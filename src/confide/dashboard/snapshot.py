@@ -69,6 +69,8 @@ class RoundView(_Frozen):
     failures: dict[str, str] = {}
     train_metrics: dict[str, Number] = {}
     eval_metrics: dict[str, dict[str, Number]] = {}
+    # a simulation only: the new global model's mean score over the sites' test splits, every few rounds
+    test_metrics: dict[str, Number] = {}
 
 
 class Curve(_Frozen):

@@ -88,6 +88,7 @@ class FederationState:
         self._started = time.time()
         self._failed: set[str] = set()
         self._ended = False
+        self._scores: dict[int, dict[str, Number]] = {}  # a simulation's test-split scores, by round
         self.version = 0
 
     @contextmanager
@@ -134,6 +135,8 @@ class FederationState:
             view = closed_view(result, started)
             if opened is not None:
                 view = view.model_copy(update={"asked": opened.asked, "answered": opened.answered})
+            if result.round in self._scores:
+                view = view.model_copy(update={"test_metrics": self._scores[result.round]})
             self._rounds.append(view)
             self._open = None
             for name in result.sites:
@@ -156,6 +159,15 @@ class FederationState:
                 self._reported.setdefault(site, []).append(
                     Reported(note.round, epsilon, finite(note.recorded.get("delta")))
                 )
+
+    def scored(self, round: int, metrics: Mapping[str, float]) -> None:
+        """A simulation scored round ``round``'s global model on the sites' test splits (the mean over them). The
+        simulator may say so before or after the round's end reaches this state."""
+        with self._changing("a round's test scores"):
+            scores = self._scores[round] = _metrics(metrics)
+            for at, view in enumerate(self._rounds):
+                if view.round == round and view.status == "closed":
+                    self._rounds[at] = view.model_copy(update={"test_metrics": scores})
 
     def ended(self) -> None:
         """The federation's run is over (its transport closed): a round still open never closed."""

@@ -132,10 +132,14 @@ def _status(
 
 
 def curves(closed: Sequence[RoundView]) -> tuple[Curve, ...]:
-    """The learning curves: every training metric the sites reported (their weighted mean, as aggregated) and
-    every federated evaluation metric (the mean over the sites that scored the model), round by round."""
+    """The learning curves: every training metric the sites reported (their weighted mean, as aggregated), every
+    federated evaluation metric (the mean over the sites that scored the model) and, in a simulation, the global
+    model's scores on the sites' test splits (kept when the sites send no metrics, under differential privacy),
+    round by round."""
     series: dict[str, dict[int, Number]] = {}
     for row in closed:
+        for key, value in row.test_metrics.items():
+            series.setdefault(f"test {key} (mean over the sites' test splits)", {})[row.round] = value
         for key, value in row.train_metrics.items():
             series.setdefault(f"training {key}", {})[row.round] = value
         scored: dict[str, list[float]] = {}

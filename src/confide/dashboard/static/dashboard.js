@@ -113,7 +113,13 @@
     const rows = shown.map((r) => {
       const failures = Object.entries(r.failures).map(([site, why]) => site + ": " + why);
       const evaluated = Object.keys(r.eval_metrics).length;
-      const metrics = metricsText(r.train_metrics) + (evaluated ? " (scored at " + evaluated + " site(s))" : "");
+      const tested = metricsText(r.test_metrics);
+      const metrics = [
+        metricsText(r.train_metrics) + (evaluated ? " (scored at " + evaluated + " site(s))" : ""),
+        tested ? "test splits: " + tested : "",
+      ]
+        .filter(Boolean)
+        .join("; ");
       return row(
         [
           cell(r.round, "num"),
@@ -162,7 +168,8 @@
     }
     byId("curves-note").textContent = state.curves.length
       ? ""
-      : "no curve yet: it grows as rounds close (under differential privacy the sites send no metrics)";
+      : "no curve yet: it grows as rounds close (under differential privacy the sites send no metrics; a " +
+        "simulation scores the global model on the sites' test splits every few rounds)";
   }
 
   function renderPrivacy(state) {
