@@ -260,10 +260,10 @@ def run_job(job: JobConfig, display: ProgressDisplay, watch: Watcher | None = No
     """Run the job's federation and its baselines, fine-tune at each site, then evaluate every model on every
     site. On the Ray engine (``simulation.engine: ray``), the federation alone: see :func:`run_many_sites`.
     With ``report.tensorboard`` or ``report.mlflow``, tracked as it runs (:mod:`confide.report.tracking`).
-    ``watch`` (the live dashboard) follows the federated run in this process (not the Ray engine's)."""
+    ``watch`` (the live dashboard) follows the federated run, on either engine."""
     with open_tracking(job, where="simulation") as tracking:
         if job.simulation.engine == "ray":
-            result = run_many_sites(job, display, tracking)
+            result = run_many_sites(job, display, tracking, watch)
         else:
             result = _run_here(job, display, tracking, watch)
         tracking.finish_job(result)
@@ -325,7 +325,9 @@ def _run_here(
     )
 
 
-def run_many_sites(job: JobConfig, display: ProgressDisplay, tracking: Tracking | None = None) -> JobResult:
+def run_many_sites(
+    job: JobConfig, display: ProgressDisplay, tracking: Tracking | None = None, watch: Watcher | None = None
+) -> JobResult:
     """A job on the Ray engine (``simulation.engine: ray``, :mod:`confide.sim_ray`): the federated run with its
     learning curve, then the federated model scored at every site, as the site uses it, on its own test split (the
     model's whole row of the cross-site matrix), each site's data read and scored in its actor. Not run, and said
@@ -359,9 +361,12 @@ def run_many_sites(job: JobConfig, display: ProgressDisplay, tracking: Tracking 
             job_plan.initial_global(job, workload),
             loop,
             Fanout(
-                Recorder(run, display, mean_scores, curve_every(job)),
+                Recorder(
+                    run, display, mean_scores, curve_every(job), scored=watch.scored if watch is not None else None
+                ),
                 tracking.rounds(run.name, curve=run.curve) if tracking is not None else None,
             ),
+            watch=watch,
         )
         run.seconds = time.perf_counter() - t1
         run.arrays, run.stopped = model_part(done.arrays), done.history.stopped

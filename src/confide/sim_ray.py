@@ -21,17 +21,22 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType, TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from confide import serde
 from confide.config import JobConfig
 from confide.errors import ConfideError, ConfigError
 from confide.records import Arrays
+from confide.server.events import Fanout
 from confide.server.loop import History, LoopConfig, RoundEvents, ServerLoop
 from confide.sim_ray_host import HostReport, HostScores, SiteHost, SiteReport, job_document
 from confide.strategies.base import Strategy
 from confide.tasks.python_config import PythonTaskConfig
+from confide.transport.base import Transport
 from confide.transport.ray_transport import RayTransport
+
+if TYPE_CHECKING:
+    from confide.dashboard.follow import Watcher
 
 log = logging.getLogger(__name__)
 
@@ -185,16 +190,27 @@ class RayFederation:
         self._live()
         return RayTransport(self.hosts, self.placement, window=self.window)
 
-    def run(self, strategy: Strategy, initial: Arrays, config: LoopConfig, events: RoundEvents | None = None) -> RayRun:
-        """The federated run: the server loop here, the sites in the actors."""
+    def run(
+        self,
+        strategy: Strategy,
+        initial: Arrays,
+        config: LoopConfig,
+        events: RoundEvents | None = None,
+        watch: Watcher | None = None,
+    ) -> RayRun:
+        """The federated run: the server loop here, the sites in the actors. ``watch`` (the live dashboard) follows
+        it; the sites' ledgers live in their actors, so it shows the epsilon their updates report."""
         if config.secure is not None:
             raise ConfigError("the Ray engine does not run secure aggregation: use simulation.engine inprocess")
-        transport = self.transport()
+        transport: Transport = self.transport()
+        if watch is not None:
+            followed = watch.follow(transport)
+            transport, events = followed.transport, Fanout(events, followed.events)
         loop = ServerLoop(strategy, transport, initial, config, events)
         try:
             history = loop.run()
         finally:
-            transport.close()
+            transport.close()  # a watching dashboard hears that the run is over, however it ended
         return RayRun(arrays=loop.global_arrays, history=history)
 
     def scores(self, arrays: Arrays) -> dict[str, dict[str, float]]:

@@ -71,12 +71,3 @@ def test_simulate_with_a_dashboard_keeps_its_token_private_and_says_where_it_is(
     assert (tmp_path / "run" / TOKEN_FILE).read_text() == token  # kept across runs
     assert stat.S_IMODE((tmp_path / "run" / TOKEN_FILE).stat().st_mode) == 0o600
     assert (tmp_path / "run" / PLACE_FILE).is_file()
-
-
-def test_simulate_with_a_dashboard_on_the_ray_engine_is_a_clear_error(tmp_path: Path) -> None:
-    job = tmp_path / "job.yaml"
-    job.write_text(f"name: ray\ntask: {{name: table, target: label}}\ndata: {{root: {tmp_path / 't.csv'}}}\n")
-
-    result = CliRunner().invoke(app, ["simulate", str(job), "--engine", "ray", "--dashboard", "0"])
-
-    assert result.exit_code == 2 and "not available with the Ray engine" in result.output

@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from confide import job_plan, serde
 from confide.cli import app
 from confide.config import JobConfig, parse_job
+from confide.dashboard.live import Dashboard
 from confide.errors import ConfigError
 from confide.experiment import run_job
 from confide.kinds.tables.synthetic import synthetic_binary_table
@@ -155,3 +156,29 @@ def test_confide_simulate_on_ray_reports_many_sites_and_every_site_s_ledger(tmp_
         assert [entry["round"] for entry in entries] == sampled
         assert all(entry["params"][RATE_KEY] == 0.1 for entry in entries)
         assert all(entry["params"]["site_sampling_amplification"] == "none" for entry in entries)
+
+
+def test_the_live_dashboard_follows_a_job_on_the_ray_engine(tmp_path: Path) -> None:
+    privacy = {"filters": [{"type": "gaussian", "clip": 1.0, "noise_multiplier": 2.0}]}
+    job = _job(_table(tmp_path, sites=6), "ray", privacy=privacy, fraction=0.5)
+
+    with Dashboard(job, mode="simulation", token="t" * 32) as dashboard:
+        result = run_job(job, ProgressDisplay(enabled=False), dashboard)
+        snap = dashboard.snapshot()
+
+    fed = next(run for run in result.runs if run.kind == "federated")
+    assert [(r.round, r.status, len(r.accepted)) for r in snap.rounds] == [
+        (1, "closed", 3),
+        (2, "closed", 3),
+        (3, "closed", 3),
+    ]
+    assert snap.status == "done: every round closed" and not snap.sites[0].connected  # the run is over
+    assert sum(s.accepted for s in snap.sites) == 9 and {s.name for s in snap.sites} <= set(result.sizes)
+    # the ledgers live in the actors: the page shows what each update reported, the same totals the ledgers hold
+    assert snap.privacy.source == "reported" and "Ray actors" in snap.privacy.note
+    for view in snap.privacy.ledgers:
+        assert [(p.round, p.epsilon) for p in view.points] == [
+            (e.round, pytest.approx(e.epsilon_total)) for e in fed.ledgers[view.site].entries
+        ]
+    (auc,) = [c for c in snap.curves if c.name.startswith("test auc")]  # no training metric under DP
+    assert auc.rounds == (1, 2, 3) and auc.values == tuple(point["auc"] for point in fed.curve)

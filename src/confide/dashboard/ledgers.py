@@ -1,7 +1,8 @@
 """The privacy part of the dashboard: each site's epsilon after every round, against its budget.
 
 A simulation holds every site's ledger in its process: the dashboard reads them as they are (their entries are
-appended by the sites' runners; reading them changes nothing). A deployed server holds none: each site keeps its
+appended by the sites' runners; reading them changes nothing). On the Ray engine they live in the actors, and the
+page shows what the sites' updates report, as deployed. A deployed server holds none: each site keeps its
 own (``KIT/ledger.json``). All it can know is the epsilon each site reports with its update (its ledger's total,
 over every job it took part in), which it cannot check, and the job's budget, which a site's own policy may make
 smaller. The page says which of the two it shows, or that it knows nothing."""
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from confide.dashboard.snapshot import LedgerPoint, LedgerView, Number, PrivacyView, finite
+from confide.dashboard.snapshot import LedgerPoint, LedgerView, Mode, Number, PrivacyView, finite
 from confide.dashboard.state import Reported
 from confide.privacy.ledger import Ledger
 
@@ -51,13 +52,23 @@ def from_ledgers(ledgers: Mapping[str, Ledger]) -> PrivacyView:
     )
 
 
-def from_reports(reported: Mapping[str, tuple[Reported, ...]], job_budget: Number) -> PrivacyView:
-    """What the sites reported with their updates (a deployment)."""
+def from_reports(
+    reported: Mapping[str, tuple[Reported, ...]], job_budget: Number, mode: Mode = "deployment"
+) -> PrivacyView:
+    """What the sites reported with their updates (a deployment, or a simulation whose sites' ledgers live in
+    Ray's actors)."""
     if not reported:
         return PrivacyView(
             source="none",
             note="the server knows nothing of the sites' privacy ledgers: each site keeps its own, and no update "
             "has reported an epsilon (its privacy spends none, or no update has arrived yet)",
+        )
+    if mode == "simulation":
+        return PrivacyView(
+            source="reported",
+            note="as each site reported it with its updates: its own ledger's total; the ledgers stay in the Ray "
+            "actors that host the sites, and come back to the report when the job ends",
+            ledgers=_views(reported, job_budget),
         )
     budget = (
         ""
@@ -68,13 +79,17 @@ def from_reports(reported: Mapping[str, tuple[Reported, ...]], job_budget: Numbe
         source="reported",
         note="as each site reported it with its updates: its own ledger's total (over every job its kit took part "
         "in), which the server cannot check; the ledgers stay at the sites." + budget,
-        ledgers=tuple(
-            LedgerView(
-                site=site,
-                delta=items[-1].delta,
-                budget=job_budget,
-                points=points((item.round, item.epsilon) for item in items),
-            )
-            for site, items in sorted(reported.items())
-        ),
+        ledgers=_views(reported, job_budget),
+    )
+
+
+def _views(reported: Mapping[str, tuple[Reported, ...]], job_budget: Number) -> tuple[LedgerView, ...]:
+    return tuple(
+        LedgerView(
+            site=site,
+            delta=items[-1].delta,
+            budget=job_budget,
+            points=points((item.round, item.epsilon) for item in items),
+        )
+        for site, items in sorted(reported.items())
     )

@@ -23,7 +23,6 @@ from confide.dashboard.snapshot import Mode, Snapshot, finite
 from confide.dashboard.state import FederationState
 from confide.dashboard.view import JobFacts, Source, build
 from confide.dashboard.watch import watched
-from confide.errors import ConfigError
 from confide.privacy.ledger import Ledger
 from confide.transport.base import Transport
 
@@ -155,8 +154,6 @@ def launch(
     if port is None:
         yield None
         return
-    if mode == "simulation" and job.simulation.engine == "ray":
-        raise ConfigError("--dashboard follows the in-process simulator: it is not available with the Ray engine")
     token = ensure_token(folder)
     with Dashboard(job, mode=mode, token=token, host=host, port=port) as dashboard:
         place = write_place(folder, host, dashboard.port)

@@ -65,7 +65,7 @@ def build(parts: Parts, job: JobFacts, mode: Mode, source: Source | None) -> Sna
     if source is not None and source.ledgers is not None:
         privacy = from_ledgers(source.ledgers)
     else:
-        privacy = from_reports(parts.reported, job.budget)
+        privacy = from_reports(parts.reported, job.budget, mode)
     return Snapshot(
         version=parts.version,
         mode=mode,
