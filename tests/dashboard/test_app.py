@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from confide.dashboard.app import cookie_name
 from confide.dashboard.live import Dashboard
 from confide.dashboard.snapshot import Snapshot
 from confide.errors import ConfigError
@@ -54,7 +55,8 @@ def test_every_path_needs_the_token(dashboard: Dashboard, path: str) -> None:
     missing = request(url, token=None)[0]
     wrong_bearer = request(url, token="not-the-token-at-all")[0]
     wrong_query = request(url + "?token=not-the-token-at-all", token=None)[0]
-    wrong_cookie = request(url, token=None, headers={"Cookie": "confide_dashboard=not-the-token-at-all"})[0]
+    own_cookie = cookie_name(TOKEN)  # its name, with another value
+    wrong_cookie = request(url, token=None, headers={"Cookie": f"{own_cookie}=not-the-token-at-all"})[0]
 
     assert (missing, wrong_bearer, wrong_query, wrong_cookie) == (401, 401, 401, 401)
 
@@ -130,6 +132,25 @@ def test_the_page_sets_a_strict_cookie_with_which_its_own_files_load(dashboard: 
     assert status == 200 and b'id="sites"' in body and b'id="rounds"' in body and b'id="curves"' in body
     assert "httponly" in cookie.lower() and "samesite=strict" in cookie.lower()
     assert script[0] == 200 and b"EventSource" in script[2]
+
+
+def test_two_dashboards_on_one_host_keep_their_cookies_apart(tmp_path: Path, dashboard: Dashboard) -> None:
+    """A browser keeps one cookie jar per host, whatever the port: with one cookie name, opening a second
+    dashboard replaced the first's cookie, and the first page's files then answered 401."""
+    other_token = "another-dashboard-token-0123456789"
+    job = table_job(tmp_path / "t.csv", tmp_path / "run2")
+    with Dashboard(job, mode="simulation", token=other_token) as other:
+        first = request(dashboard.url + f"?token={TOKEN}", token=None)[1]["set-cookie"].split(";")[0]
+        second = request(other.url + f"?token={other_token}", token=None)[1]["set-cookie"].split(";")[0]
+        jar = f"{first}; {second}"  # what the browser sends to either port of 127.0.0.1
+
+        answers = [
+            request(url + "static/dashboard.js", token=None, headers={"Cookie": jar})[0]
+            for url in (dashboard.url, other.url)
+        ]
+
+    assert first.split("=")[0] != second.split("=")[0] and TOKEN[:8] not in first.split("=")[0]
+    assert answers == [200, 200]
 
 
 def test_the_page_never_parses_what_it_shows_as_markup() -> None:

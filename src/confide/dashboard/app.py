@@ -7,7 +7,9 @@
 
 Only GET (and HEAD) is answered; anything else gets 405. The token comes as ``Authorization: Bearer TOKEN``, as
 ``?token=TOKEN`` (the browser's first visit, and its event stream) or, for the page's own script and styles, the
-cookie the page's answer sets (HttpOnly, SameSite=Strict); a missing or wrong one gets 401. Tokens are compared in
+cookie the page's answer sets (HttpOnly, SameSite=Strict; named after a hash of the token, since a browser keeps
+one cookie jar per host whatever the port, so two dashboards on one host keep theirs apart); a missing or wrong one
+gets 401. Tokens are compared in
 constant time. Every answer forbids framing, sniffing and referrers (the token may be in the address), and the
 page may run only the scripts served here.
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 import hmac
 import threading
 from collections.abc import AsyncIterator, Hashable
@@ -30,7 +33,13 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-COOKIE = "confide_dashboard"
+COOKIE_PREFIX = "confide_dashboard_"
+
+
+def cookie_name(token: str) -> str:
+    """The cookie of the dashboard guarded by ``token``: 12 hex digits of its hash tell it from another
+    dashboard's on the same host, and say nothing usable of the token."""
+    return COOKIE_PREFIX + hashlib.sha256(token.encode()).hexdigest()[:12]
 PAGE_FILES = {"dashboard.js": "text/javascript", "dashboard.css": "text/css"}
 SECURITY_HEADERS = [
     (
@@ -53,8 +62,9 @@ class Publisher(Protocol):
     def snapshot_json(self) -> bytes: ...
 
 
-def token_of(scope: Scope) -> str | None:
-    """The token a request presents: its bearer header, else its ``token`` query parameter, else the cookie."""
+def token_of(scope: Scope, cookie_name: str) -> str | None:
+    """The token a request presents: its bearer header, else its ``token`` query parameter, else the cookie
+    called ``cookie_name``."""
     headers = dict(scope.get("headers") or [])
     auth = headers.get(b"authorization", b"").decode("latin-1")
     if auth.lower().startswith("bearer "):
@@ -69,8 +79,8 @@ def token_of(scope: Scope) -> str | None:
             jar.load(cookie.decode("latin-1"))
         except Exception:  # a malformed cookie header presents no token
             return None
-        if COOKIE in jar:
-            return jar[COOKIE].value
+        if cookie_name in jar:
+            return jar[cookie_name].value
     return None
 
 
@@ -80,6 +90,7 @@ class TokenGate:
     def __init__(self, app: ASGIApp, token: str) -> None:
         self.app = app
         self.token = token.encode()
+        self.cookie = cookie_name(token)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -91,7 +102,7 @@ class TokenGate:
                 message["headers"] = [*message.get("headers", []), *SECURITY_HEADERS]
             await send(message)
 
-        given = token_of(scope)
+        given = token_of(scope, self.cookie)
         if given is None or not hmac.compare_digest(given.encode(), self.token):
             answer = Response(
                 "a valid dashboard token is needed (Authorization: Bearer TOKEN, or ?token=TOKEN)\n",
@@ -127,12 +138,13 @@ def make_app(
     """The dashboard's application. ``stopping``: set when the server shuts down, which ends every event stream."""
     if len(token) < 16:
         raise ValueError("the dashboard token must be at least 16 characters")
+    cookie = cookie_name(token)
 
     async def page(request: Request) -> Response:
         answer = Response(static_file("index.html"), media_type="text/html")
-        given = token_of(request.scope)
+        given = token_of(request.scope, cookie)
         if given is not None:  # the page's own script and styles then need no token in their addresses
-            answer.set_cookie(COOKIE, given, httponly=True, samesite="strict", path="/")
+            answer.set_cookie(cookie, given, httponly=True, samesite="strict", path="/")
         return answer
 
     async def page_file(request: Request) -> Response:
