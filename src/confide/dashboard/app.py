@@ -2,7 +2,8 @@
 
 - ``/``: the page (``static/index.html``; its script and styles under ``/static/``);
 - ``/api/state``: the federation now, as JSON (:class:`~confide.dashboard.snapshot.Snapshot`);
-- ``/api/events``: server-sent events, the new snapshot whenever it changes, a keep-alive comment meanwhile;
+- ``/api/events``: server-sent events, the new snapshot whenever it changes, a keep-alive comment meanwhile, and
+  an ``end`` event when the dashboard stops (the process ends);
 - ``/static/plotly.js``: plotly.js from the installed plotly package (nothing is fetched from the internet).
 
 Only GET (and HEAD) is answered; anything else gets 405. The token comes as ``Authorization: Bearer TOKEN``, as
@@ -40,6 +41,8 @@ def cookie_name(token: str) -> str:
     """The cookie of the dashboard guarded by ``token``: 12 hex digits of its hash tell it from another
     dashboard's on the same host, and say nothing usable of the token."""
     return COOKIE_PREFIX + hashlib.sha256(token.encode()).hexdigest()[:12]
+
+
 PAGE_FILES = {"dashboard.js": "text/javascript", "dashboard.css": "text/css"}
 SECURITY_HEADERS = [
     (
@@ -173,6 +176,9 @@ def make_app(
                 yield b": keep-alive\n\n"
             await asyncio.sleep(poll_s)
             quiet += poll_s
+        # the process is ending (a simulation done, a server stopped): the page keeps its last state, says so and
+        # stops reconnecting
+        yield b"event: end\ndata: {}\n\n"
 
     async def events(request: Request) -> Response:
         return StreamingResponse(stream(), media_type="text/event-stream", headers={"X-Accel-Buffering": "no"})

@@ -242,13 +242,24 @@
     badge.className = on ? "on" : "off";
   }
 
+  let ended = false;
+
   function connect() {
     const source = new EventSource("api/events" + query);
     source.onmessage = (event) => {
       render(JSON.parse(event.data));
       live(true, "live");
     };
-    source.onerror = () => live(false, "reconnecting\u2026 (is the server still running?)");
+    source.onerror = () => {
+      if (!ended) {
+        live(false, "reconnecting\u2026 (is the server still running?)");
+      }
+    };
+    source.addEventListener("end", () => {
+      ended = true;
+      source.close();
+      live(false, "ended: the process that served this page has stopped; it shows the last state it sent");
+    });
   }
 
   fetch("api/state" + query, { credentials: "same-origin" })
