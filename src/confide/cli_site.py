@@ -4,6 +4,7 @@ and `confide privacy report` (a run's ledgers, or a site's kit: its ledger acros
 from __future__ import annotations
 
 import functools
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -46,6 +47,13 @@ def site(
             "whose digest KIT/approved_jobs.txt lists, and declines any other"
         ),
     ] = False,
+    ask: Annotated[
+        bool | None,
+        typer.Option(
+            help="ask the operator, after showing it, whether to run a job that is not approved (default: ask when "
+            "this command's input is a terminal; --no-ask declines such a job without asking)"
+        ),
+    ] = None,
     verbose: Annotated[
         bool, typer.Option(help="show joins, instructions, retries and reconnects as they happen")
     ] = False,
@@ -61,7 +69,10 @@ def site(
     given = {"--server": server_address, "--models": models, "--code": code, "--data-site": data_site}
     again = ["confide", "site", "--kit", str(kit), "--data", str(data)]
     again += [part for flag, value in given.items() if value is not None for part in (flag, str(value))]
-    approval = Approval.of_kit(kit, approve=approve, again=shlex.join([*again, "--approve"]))
+    asking = sys.stdin.isatty() if ask is None else ask
+    approval = Approval.of_kit(
+        kit, approve=approve, again=shlex.join([*again, "--approve"]), prompt=input if asking else None
+    )
     from rich.table import Table
 
     from confide.deploy_site import private_runner, read_kit_config, run_site, site_code, site_privacy

@@ -17,8 +17,11 @@ def free_port() -> int:
 
 
 def start(*args: str) -> subprocess.Popen[str]:
-    """``confide ARGS`` in a process of its own, its output (stdout and stderr) kept."""
-    return subprocess.Popen([*CLI, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    """``confide ARGS`` in a process of its own, its output (stdout and stderr) kept; no input (a site never waits
+    on a question at the terminal the tests run in)."""
+    return subprocess.Popen(
+        [*CLI, *args], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
 
 
 def finish(

@@ -11,7 +11,7 @@ import pytest
 from confide.config import parse_job
 from confide.errors import ConfigError
 from confide.privacy.config import PrivacyConfig
-from confide.site.consent import APPROVED_JOBS, Approval, approval_line, job_digest, read_approvals
+from confide.site.consent import APPROVED_JOBS, Approval, add_approval, approval_line, job_digest, read_approvals
 from confide.site.job_view import describe_job
 from confide.transport.grpc_client import JobDeclined
 from tests.site import deployed
@@ -105,10 +105,67 @@ def test_the_operator_sees_the_job_and_how_to_approve_it(tmp_path: Path) -> None
     assert consent.kept is not None and json.loads(consent.kept.read_text()) == JOB
 
 
+class _Operator:
+    """Answers the site's questions in turn, and keeps them."""
+
+    def __init__(self, *answers: str | type[BaseException], log: list[str] | None = None) -> None:
+        self.answers = list(answers)
+        self.asked: list[str] = [] if log is None else log
+
+    def __call__(self, question: str) -> str:
+        self.asked.append(question)
+        answer = self.answers.pop(0)
+        if isinstance(answer, type):
+            raise answer()
+        return answer
+
+
+def test_at_a_terminal_the_operator_approves_the_job_shown_and_may_list_it_for_next_time(tmp_path: Path) -> None:
+    shown = describe_job(parse_job(JOB), PrivacyConfig(), None)
+    said: list[str] = []
+    operator = _Operator(" Y ", "yes", log=said)  # what the site says and asks, in order
+
+    consent = Approval.of_kit(tmp_path, prompt=operator).ask(JOB, shown, said.append)
+
+    assert consent.approved and consent.how == "approved by the operator at the prompt"
+    question = said.index("Run this job on this site's data now? [y/N] ")
+    assert said.index(shown[-1]) < question and f"job digest (SHA-256): {consent.digest}" in said[question - 2]
+    assert "NOT APPROVED" not in "\n".join(said)
+    assert read_approvals(tmp_path) == {consent.digest: f"heart, approved {consent_day(tmp_path)}"}
+    again = Approval.of_kit(tmp_path, prompt=_Operator()).ask(JOB, shown, said.append)  # asks nothing now
+    assert again.approved and "listed in" in again.how
+
+
+def consent_day(kit: Path) -> str:
+    return (kit / APPROVED_JOBS).read_text().split("approved ")[-1].strip()
+
+
+@pytest.mark.parametrize("answers", [("n",), ("",), ("maybe",), (EOFError,), (KeyboardInterrupt,)])
+def test_any_answer_but_yes_at_the_prompt_declines_and_lists_nothing(
+    tmp_path: Path, answers: tuple[str | type[BaseException], ...]
+) -> None:
+    said: list[str] = []
+
+    consent = Approval.of_kit(tmp_path, prompt=_Operator(*answers)).ask(JOB, ["job 'heart'"], said.append)
+
+    assert not consent.approved and consent.how == "the operator declined it at the prompt"
+    assert "NOT APPROVED: the operator declined it at the prompt." in said
+    assert not (tmp_path / APPROVED_JOBS).exists()
+
+
+def test_an_approval_is_appended_to_a_list_without_a_final_newline(tmp_path: Path) -> None:
+    (tmp_path / APPROVED_JOBS).write_text(f"{'a' * 64}  # older job")
+
+    line = add_approval(tmp_path, job_digest(JOB), "heart")
+
+    assert (tmp_path / APPROVED_JOBS).read_text() == f"{'a' * 64}  # older job\n{line}\n"
+    assert set(read_approvals(tmp_path)) == {"a" * 64, job_digest(JOB)}
+
+
 def test_a_site_without_approval_declines_and_the_round_goes_on_with_its_reason(tmp_path: Path) -> None:
-    """site-1 runs with --approve, site-2 lists the job's digest, site-3 lists only an earlier version of the job
-    (one local step less): a changed job needs approval again. Its refusal is its last word: the server stops
-    counting it at once, so round 2 neither asks it nor waits out its silence."""
+    """site-1's operator approves at the prompt, site-2 lists the job's digest, site-3 lists only an earlier version
+    of the job (one local step less): a changed job needs approval again. Its refusal is its last word: the server
+    stops counting it at once, so round 2 neither asks it nor waits out its silence."""
     kits = deployed.federation(tmp_path / "kits")
     job = deployed.job(tmp_path, rounds=2)
     earlier = deployed.job(tmp_path, federation={"rounds": 2, "local_steps": 2, "min_sites": 2, "start_sites": 3})
@@ -118,7 +175,7 @@ def test_a_site_without_approval_declines_and_the_round_goes_on_with_its_reason(
     (site_2 / APPROVED_JOBS).write_text(approval_line(digest, job.name) + "\n")
     (site_3 / APPROVED_JOBS).write_text(approval_line(before, job.name) + "\n")
     approvals = {
-        "site-1": Approval.of_kit(kits / "sites" / "site-1", approve=True),
+        "site-1": Approval.of_kit(kits / "sites" / "site-1", prompt=_Operator("y", "n")),  # --approve: unit-tested
         "site-2": Approval.of_kit(site_2),
         "site-3": Approval.of_kit(site_3, again="confide site ... --approve"),
     }
@@ -142,6 +199,7 @@ def test_a_site_without_approval_declines_and_the_round_goes_on_with_its_reason(
     assert "NOT APPROVED" in said and "approved before with digest" in said
     assert f"{digest}  # consent-test, approved" in said and "confide site ... --approve" in said
     assert "approved: listed in" in "\n".join(sites["site-2"].said)
-    assert "approved for this run by --approve" in "\n".join(sites["site-1"].said)
+    assert "approved by the operator at the prompt: this site takes part" in sites["site-1"].said
+    assert not (kits / "sites" / "site-1" / APPROVED_JOBS).exists()  # "n" to listing it
     assert (site_3 / "audit" / "jobs" / f"{digest}.json").is_file()  # what it declined, kept for its auditor
     assert not (site_3 / "audit" / "releases.jsonl").exists()  # it released nothing

@@ -10,6 +10,9 @@ gives another. The site runs the job only when its operator approved it:
       # jobs this hospital runs without --approve
       3c9d...e1f0  # heart-disease, approved by the data protection officer on 2025-03-14
 
+- or, at a terminal, the operator's "y" when the site asks after showing the job (``confide site`` asks when its
+  input is a terminal, ``--no-ask`` never does); a second question offers to list its digest for next time.
+
 A job that changes (a round more, another filter, another model) has another digest and needs approval again. A job
 not approved is declined: the site tells the server (a refusal with a reason, see deploy.run_site) and leaves
 without reading its data. Each job received is kept as ``KIT/audit/jobs/DIGEST.json`` so that an auditor can see
@@ -111,11 +114,14 @@ class Approval:
     approve: bool = False
     listed: Mapping[str, str] = field(default_factory=dict)
     again: str = ""
+    prompt: Callable[[str], str] | None = None  # asks the operator a question at a terminal (``input``)
 
     @classmethod
-    def of_kit(cls, kit: Path, *, approve: bool = False, again: str = "") -> Approval:
+    def of_kit(
+        cls, kit: Path, *, approve: bool = False, again: str = "", prompt: Callable[[str], str] | None = None
+    ) -> Approval:
         """The kit's approvals, read now: a malformed list stops the site before it dials the server."""
-        return cls(kit, approve, read_approvals(kit), again)
+        return cls(kit, approve, read_approvals(kit), again, prompt)
 
     def decide(self, job: str, document: Mapping[str, Any]) -> Consent:
         digest = job_digest(document)
@@ -148,6 +154,10 @@ class Approval:
                 say(f"to run this exact job later without --approve, add to {self.kit / APPROVED_JOBS}:")
                 say(f"    {approval_line(consent.digest, job)}")
             return consent
+        if self.prompt is not None:
+            consent = self._asked(consent, say)
+            if consent.approved:
+                return consent
         say(f"NOT APPROVED: {consent.how}.")
         say("This site does not read its data, train or send an update: it tells the server it declines, and stops.")
         say("To approve this job, either run the site again with --approve:")
@@ -155,6 +165,40 @@ class Approval:
         say(f"or add this line to {self.kit / APPROVED_JOBS} and start the site again:")
         say(f"    {approval_line(consent.digest, job)}")
         return consent
+
+    def _asked(self, consent: Consent, say: Callable[[str], None]) -> Consent:
+        """The operator's answer at the terminal (anything but y or yes, or no answer at all, declines)."""
+        prompt = self.prompt or (lambda question: "")
+        say(f"This job is not approved yet ({consent.how}).")
+        if not _yes(prompt, "Run this job on this site's data now? [y/N] "):
+            return Consent(consent.job, consent.digest, False, "the operator declined it at the prompt", consent.kept)
+        approved = Consent(consent.job, consent.digest, True, "approved by the operator at the prompt", consent.kept)
+        say(f"{approved.how}: this site takes part")
+        if _yes(prompt, f"Also list its digest in {self.kit / APPROVED_JOBS}, to run it without asking? [y/N] "):
+            line = add_approval(self.kit, consent.digest, consent.job)
+            say(f"added to {self.kit / APPROVED_JOBS}: {line}")
+        return approved
+
+
+def _yes(prompt: Callable[[str], str], question: str) -> bool:
+    try:
+        answer = prompt(question)
+    except (EOFError, KeyboardInterrupt):  # the input closed, or the operator stopped: no
+        return False
+    return answer.strip().lower() in {"y", "yes"}
+
+
+def add_approval(kit: Path, digest: str, job: str) -> str:
+    """Append the line that approves ``digest`` to the kit's ``approved_jobs.txt`` (made if missing); return it."""
+    line = approval_line(digest, job)
+    path = kit / APPROVED_JOBS
+    try:
+        before = path.read_text(encoding="utf-8") if path.exists() else ""
+        with path.open("a", encoding="utf-8") as out:
+            out.write(("" if not before or before.endswith("\n") else "\n") + line + "\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot add the approval to {path}: {exc}") from None
+    return line
 
 
 def keep_job(kit: Path, document: Mapping[str, Any], digest: str) -> Path:
