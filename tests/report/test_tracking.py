@@ -291,6 +291,29 @@ def test_a_database_store_without_sqlalchemy_says_what_it_needs(
     assert "pip install sqlalchemy alembic" in str(caught.value)
 
 
+def test_a_job_tracks_to_an_sqlite_store_its_rounds_and_its_table_as_an_artifact(tmp_path: Path) -> None:
+    """MLflow 3 steers users from folders to database stores: a sqlite file, with its artifacts in the report
+    folder (``mlartifacts``), read back with MLflow's own client."""
+    pytest.importorskip("sqlalchemy", reason="the tracking extra's database stores need SQLAlchemy")
+    from mlflow.tracking import MlflowClient
+
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    job = _job(tmp_path, report={"mlflow": store}, finetune={"steps": 0})
+
+    tracked = _run(job)
+
+    client = MlflowClient(tracking_uri=store)
+    experiment = client.get_experiment_by_name("tracked")
+    assert experiment is not None and experiment.artifact_location.startswith((tracked.out / "mlartifacts").as_uri())
+    runs = {run.info.run_name: run for run in client.search_runs([experiment.experiment_id])}
+    fed = tracked.metrics["models"]["fedavg"]
+    assert _history(client, runs["fedavg"], "train/loss") == {int(p["round"]): p["loss"] for p in fed["curve"]}
+    assert {run.info.status for run in runs.values()} == {"FINISHED"}
+    table = json.loads(Path(client.download_artifacts(runs["tracked"].info.run_id, "cross_site.json")).read_text())
+    assert table["cross_site"] == tracked.metrics["cross_site"]
+    assert tracked.attempts == []  # a file on this machine: nothing reached over the network
+
+
 @pytest.fixture
 def full_disk(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, int]]:
     """Both backends' writes of round scalars fail from round 2 on, as on a full disk (closing still works)."""

@@ -7,10 +7,10 @@ child runs) holding that model's scalars, so the UI compares models metric by me
 
 Stores: ``true`` is ``<report.out>/mlruns``, a folder is read relative to the working directory; both, and
 ``file:`` URIs, are MLflow's file store (which MLflow 3 allows only when ``MLFLOW_ALLOW_FILE_STORE`` is set: Confide
-sets it unless it is set already). A database URI (``sqlite:///...``) needs SQLAlchemy, which mlflow-skinny lacks;
-a new experiment in one keeps its files in ``<report.out>/mlartifacts``. Only an ``http(s)`` or database URI is
-reached over the network: MLflow's own usage telemetry is turned off (``MLFLOW_DISABLE_TELEMETRY``) before MLflow
-is imported, and again if something imported it before.
+sets it unless it is set already). A database URI (``sqlite:///...``) needs SQLAlchemy and alembic, which mlflow-skinny
+lacks and the tracking extra brings; a new experiment in one keeps its files in ``<report.out>/mlartifacts``. Only
+an ``http(s)`` or database URI is reached over the network: MLflow's own usage telemetry is turned off
+(``MLFLOW_DISABLE_TELEMETRY``) before MLflow is imported, and again if something imported it before.
 """
 
 from __future__ import annotations
