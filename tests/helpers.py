@@ -63,7 +63,7 @@ def site_task_of(
 
 
 def serve_in_thread(
-    server_kit: Path, job: JobConfig, *, wait_s: float = 30.0, listen_s: float = 10.0
+    server_kit: Path, job: JobConfig, *, wait_s: float = 120.0, listen_s: float = 120.0
 ) -> tuple[threading.Thread, dict[str, object]]:
     """Serve ``job`` from ``server_kit`` on a free port, in a thread of this process, with the quadratic task's
     initial model (w = [0, 0]); return once it listens. The result dict gets "port", then "final" (the final

@@ -16,12 +16,14 @@ from confide.cli import app
 
 @pytest.mark.parametrize("task", ["table", "image"])
 def test_the_quick_audit_runs_end_to_end_and_writes_its_files(task: str, tmp_path: Path) -> None:
-    began = time.perf_counter()
+    # the audit's own CPU time, not the wall clock: on a loaded CI machine the image audit (15 s of CPU) took 25 s
+    # of wall time beside one other busy process; the audit runs in this thread (torch on one intra-op thread)
+    began = time.thread_time()
 
     result = CliRunner().invoke(app, ["privacy", "audit", "--task", task, "--out", str(tmp_path), "--seed", "1"])
 
     assert result.exit_code == 0, result.output
-    assert time.perf_counter() - began < 60
+    assert time.thread_time() - began < 60
     assert "no privacy" in result.output and "DP-SGD" in result.output
     document = json.loads((tmp_path / "audit.json").read_text())
     assert [row["config"] for row in document["rows"]] == ["none", "gaussian", "dp-sgd", "sparsify"]

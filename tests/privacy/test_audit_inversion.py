@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+import confide.privacy.filter
 from confide.audit.data import image_pool
 from confide.audit.image import run_image_audit
 from confide.audit.result import AuditResult, Silent
@@ -17,11 +20,18 @@ from confide.audit.settings import quick
 @pytest.fixture(scope="module")
 def audited(tmp_path_factory: pytest.TempPathFactory) -> AuditResult:
     settings = quick(seed=1)
-    # eight inversions, not four: the gaussian filter's noise is secret, so each run differs, and the mean SSIM of
-    # four noised reconstructions ranged from -0.37 to 0.50 over six runs (one failed a full test run); of eight,
-    # from -0.15 to 0.15 over five
+    # eight inversions, not four: the mean SSIM of four noised reconstructions ranged from -0.37 to 0.50 over six
+    # runs; of eight, from -0.15 to 0.15 over five
     settings = replace(settings, configs=("none", "gaussian"), image=replace(settings.image, trials=8, inversions=8))
-    return run_audit("image", settings, data=None, out=tmp_path_factory.mktemp("audit"), progress=Silent())
+    # The gaussian filter's noise is secret (a generator keyed from os.urandom), so each run differed: over 38 runs
+    # the noised PSNR was 11.7 +- 1.2 dB against a bound of 14.35 (2.2 sigma), the SSIM 0.15 +- 0.16 against 0.45
+    # (1.9 sigma), and one run failed both; at chance, identifying 5 or more of 8 comes once in about 1,000 runs.
+    # Here, in this test only, the filter draws from a seeded generator (a fresh key per update, as deployed): the
+    # product's noise stays secret, and the run is one typical draw of it, the same in every run.
+    keys = itertools.count()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(confide.privacy.filter, "secret_generator", lambda: np.random.default_rng([8, next(keys)]))
+        return run_audit("image", settings, data=None, out=tmp_path_factory.mktemp("audit"), progress=Silent())
 
 
 def test_without_a_filter_the_update_gives_the_image_away(audited: AuditResult) -> None:

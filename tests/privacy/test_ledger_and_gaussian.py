@@ -115,13 +115,17 @@ def test_dp_fedavg_weighs_sites_equally_and_adds_central_noise_to_the_sum() -> N
 def test_central_noise_cannot_be_regenerated_by_a_site_that_knows_the_job() -> None:
     """Issue 10: with the noise seeded from the job, a site re-ran the server's strategy, removed the noise from the
     new model and, knowing its own update, recovered the other site's. Now two servers from one job differ."""
-    results = [("a", TrainRes(1, arrays(w=[0.1, 0.2]), 1)), ("b", TrainRes(1, arrays(w=[0.3, -0.1]), 1))]
+    # 16 coordinates, not 2: the two servers' noises differ by N(0, 0.71^2) per coordinate (std 1 on the sum of two,
+    # halved, times sqrt 2), under 1e-3 with probability 1.1e-3; all of 2 by chance: 1e-6, all of 16: 1e-47
+    start = Arrays.from_dict({"w": np.zeros(16, np.float32)})
+    update = Arrays.from_dict({"w": np.linspace(-0.2, 0.3, 16, dtype=np.float32)})
+    results = [("a", TrainRes(1, update, 1)), ("b", TrainRes(1, Arrays.from_dict({"w": -update["w"]}), 1))]
     server = DPFedAvg(clip=1.0, noise_multiplier=1.0, placement="server")
     replay = DPFedAvg(clip=1.0, noise_multiplier=1.0, placement="server")  # the attacker's copy of the job
     replay.restore(server.state())
 
-    seen = server.aggregate(1, arrays(w=[0.0, 0.0]), iter(results)).arrays["w"]
-    guess = replay.aggregate(1, arrays(w=[0.0, 0.0]), iter(results)).arrays["w"]
+    seen = server.aggregate(1, start, iter(results)).arrays["w"]
+    guess = replay.aggregate(1, start, iter(results)).arrays["w"]
 
     assert float(np.abs(seen - guess).max()) > 1e-3
     assert server.state().scalars == {}  # no noise state in the checkpoint

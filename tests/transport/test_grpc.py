@@ -26,6 +26,7 @@ from confide.sim import simulate
 from confide.site.runner import SiteRunner
 from confide.strategies import FedAvg
 from tests.helpers import QuadraticTask, arrays, serve_in_thread
+from tests.transport.hostile import LONG, wait_until
 
 TARGETS = {"site-1": arrays(w=[2.0, 0.0]), "site-2": arrays(w=[0.0, 2.0]), "site-3": arrays(w=[1.0, 4.0])}
 SITES = list(TARGETS)
@@ -289,10 +290,15 @@ def test_a_site_name_missing_from_the_roster_is_refused_and_logged(
     assert any("refused a connection" in r.getMessage() and "roster" in r.getMessage() for r in caplog.records)
 
 
-class SlowInRoundOne(QuadraticTask):
+class LateInRoundOne(QuadraticTask):
+    """Answers round 1 only once the server's trail says that round closed: late however loaded the machine (a
+    fixed sleep of 2 s against a deadline of 1.5 s left the punctual sites 1.5 s to answer)."""
+
+    trail: Path
+
     def train(self, arrays: Arrays, config: Config, round: int) -> TrainRes:
         if round == 1:
-            time.sleep(2.0)
+            assert wait_until(lambda: "round 1 closed" in _trail(self.trail)), "round 1 never closed"
         return super().train(arrays, config, round)
 
 
@@ -301,11 +307,13 @@ def test_a_result_arriving_after_its_round_closed_is_discarded_with_a_log_line(
 ) -> None:
     kits = _federation(tmp_path / "kits")
     job = _job(tmp_path, rounds=3)
-    federation = job.federation.model_copy(update={"min_sites": 2, "start_sites": 3, "round_deadline_s": 1.5})
+    # the deadline is what the punctual sites have to answer in (round 1 always lasts that long)
+    federation = job.federation.model_copy(update={"min_sites": 2, "start_sites": 3, "round_deadline_s": 5.0})
     job = job.model_copy(update={"federation": federation})
+    LateInRoundOne.trail = tmp_path
 
     def runner(name: str, job: JobConfig) -> SiteRunner:
-        task = SlowInRoundOne if name == "site-3" else QuadraticTask
+        task = LateInRoundOne if name == "site-3" else QuadraticTask
         return SiteRunner(name, task(TARGETS[name], examples=10))
 
     server, result = serve_in_thread(kits / "server", job)
@@ -317,7 +325,7 @@ def test_a_result_arriving_after_its_round_closed_is_discarded_with_a_log_line(
             ),
             daemon=True,
         ).start()
-    server.join(60)
+    server.join(120)
 
     assert "error" not in result, result.get("error")
     rounds = json.loads((tmp_path / "report" / "rounds.json").read_text())
@@ -402,12 +410,13 @@ def test_the_server_listens_on_its_kits_address_not_every_interface(tmp_path: Pa
     assert all(a.endswith("0100007F") for a in addresses), addresses
 
 
-def _sleeper(seconds: float, started: threading.Event) -> Callable[[memoryview], bytes]:
-    """A site's work: ``seconds`` on every instruction (a site still training when the job ends)."""
+def _busy_until(done: threading.Event, started: threading.Event) -> Callable[[memoryview], bytes]:
+    """A site's work: on every instruction, busy until ``done`` is set (a site still training when the job ends),
+    waited for rather than slept on, so that the test's steps come first however loaded the machine."""
 
     def work(_instruction: memoryview) -> bytes:
         started.set()
-        time.sleep(seconds)
+        assert done.wait(LONG), "the test never let the site finish its step"
         return b"late answer"
 
     return work
@@ -420,8 +429,8 @@ def test_a_site_told_the_job_is_over_leaves_soon_after_the_server_is_gone(tmp_pa
     from tests.transport.hostile import serve as serve_bare
 
     federation = serve_bare(_federation(tmp_path / "kits"), heartbeat_s=0.2, site_timeout_s=30.0)
-    started = threading.Event()
-    client = federation.honest("site-1", _sleeper(4.0, started), give_up_after_s=300.0, after_done_s=1.0)
+    started, server_gone = threading.Event(), threading.Event()
+    client = federation.honest("site-1", _busy_until(server_gone, started), give_up_after_s=300.0, after_done_s=1.0)
     service = federation.service
     assert len(service.wait_for_sites(1, 30)) == 1
     rounds = threading.Thread(target=lambda: list(service.exchange({"site-1": b"train"}, deadline_s=0.5)), daemon=True)
@@ -434,6 +443,7 @@ def test_a_site_told_the_job_is_over_leaves_soon_after_the_server_is_gone(tmp_pa
         time.sleep(0.05)
     federation.stop()  # the server goes before the site has finished its step
     stopped = time.monotonic()
+    server_gone.set()
 
     federation.threads[0].join(60)
 
@@ -450,12 +460,14 @@ def test_a_late_answer_after_the_job_ended_collects_the_final_model(tmp_path: Pa
     from tests.transport.hostile import serve as serve_bare
 
     federation = serve_bare(_federation(tmp_path / "kits"), heartbeat_s=0.2, site_timeout_s=30.0)
-    client = federation.honest("site-1", _sleeper(1.5, threading.Event()), give_up_after_s=300.0)
+    job_over = threading.Event()
+    client = federation.honest("site-1", _busy_until(job_over, threading.Event()), give_up_after_s=300.0)
     service = federation.service
     try:
         assert len(service.wait_for_sites(1, 30)) == 1
         list(service.exchange({"site-1": b"train"}, deadline_s=0.2))
         service.close(final=serde.encode_arrays(arrays(w=[1.0, 2.0])))
+        job_over.set()  # the site's answer comes after the last round closed
         assert service.wait_for_farewells(60) == []
         federation.threads[0].join(30)
     finally:
