@@ -111,7 +111,7 @@ def serve(
             "or choose another report.out"
         )
     # report.tensorboard / report.mlflow: opened before the server listens (a missing extra stops it there)
-    with server_trail(job.report.out), open_tracking(job, where="deployment") as tracking:
+    with server_trail(job.report.out), open_tracking(job, where="deployment", resume=found is not None) as tracking:
         log.info("server for job %r starting (%s)", job.name, "resuming" if found is not None else "new run")
         tracked = tracking.rounds(job.federation.strategy)  # also hears each answer: the epsilon sites report
         events = Fanout(events, tracked)

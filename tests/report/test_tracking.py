@@ -28,7 +28,7 @@ from confide.privacy.ledger import read_ledgers
 from confide.records import Arrays
 from confide.report.progress import ProgressDisplay
 from confide.report.tables import epsilon_by_round
-from confide.report.tracking import Tracking
+from confide.report.tracking import Tracking, open_tracking
 from confide.report.writer import write_report
 from confide.server.loop import RoundResult
 from confide.server.reported import ReportedUpdate
@@ -312,6 +312,50 @@ def test_a_job_tracks_to_an_sqlite_store_its_rounds_and_its_table_as_an_artifact
     table = json.loads(Path(client.download_artifacts(runs["tracked"].info.run_id, "cross_site.json")).read_text())
     assert table["cross_site"] == tracked.metrics["cross_site"]
     assert tracked.attempts == []  # a file on this machine: nothing reached over the network
+
+
+def _round(number: int) -> RoundResult:
+    return RoundResult(number, SITES, {}, {"loss": 1.0 / number}, {}, 1.0, 0.5)
+
+
+def test_a_resumed_deployment_goes_on_with_its_mlflow_runs_and_a_new_job_starts_its_own(tmp_path: Path) -> None:
+    """The server killed after round 2 (its runs left RUNNING, nothing closed) and resumed from its checkpoint:
+    round 3 lands in the same runs, which end FINISHED; the same job started afresh makes new runs."""
+    job = _job(tmp_path, report={"mlflow": True})
+    killed = open_tracking(job, where="deployment")
+    rounds = killed.rounds("fedavg")
+    assert rounds is not None
+    for number in (1, 2):
+        rounds.round_finished(_round(number), Arrays.from_dict({}))
+
+    with open_tracking(job, where="deployment", resume=True) as resumed:
+        again = resumed.rounds("fedavg")
+        assert again is not None
+        again.round_finished(_round(3), Arrays.from_dict({}))
+
+    client, runs = _mlflow(tmp_path / "out")
+    assert set(runs) == {"tracked", "fedavg"} and len(client.search_runs([runs["tracked"].info.experiment_id])) == 2
+    assert _history(client, runs["fedavg"], "train/loss") == {1: 1.0, 2: 0.5, 3: pytest.approx(1 / 3)}
+    assert {run.info.status for run in runs.values()} == {"FINISHED"}
+
+    with open_tracking(job, where="deployment"):  # not resumed: a run of its own
+        pass
+    parents = client.search_runs([runs["tracked"].info.experiment_id], filter_string="attributes.run_name = 'tracked'")
+    assert len(parents) == 2 and runs["tracked"].info.run_id in {run.info.run_id for run in parents}
+
+
+def test_a_resume_whose_run_file_names_another_store_starts_a_new_run(tmp_path: Path) -> None:
+    job = _job(tmp_path, report={"mlflow": True})
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "mlflow_run.json").write_text('{"uri": "file:///elsewhere", "experiment": "1", "run": "x"}')
+
+    with open_tracking(job, where="deployment", resume=True):
+        pass
+
+    _client, runs = _mlflow(tmp_path / "out")
+    assert list(runs) == ["tracked"] and runs["tracked"].info.status == "FINISHED"
+    kept = json.loads((tmp_path / "out" / "mlflow_run.json").read_text())
+    assert kept["run"] == runs["tracked"].info.run_id  # the run file now names the new run
 
 
 @pytest.fixture

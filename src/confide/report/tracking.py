@@ -204,9 +204,10 @@ class TrackedRounds:
         self.tracking.scalars(self.run, result.round, values)
 
 
-def open_tracking(job: JobConfig, *, where: str) -> Tracking:
+def open_tracking(job: JobConfig, *, where: str, resume: bool = False) -> Tracking:
     """What ``job.report`` asks for, opened (``where``: simulation or deployment, a tag of the tracked job), with
-    the job's configuration logged; a Tracking with no backend when it asks for none."""
+    the job's configuration logged; a Tracking with no backend when it asks for none. ``resume``: a deployment
+    resumed from its checkpoint, which goes on with its MLflow runs (TensorBoard appends to its folders anyway)."""
     report = job.report
     sinks: list[Sink] = []
     try:
@@ -214,7 +215,9 @@ def open_tracking(job: JobConfig, *, where: str) -> Tracking:
             sinks.append(TensorBoardSink(report.out / "tensorboard"))
         if report.mlflow is not False:
             tags = {"confide.where": where, "confide.version": _version(), "confide.job": job.name}
-            sinks.append(MlflowSink(report.mlflow, report.out, experiment=job.name, run_name=job.name, tags=tags))
+            sinks.append(
+                MlflowSink(report.mlflow, report.out, experiment=job.name, run_name=job.name, tags=tags, resume=resume)
+            )
     except BaseException:
         Tracking(sinks).close(failed=True)
         raise
