@@ -6,6 +6,7 @@ import pytest
 from confide.config import BrainTumorTaskConfig
 from confide.errors import DataError, TaskError
 from confide.kinds.brain_tumor.model import SegData, initial_arrays
+from confide.kinds.brain_tumor.task import tumour_burden
 from confide.tasks.torch_io import load_arrays
 from confide.workloads.registry import make_workload
 from tests.helpers import site_task_of
@@ -101,3 +102,20 @@ def test_the_headline_is_the_mean_dice_and_every_region_is_reported() -> None:
 
     assert workload.metric == "dice_mean"
     assert set(workload.metric_keys) == {"dice_mean", "dice_wt", "dice_tc", "dice_et"}
+
+
+def test_the_reports_notes_give_each_splits_tumour_burden() -> None:
+    regions = np.zeros((3, 3, 4, 4, 4), dtype=bool)
+    regions[0, 0, :2] = True  # 32 of 64 voxels: 50 %
+    regions[0, 1, 0] = True  # a core
+    regions[1, 0, 0, 0] = True  # 4 voxels: 6.25 %
+    regions[1, 2, 0, 0, 0] = True  # an enhancing voxel, and a core around it
+    regions[1, 1, 0, 0, 0] = True
+    # the third case has no tumour at all
+    data = SegData(np.zeros((3, 4, 4, 4, 4), np.float32), regions, ("a", "b", "c"))
+
+    text = tumour_burden(data)
+
+    assert text == (
+        "3 case(s), whole tumour 6.2 % of the volume (median; 0.0-50.0), tumour core in 2/3, enhancing tumour in 1/3"
+    )

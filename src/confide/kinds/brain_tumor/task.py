@@ -55,8 +55,24 @@ def read(config: BrainTumorTaskConfig, place: Place) -> SiteData:
     )
     if not site.train:
         raise DataError(f"site {place.site}: no usable training case in {place.folder}")
+    train = SegData.from_cases(site.train)
     test = SegData.from_cases(site.test) if site.test else None
-    return SiteData(SegData.from_cases(site.train), test, (), tuple((p.case_id, p.reason) for p in site.problems))
+    notes = tuple(f"{what}: {tumour_burden(data)}" for what, data in (("training", train), ("test", test)) if data)
+    return SiteData(train, test, notes, tuple((p.case_id, p.reason) for p in site.problems))
+
+
+def tumour_burden(data: SegData) -> str:
+    """What a split's labels hold, for the report: the whole tumour's size (share of the prepared volume, median and
+    range over the cases) and how many cases have a tumour core and an enhancing tumour (the regions' mix differs
+    between hospitals with their patients' grades)."""
+    n = len(data)
+    voxels = np.prod(data.regions.shape[2:])
+    share = data.regions[:, 0].reshape(n, -1).sum(axis=1) / voxels * 100.0
+    present = data.regions.reshape(n, len(REGIONS), -1).any(axis=2).sum(axis=0)
+    return (
+        f"{n} case(s), whole tumour {np.median(share):.1f} % of the volume (median; {share.min():.1f}-"
+        f"{share.max():.1f}), tumour core in {present[1]}/{n}, enhancing tumour in {present[2]}/{n}"
+    )
 
 
 def collate(config: BrainTumorTaskConfig, cases: list[tuple[torch.Tensor, torch.Tensor]]) -> Any:
