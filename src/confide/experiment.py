@@ -44,6 +44,7 @@ from confide.workloads.registry import make_workload
 
 if TYPE_CHECKING:
     from confide.dashboard.follow import Watcher
+    from confide.sim_ray import RayFederation
 
 
 @dataclass
@@ -325,15 +326,51 @@ def _run_here(
     )
 
 
+RAY_MATRIX_SITES = 50
+"""On the Ray engine, local-only and fine-tuned models (one per site, each scored at every site) up to this many
+sites."""
+
+
+def _ray_rows(
+    job: JobConfig, workload: Workload, federation: RayFederation, final: Arrays, display: ProgressDisplay
+) -> tuple[list[ModelRun], list[ModelRun]]:
+    """The local-only models (``compare: [local]``) and the fine-tuned ones (``finetune``), each trained in its
+    site's actor as the in-process engine trains them."""
+    locals_: list[ModelRun] = []
+    tuned: list[ModelRun] = []
+    if "local" in job.compare:
+        display.phase("training each site alone (local-only baselines)", 1)
+        t0 = time.perf_counter()
+        found = federation.local_models(job_plan.start_model(job, workload))
+        each = (time.perf_counter() - t0) / max(len(found), 1)  # the actors train several at once
+        for site, (arrays, losses) in found.items():
+            row = ModelRun(name=f"local:{site}", kind="local", sites=(site,), arrays=arrays, seconds=each)
+            row.curve = [{"round": float(i), "loss": loss} for i, loss in enumerate(losses, start=1)]
+            locals_.append(row)
+        display.advance(1, status=f"{len(found)} local-only models")
+    if job.finetune.enabled:
+        display.phase("fine-tuning at each site", 1)
+        t0 = time.perf_counter()
+        adapted = federation.finetuned(final)
+        each = (time.perf_counter() - t0) / max(len(adapted), 1)
+        for site, (arrays, loss) in adapted.items():
+            row = ModelRun(name=f"finetuned:{site}", kind="finetuned", sites=(site,), arrays=arrays, seconds=each)
+            row.curve.append({"round": 0.0, "loss": loss})
+            tuned.append(row)
+        display.advance(1, status=f"{len(adapted)} fine-tuned models")
+    return locals_, tuned
+
+
 def run_many_sites(
     job: JobConfig, display: ProgressDisplay, tracking: Tracking | None = None, watch: Watcher | None = None
 ) -> JobResult:
     """A job on the Ray engine (``simulation.engine: ray``, :mod:`confide.sim_ray`): the federated run with its
     learning curve, then the federated model scored at every site, as the site uses it, on its own test split (the
-    model's whole row of the cross-site matrix), each site's data read and scored in its actor. Not run, and said
-    in the result's description: the baselines (local-only means a federation per site, pooled gathers every
-    site's data in one process) and fine-tuning at each site with its row of the matrix (the matrix grows with the
-    square of the sites)."""
+    model's whole row of the cross-site matrix), each site's data read and scored in its actor. Up to
+    :data:`RAY_MATRIX_SITES` sites, also each site's local-only model (``compare: [local]``) and its fine-tuned
+    one, trained in its actor and scored at every site, as in-process. Not run, and said in the result's
+    description: the pooled baseline (it gathers every site's data in one process), and above that many sites the
+    local-only and fine-tuned models (a row each: the matrix grows with the square of the sites)."""
     from confide.sim_ray import RayFederation
 
     t0 = time.perf_counter()
@@ -372,30 +409,41 @@ def run_many_sites(
         run.arrays, run.stopped = model_part(done.arrays), done.history.stopped
         display.phase("scoring the federated model at every site", 1)
         cross = {run.name: with_summary(federation.scores(done.arrays), keys)}
-        reports = federation.reports()
         display.advance(1)
+        matrix = len(names) <= RAY_MATRIX_SITES
+        locals_, tuned = _ray_rows(job, workload, federation, done.arrays, display) if matrix else ([], [])
+        if locals_ or tuned:
+            display.phase("cross-site evaluation", len(locals_) + len(tuned))
+            for row in (*locals_, *tuned):
+                assert row.arrays is not None
+                cross[row.name] = with_summary(federation.scores(row.arrays, personal=False), keys)
+                display.advance(1, status=row.name)
+        reports = federation.reports()
         actors = federation.actors
     run.ledgers = {
         r.name: Ledger.from_document(r.name, r.ledger, delta=float(r.ledger["delta"]), budget=r.ledger["budget"])
         for r in reports
         if r.ledger is not None
     }
+    above = f" (above {RAY_MATRIX_SITES} sites)"
     skipped = [
         what
         for what, asked in (
-            (f"the baselines of compare ({', '.join(job.compare)})", job.compare),
-            ("fine-tuning at each site", job.finetune.enabled),
+            ("the pooled baseline (it gathers every site's data in one process)", "pooled" in job.compare),
+            ("the local-only baselines" + above, "local" in job.compare and not matrix),
+            ("fine-tuning at each site" + above, job.finetune.enabled and not matrix),
         )
         if asked
     ]
     note = (
         f"; simulated on Ray: {len(names)} sites on {actors} actor(s), a fraction {job.federation.fraction:g} of "
-        "them training each round; the federated model is scored at every site on its own test split"
+        "them training each round; every model is scored at every site on its own test split"
         + (f"; not run on this engine: {' and '.join(skipped)}" if skipped else "")
     )
     if job.report.plots and len(names) > PER_SITE_PLOTS:
         note += f"; per-site plots left out above {PER_SITE_PLOTS} sites (the learning curves are drawn)"
     seconds = {"data": t_data, "total": time.perf_counter() - t0, f"train:{run.name}": run.seconds}
+    seconds.update({f"train:{row.name}": row.seconds for row in (*locals_, *tuned)})
     return JobResult(
         job=job,
         sites=tuple(
@@ -403,7 +451,7 @@ def run_many_sites(
             for r in reports
         ),
         sizes={r.name: (r.train, r.test) for r in reports},
-        runs=(run,),
+        runs=(*locals_, run, *tuned),
         cross=cross,
         seconds=seconds,
         metric=workload.metric,

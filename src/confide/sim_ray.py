@@ -14,6 +14,7 @@ console) unless the caller started it already, and shut down at the end by whoev
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import os
@@ -213,14 +214,36 @@ class RayFederation:
             transport.close()  # a watching dashboard hears that the run is over, however it ended
         return RayRun(arrays=loop.global_arrays, history=history)
 
-    def scores(self, arrays: Arrays) -> dict[str, dict[str, float]]:
-        """Every metric of ``arrays`` at every site, as the site uses the model, on its own test split (with its
-        size: ``cases``), in the order of the sites."""
+    def scores(self, arrays: Arrays, *, personal: bool = True) -> dict[str, dict[str, float]]:
+        """Every metric of ``arrays`` at every site, on its own test split (with its size: ``cases``), in the order
+        of the sites: with ``personal``, the federated model as each site uses it; else the model as it is."""
         ray = self._live()
         model = ray.put(serde.encode_arrays(arrays))
         found: dict[str, dict[str, float]] = {}
-        for text in self._get([host.scores.remote(model) for host in self.hosts]):
+        for text in self._get([host.scores.remote(model, personal) for host in self.hosts]):
             found.update(HostScores.model_validate_json(text).scores)
+        return {site: found[site] for site in self.names}
+
+    def local_models(self, start: Arrays) -> dict[str, tuple[Arrays, list[float]]]:
+        """Each site trained alone from ``start`` in its actor (the local-only baseline): its model and its
+        training loss per round, in the order of the sites."""
+        ray = self._live()
+        payload = ray.put(serde.encode_arrays(start))
+        found: dict[str, tuple[Arrays, list[float]]] = {}
+        for part in self._get([host.local_models.remote(payload) for host in self.hosts]):
+            for site, model, losses in part:
+                found[str(site)] = (serde.decode_arrays(model), [float(x) for x in json.loads(losses)])
+        return {site: found[site] for site in self.names}
+
+    def finetuned(self, final: Arrays) -> dict[str, tuple[Arrays, float]]:
+        """Each site's adaptation of the federated model ``final`` to its own training split, made in its actor:
+        the adapted model and its training loss, in the order of the sites."""
+        ray = self._live()
+        payload = ray.put(serde.encode_arrays(final))
+        found: dict[str, tuple[Arrays, float]] = {}
+        for part in self._get([host.finetuned.remote(payload) for host in self.hosts]):
+            for site, model, loss in part:
+                found[str(site)] = (serde.decode_arrays(model), float(loss))
         return {site: found[site] for site in self.names}
 
     def reports(self) -> list[SiteReport]:

@@ -132,19 +132,58 @@ class SiteHost:
         else:
             log.warning("site %s: the server says: %s", site, message)
 
-    def scores(self, model: bytes) -> str:
-        """:class:`HostScores` (JSON) of ``model`` (serde arrays) at every site of this host: the model as the site
-        uses it (its own FedBN layers where it trained; controls removed) on its own test split, scored by one
-        evaluator task as the in-process engine's Evaluator does."""
+    def scores(self, model: bytes, personal: bool = True) -> str:
+        """:class:`HostScores` (JSON) of ``model`` (serde arrays) at every site of this host, on its own test split,
+        scored by one evaluator task as the in-process engine's Evaluator does: with ``personal``, the federated
+        model as the site uses it (its own FedBN layers where it trained; controls removed), else as it is (a
+        local-only or fine-tuned model)."""
         arrays = serde.decode_arrays(model)
         out: dict[str, dict[str, float]] = {}
         for site in self.names:
             split = self.load_split(site)
-            task = self.tasks.get(site)
-            personal: Arrays = task.personal(arrays) if task is not None else model_part(arrays)
-            metrics = self.evaluator().score(model_part(personal), split.test)
+            task = self.tasks.get(site) if personal else None
+            used: Arrays = task.personal(arrays) if task is not None else model_part(arrays)
+            metrics = self.evaluator().score(model_part(used), split.test)
             out[site] = {**metrics, "cases": float(self.workload.size(split.test))}
         return HostScores(scores=out).model_dump_json()
+
+    def local_models(self, start: bytes) -> list[tuple[str, bytes, str]]:
+        """Each of this host's sites trained alone from ``start`` (serde arrays) for the job's rounds and local
+        steps, without privacy (nothing leaves: the in-process engine's local-only baseline, built the same way):
+        (site, its model as serde arrays, its training loss per round as JSON), in the order of the sites."""
+        from confide import job_plan
+        from confide.sim import simulate
+
+        initial = serde.decode_arrays(start)
+        out = []
+        for site in self.names:
+            split = self.load_split(site)
+            task = self.workload.task(split.train, None, site=site, seed=self.job.seed, dp_sgd=None)
+            strategy = job_plan.build_strategy(
+                self.job, kind="local", sites=1, batch=self.workload.batch_size(), norm_names=self.workload.norm_names
+            )
+            loop = job_plan.loop_settings(self.job, sites=1, secure=None, deployed=False)
+            done = simulate(strategy, {site: task}, initial, loop, job=self.job.name)
+            losses = [r.train_metrics.get("loss", float("nan")) for r in done.history.rounds]
+            out.append((site, serde.encode_arrays(model_part(done.arrays)), json.dumps(losses)))
+        return out
+
+    def finetuned(self, final: bytes) -> list[tuple[str, bytes, float]]:
+        """Each of this host's sites adapting the federated model ``final`` (serde arrays), as it uses it, to its
+        own training split, as the in-process engine's fine-tuning does: (site, the adapted model, its loss)."""
+        from confide.finetune import adapt, finetune_config
+
+        arrays = serde.decode_arrays(final)
+        config = finetune_config(self.job, self.workload)
+        out = []
+        for site in self.names:
+            split = self.load_split(site)
+            own = self.tasks.get(site)
+            start = own.personal(arrays) if own is not None else model_part(arrays)
+            task = self.workload.task(split.train, None, site=site, seed=self.job.seed + 1, dp_sgd=None)
+            tuned, loss = adapt(task, start, config)
+            out.append((site, serde.encode_arrays(tuned), loss))
+        return out
 
     def evaluator(self) -> SiteTask:
         if self._evaluator is None:

@@ -49,7 +49,13 @@ def _table(folder: Path, sites: int) -> Path:
     return path
 
 
-def _job(table: Path, engine: str, privacy: dict[str, Any] | None = None, **federation: Any) -> JobConfig:
+def _job(
+    table: Path,
+    engine: str,
+    privacy: dict[str, Any] | None = None,
+    more: dict[str, Any] | None = None,
+    **federation: Any,
+) -> JobConfig:
     return parse_job(
         {
             "name": "many",
@@ -61,6 +67,7 @@ def _job(table: Path, engine: str, privacy: dict[str, Any] | None = None, **fede
             "simulation": {"engine": engine, "actors": 2},
             "report": {"plots": False},
             "privacy": privacy or {},
+            **(more or {}),
         }
     )
 
@@ -84,6 +91,27 @@ def test_the_same_job_ends_with_the_same_model_on_both_engines(tmp_path: Path) -
     assert remote.cross[remote_run.name] == local.cross[local_run.name]
     assert remote_run.curve == local_run.curve
     assert remote.sizes == local.sizes
+
+
+def test_local_only_and_fine_tuned_models_are_the_in_process_engines_and_fill_the_matrix(tmp_path: Path) -> None:
+    table = _table(tmp_path, sites=4)
+    both: dict[str, Any] = {"compare": ["local", "pooled"], "finetune": {"steps": 2}}
+    local = run_job(_job(table, "inprocess", more=both), ProgressDisplay(enabled=False))
+    remote = run_job(_job(table, "ray", more=both), ProgressDisplay(enabled=False))
+
+    sites = [f"h{i:02d}" for i in range(4)]
+    expected = [f"local:{s}" for s in sites] + ["fedavg"] + [f"finetuned:{s}" for s in sites]
+    assert [run.name for run in remote.runs] == expected  # in-process has pooled too; Ray says it is not run
+    assert [run.name for run in local.runs if run.name != "pooled"] == expected
+    by_name = {run.name: run for run in local.runs}
+    for run in remote.runs:
+        mine = by_name[run.name]
+        assert run.arrays is not None and mine.arrays is not None
+        for name, value in mine.arrays.items():  # trained in the site's actor exactly as in-process
+            assert np.array_equal(value, run.arrays[name]), (run.name, name)
+        assert remote.cross[run.name] == local.cross[run.name]  # a full row: scored at every site
+    assert [p["loss"] for p in remote.runs[0].curve] == [p["loss"] for p in by_name["local:h00"].curve]
+    assert "not run on this engine: the pooled baseline" in remote.description
 
 
 def test_an_actor_that_dies_takes_its_sites_out_of_the_federation(tmp_path: Path) -> None:
@@ -138,7 +166,8 @@ def test_confide_simulate_on_ray_reports_many_sites_and_every_site_s_ledger(tmp_
     assert result.exit_code == 0, result.output
     text = " ".join(result.output.split())
     assert "60 sites on 2 actor(s), a fraction 0.1 of them training each round" in text
-    assert "not run on this engine: the baselines of compare (local) and fine-tuning at each site" in text
+    above = "(above 50 sites)"
+    assert f"not run on this engine: the local-only baselines {above} and fine-tuning at each site {above}" in text
     assert "per-site plots left out above 50 sites" in text
     out = tmp_path / "out"
     metrics = json.loads((out / "metrics.json").read_text())
