@@ -111,7 +111,7 @@ class Rounds:
 
 
 def one(sites: int, fraction: float, rounds: int, actors: int) -> dict[str, float]:
-    """One job on the Ray engine, measured; the pieces of experiment.run_many_sites, with each round timed."""
+    """One job on the Ray engine, measured; the pieces of experiment_ray.run_many_sites, with each round timed."""
     from confide import job_plan
     from confide.config import parse_job
     from confide.sim_ray import RayFederation
