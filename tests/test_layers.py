@@ -25,8 +25,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "features",
         "dashboard",
     ),
-    ("job_plan", "sim", "sim_identities", "sim_ray", "sim_ray_host", "new_task", "report"),
-    ("experiment", "deploy_site", "deploy", "audit"),
+    ("job_plan", "sim", "sim_identities", "sim_ray", "sim_ray_host", "new_task", "report", "run_result"),
+    ("experiment", "experiment_ray", "deploy_site", "deploy", "audit"),
     ("cli_common", "cli", "cli_audit", "cli_features", "cli_predict", "cli_status", "cli_site"),
 )
 

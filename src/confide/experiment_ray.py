@@ -10,12 +10,12 @@ from typing import TYPE_CHECKING
 
 from confide import job_plan
 from confide.config import JobConfig
-from confide.experiment import JobResult, ModelRun, Recorder, curve_every, with_summary
 from confide.privacy.ledger import Ledger
 from confide.records import Arrays, Skipped
 from confide.report.progress import ProgressDisplay
 from confide.report.tracking import Tracking
 from confide.report.writer import PER_SITE_PLOTS
+from confide.run_result import JobResult, ModelRun, Recorder, curve_every, with_summary
 from confide.server.events import Fanout
 from confide.strategies.controls import model_part
 from confide.workloads.base import SiteSplit, Workload

@@ -14,7 +14,7 @@ from confide.report.section import NONE, Section
 from confide.report.tables import ledger_matrix, ledger_rows, markdown_table
 
 if TYPE_CHECKING:
-    from confide.experiment import JobResult
+    from confide.run_result import JobResult
 
 Ledgers = Sequence[Mapping[str, Any]]
 

@@ -26,7 +26,7 @@ from confide.records import Arrays
 from confide.site.kept_models import job_folder, write_json
 
 if TYPE_CHECKING:
-    from confide.experiment import JobResult
+    from confide.run_result import JobResult
 
 
 def model_file_name(run_name: str) -> str:

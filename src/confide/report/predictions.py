@@ -39,7 +39,7 @@ from confide.report.tables import markdown_table
 from confide.site.kept_models import job_folder
 
 if TYPE_CHECKING:
-    from confide.experiment import JobResult
+    from confide.run_result import JobResult
 
 CASES = 3
 """Test cases pictured per site (segmentation)."""

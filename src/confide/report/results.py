@@ -26,7 +26,7 @@ from confide.report.tables import (
 )
 
 if TYPE_CHECKING:
-    from confide.experiment import JobResult
+    from confide.run_result import JobResult
 
 FIGURES = (
     ("heatmap", "cross-site heatmap"),

@@ -20,7 +20,7 @@ from confide.report.section import Section
 from confide.report.tables import markdown_table
 
 if TYPE_CHECKING:
-    from confide.experiment import JobResult
+    from confide.run_result import JobResult
 
 REASONS_SHOWN = 4
 """The most frequent reasons for dropping named in a site's row; the rest are counted."""

@@ -38,7 +38,7 @@ from confide.server.loop import RoundResult
 from confide.server.reported import ReportedUpdate
 
 if TYPE_CHECKING:
-    from confide.experiment import JobResult  # read, never imported at run time: the experiment sits above
+    from confide.run_result import JobResult  # read, never imported at run time: the experiment sits above
 
 log = logging.getLogger(__name__)
 

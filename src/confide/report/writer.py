@@ -22,7 +22,7 @@ from confide.report.section import Section
 from confide.report.tables import epsilon_by_round, gains
 
 if TYPE_CHECKING:
-    from confide.experiment import JobResult  # the report reads a job's result; the experiment writes none
+    from confide.run_result import JobResult  # the report reads a job's result; the experiment writes none
 
 
 def result_document(result: JobResult) -> dict[str, Any]:
